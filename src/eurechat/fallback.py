@@ -1,0 +1,191 @@
+"""Pure-Python framing decoder: the twin of the compiled ``_framing`` module.
+
+It must behave exactly like ``_framing.pyx``: same items, same errors, raised
+at the same point.  Both share ``rules`` (limits, grammar, diagnosis),
+``errors`` and ``message``; only the hot loop is written twice.  Keep the two
+in lockstep: the differential tests in ``tests/framing`` feed both the same
+streams and compare everything they return or raise.
+
+Work is linear in the bytes fed however the stream is chunked: a partial
+header is searched for its LF only in the new bytes, and a partial payload
+is collected as a list of chunks and joined once, when it is complete.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import List, Tuple, Union
+
+from .errors import ProtocolError, TooManyArgs
+from .message import Message, Oversized
+from .rules import MAX_ARGS, MAX_HEADER, MAX_PAYLOAD, check_limits, diagnose_header, header_too_long
+
+__all__ = ["Decoder"]
+
+Item = Union[Message, Oversized]
+Buffer = Union[bytes, bytearray, memoryview]
+
+_HEADER = re.compile(
+    rb"([A-Za-z0-9_]{1,32}) ([0-9]{1,10})((?: [\x21-\x7e\x80-\xff]+)*) *\r?")
+_fullmatch = _HEADER.fullmatch
+_new = tuple.__new__
+_TYPE_CACHE: dict = {}
+_TYPE_CACHE_MAX = 256
+
+
+class Decoder:
+    """Incremental decoder: bytes in, ``Message``/``Oversized`` items out.
+
+    ``feed()`` returns every item completed by the bytes it was given, in
+    stream order.  Limits are checked before memory is committed: a header
+    fails as soon as ``max_header`` bytes pass without an LF, and the payload
+    of an oversized message is discarded as it streams in, never buffered.
+    After a ``ProtocolError`` the decoder stays failed: the stream can no
+    longer be trusted, so every later ``feed()`` raises again.
+    """
+
+    __slots__ = ("_max_payload", "max_header", "max_args", "_chunks", "_have",
+                 "_need", "_skip", "_failed")
+
+    def __init__(self, max_payload: int = MAX_PAYLOAD, max_header: int = MAX_HEADER,
+                 max_args: int = MAX_ARGS) -> None:
+        check_limits(max_payload, max_header, max_args)
+        self._max_payload = max_payload
+        self.max_header = max_header
+        self.max_args = max_args
+        self._chunks: list = []   # the incomplete tail, as received
+        self._have = 0            # bytes in _chunks
+        self._need = 0            # bytes the tail must reach (0: header incomplete)
+        self._skip = 0            # bytes of an oversized payload still to discard
+        self._failed: ProtocolError | None = None
+
+    @property
+    def max_payload(self) -> int:
+        """Largest payload accepted; may be changed between feeds (e.g. after login)."""
+        return self._max_payload
+
+    @max_payload.setter
+    def max_payload(self, value: int) -> None:
+        check_limits(value, self.max_header, self.max_args)
+        self._max_payload = value
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for the incomplete tail (skipped bytes are never held)."""
+        return self._have
+
+    @property
+    def in_frame(self) -> bool:
+        """True while a frame has started but not finished (for frame timeouts)."""
+        return bool(self._have or self._skip)
+
+    @property
+    def failed(self) -> bool:
+        return self._failed is not None
+
+    def _fail(self, err: ProtocolError) -> ProtocolError:
+        self._failed = err
+        self._chunks = []
+        self._have = self._need = self._skip = 0
+        return err
+
+    def feed(self, data: Buffer) -> List[Item]:
+        """Consume ``data``; return the items it completed, in stream order."""
+        if self._failed is not None:
+            err = self._failed
+            raise err.__class__(str(err))
+        if data.__class__ is not bytes:
+            data = bytes(data)
+        if self._skip:
+            if len(data) <= self._skip:
+                self._skip -= len(data)
+                return []
+            data = data[self._skip:]
+            self._skip = 0
+        if self._chunks:
+            if self._need:
+                self._chunks.append(data)
+                self._have += len(data)
+                if self._have < self._need:
+                    return []
+            else:
+                room = self.max_header - self._have
+                if data.find(b"\n", 0, room) < 0:
+                    if len(data) >= room:
+                        raise self._fail(header_too_long(self.max_header))
+                    self._chunks.append(data)
+                    self._have += len(data)
+                    return []
+                self._chunks.append(data)
+            data = b"".join(self._chunks)
+            self._chunks = []
+            self._have = self._need = 0
+        items, pos = self._drain(data, -1)
+        if pos < len(data):
+            tail = data[pos:]
+            self._chunks.append(tail)
+            self._have = len(tail)
+        return items
+
+    def _drain(self, buf: bytes, limit: int) -> Tuple[List[Item], int]:
+        """Decode up to ``limit`` items (all if < 0) from ``buf``; return them
+        and the offset of the first byte not consumed.  Sets ``_need`` when a
+        payload is incomplete and ``_skip`` when an oversized one runs past
+        the end of ``buf``."""
+        out: list = []
+        append = out.append
+        find = buf.find
+        max_header = self.max_header
+        max_payload = self._max_payload
+        max_args = self.max_args
+        cache = _TYPE_CACHE
+        n = len(buf)
+        pos = 0
+        while pos < n and limit:
+            lf = find(b"\n", pos, pos + max_header)
+            if lf < 0:
+                if n - pos >= max_header:
+                    raise self._fail(header_too_long(max_header, out))
+                break
+            m = _fullmatch(buf, pos, lf)
+            if m is None:
+                err = diagnose_header(buf[pos:lf], max_args)
+                err.messages = out
+                raise self._fail(err)
+            type_b, length_b, args_b = m.groups()
+            type = cache.get(type_b)
+            if type is None:
+                type = type_b.decode("ascii")
+                if len(cache) < _TYPE_CACHE_MAX:
+                    cache[type_b] = type
+            if args_b:
+                if args_b.count(b" ") > max_args:
+                    raise self._fail(TooManyArgs(
+                        f"too many args: {args_b.count(b' ')} > max_args ({max_args})",
+                        messages=out))
+                try:
+                    args = tuple(args_b[1:].decode("utf-8").split(" "))
+                except UnicodeDecodeError:
+                    err = diagnose_header(buf[pos:lf], max_args)
+                    err.messages = out
+                    raise self._fail(err) from None
+            else:
+                args = ()
+            length = int(length_b)
+            start = lf + 1
+            end = start + length
+            if length > max_payload:
+                append(_new(Oversized, (type, args, length)))
+                limit -= 1
+                if end > n:
+                    self._skip = end - n
+                    return out, n
+                pos = end
+                continue
+            if end > n:
+                self._need = end - pos
+                break
+            append(_new(Message, (type, args, buf[start:end])))
+            limit -= 1
+            pos = end
+        return out, pos
