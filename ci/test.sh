@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# From a fresh clone to a passing test suite, in one command:
+#   ci/test.sh
+# Installs what the tests need (redis-server, PostgreSQL binaries, a venv,
+# the package built WITH its compiled extension), then runs the whole suite
+# against the compiled framing and once more against the pure-Python twin.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PY=${PYTHON:-python3}
+
+need_apt=()
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
+command -v taskset >/dev/null 2>&1 || need_apt+=(util-linux)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "== installing system packages: ${need_apt[*]}"
+    if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+echo "== venv and build (extension required)"
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# Non-editable install: the suite runs against what a user would install.
+EURECHAT_BUILD_EXTENSION=yes .venv/bin/python -m pip install -q --force-reinstall --no-deps .
+.venv/bin/python -m pip install -q ".[test,bench,dev]"
+.venv/bin/python - <<'PY'
+import eurechat.framing as f
+assert f.IMPLEMENTATION == "cython", f"built with the extension required, got {f.IMPLEMENTATION}"
+print("framing implementation:", f.IMPLEMENTATION)
+PY
+
+echo "== ruff"
+.venv/bin/ruff check src tests ci
+
+# Run from outside the source tree so tests import the installed package.
+cd "$ROOT/tests"
+export EURECHAT_REQUIRE_EXTENSION=1
+echo "== pytest (compiled framing)"
+"$ROOT/.venv/bin/python" -m pytest -p no:cacheprovider -q "$@" .
+echo "== pytest (EURECHAT_PUREPYTHON=1)"
+EURECHAT_PUREPYTHON=1 "$ROOT/.venv/bin/python" -m pytest -p no:cacheprovider -q "$@" .
