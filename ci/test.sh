@@ -22,24 +22,26 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 echo "== venv and build (extension required)"
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
+VENV=${EURECHAT_TEST_VENV:-.venv-test}
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+"$VENV"/bin/python -m pip install -q --upgrade pip
 # Non-editable install: the suite runs against what a user would install.
-EURECHAT_BUILD_EXTENSION=yes .venv/bin/python -m pip install -q --force-reinstall --no-deps .
-.venv/bin/python -m pip install -q ".[test,bench,dev]"
-.venv/bin/python - <<'PY'
+export EURECHAT_BUILD_EXTENSION=yes
+"$VENV"/bin/python -m pip install -q --force-reinstall --no-deps .
+"$VENV"/bin/python -m pip install -q ".[test,bench,dev]"
+"$VENV"/bin/python - <<'PY'
 import eurechat.framing as f
 assert f.IMPLEMENTATION == "cython", f"built with the extension required, got {f.IMPLEMENTATION}"
 print("framing implementation:", f.IMPLEMENTATION)
 PY
 
 echo "== ruff"
-.venv/bin/ruff check src tests ci
+"$VENV"/bin/ruff check src tests ci
 
 # Run from outside the source tree so tests import the installed package.
 cd "$ROOT/tests"
 export EURECHAT_REQUIRE_EXTENSION=1
 echo "== pytest (compiled framing)"
-"$ROOT/.venv/bin/python" -m pytest -p no:cacheprovider -q "$@" .
+"$ROOT/$VENV/bin/python" -m pytest -p no:cacheprovider -q "$@" .
 echo "== pytest (EURECHAT_PUREPYTHON=1)"
-EURECHAT_PUREPYTHON=1 "$ROOT/.venv/bin/python" -m pytest -p no:cacheprovider -q "$@" .
+EURECHAT_PUREPYTHON=1 "$ROOT/$VENV/bin/python" -m pytest -p no:cacheprovider -q "$@" .
