@@ -1,0 +1,448 @@
+"""Presence and login throttling in Redis, so directories on several hosts serve
+one user base.
+
+Layout (``P`` is the key prefix, ``eurechat`` by default, in the URL's DB):
+
+``P:presence``        hash ``name -> "address,port"``: the source of truth.
+``P:presence:seq``    counter bumped by every change.
+``P:presence:feed``   stream, one entry per change (``o`` = ``b``ind / ``r``emove,
+                      ``n`` name, ``v`` value, ``s`` sequence), trimmed to about
+                      ``feed_maxlen`` entries.
+
+Every write is one Lua script (hash update + counter + stream entry, atomic),
+so the stream is an exact, gap-checkable change log.  Each directory process
+keeps a sorted local copy of the hash, fills it once (``HSCAN``) and then
+follows the stream with a blocking ``XREAD``: a QUERY is answered from memory,
+never with a round trip.  The sequence numbers let a follower notice any gap
+(a trimmed stream after a long stall, a Redis that lost data or was flushed);
+a gap, or a lost feed connection, makes it fall back to reading Redis again
+(a resync) -- and while the feed is down the view is not trusted:
+``query`` raises :class:`RegistryUnavailable` rather than serving presence of
+unknown age.
+
+Why a stream rather than pub/sub: pub/sub drops what is published while a
+subscriber reconnects, a stream keeps it, and the sequence numbers make the
+"did I miss something?" question answerable instead of hopeful.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from .interfaces import (
+    AccountsUnavailable,
+    Registration,
+    Registry,
+    RegistryUnavailable,
+    Throttle,
+)
+
+log = logging.getLogger("eurechat.directory.redis")
+
+__all__ = ["RedisRegistry", "RedisThrottle", "ThrottleUnavailable", "redis_client"]
+
+#: What a lost or refused Redis looks like through redis-py.
+REDIS_DOWN: Tuple[type, ...] = (redis_errors.ConnectionError, redis_errors.TimeoutError,
+                                redis_errors.BusyLoadingError, OSError)
+
+_BIND = """
+local seq = redis.call('INCR', KEYS[2])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*',
+           'o', 'b', 'n', ARGV[1], 'v', ARGV[2], 's', seq)
+return seq
+"""
+
+_REMOVE = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return 0 end
+if ARGV[2] ~= '' and cur ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+local seq = redis.call('INCR', KEYS[2])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'o', 'r', 'n', ARGV[1], 's', seq)
+return seq
+"""
+
+
+def redis_client(url: str, *, socket_timeout: float = 5.0, **kwargs: object) -> Redis:
+    """A client that fails fast: one immediate retry (a pooled connection that
+    died with a restarted server), then the error.  Callers turn the error into
+    ``ERR directory unavailable, retry later``; waiting here would only hold
+    the session hostage."""
+    return Redis.from_url(url, decode_responses=True, socket_timeout=socket_timeout,
+                          socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 1),
+                          health_check_interval=0, **kwargs)
+
+
+def _value(reg: Registration) -> str:
+    return f"{reg.address},{reg.port}"
+
+
+def _parse(name: str, value: str) -> Optional[Registration]:
+    address, sep, port = value.rpartition(",")
+    if not sep or not port.isdigit():
+        log.warning("ignoring malformed presence entry %r=%r", name, value)
+        return None
+    return Registration(name, address, int(port))
+
+
+class RedisRegistry(Registry):
+    """Presence in Redis with a local, stream-fed read view (see module doc)."""
+
+    def __init__(self, url: str, *, prefix: str = "eurechat", feed_maxlen: int = 100_000,
+                 feed_block_ms: int = 5_000, max_backoff: float = 2.0) -> None:
+        self.url = url
+        self.prefix = prefix
+        self._hash = f"{prefix}:presence"
+        self._seq_key = f"{prefix}:presence:seq"
+        self._stream = f"{prefix}:presence:feed"
+        self._maxlen = feed_maxlen
+        self._block_ms = feed_block_ms
+        self._max_backoff = max_backoff
+        self._redis: Optional[Redis] = None
+        self._feed_redis: Optional[Redis] = None
+        self._bind_script = None
+        self._remove_script = None
+        self._feed_task: Optional[asyncio.Task] = None
+        self._closing = False
+        # The read view.
+        self._regs: Dict[str, Registration] = {}
+        self._names: List[str] = []
+        self._seq = 0            # last change applied from Redis
+        self._last_id = "0-0"    # stream cursor
+        self._live = False       # view known to be current
+        # Writes of this process applied locally before the feed echoes them:
+        # name -> (seq, registration or None for a removal).
+        self._pending: Dict[str, Tuple[int, Optional[Registration]]] = {}
+        self.version = 0         # bumped on every change of the view
+        self._cache: Tuple[int, Optional[int], Sequence[Registration]] = (-1, None, ())
+        self._changed: Optional[asyncio.Event] = None  # created on the loop, in start()
+        self.resyncs = 0
+
+    # -- lifecycle ---------------------------------------------------------
+    async def start(self) -> None:
+        self._redis = redis_client(self.url)
+        self._feed_redis = redis_client(self.url, socket_timeout=self._block_ms / 1000 + 5,
+                                        max_connections=1)
+        self._bind_script = self._redis.register_script(_BIND)
+        self._remove_script = self._redis.register_script(_REMOVE)
+        self._changed = asyncio.Event()
+        try:
+            await self._resync()
+        except REDIS_DOWN as e:
+            await self.close()
+            raise RegistryUnavailable(f"cannot reach Redis at {self.url}: {e}") from e
+        except redis_errors.RedisError as e:
+            await self.close()
+            raise RegistryUnavailable(f"Redis at {self.url} refused: {e}") from e
+        self._feed_task = asyncio.get_running_loop().create_task(self._follow())
+        log.info("presence in %s: %d registrations", self.url, len(self._names))
+
+    async def close(self) -> None:
+        self._closing = True
+        self._live = False
+        task, self._feed_task = self._feed_task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        for client in (self._redis, self._feed_redis):
+            if client is not None:
+                try:
+                    await client.aclose()
+                except Exception:  # closing a client of a dead server
+                    pass
+        self._redis = self._feed_redis = None
+
+    @property
+    def live(self) -> bool:
+        """Whether the read view is following Redis right now."""
+        return self._live
+
+    # -- writes ------------------------------------------------------------
+    async def bind(self, registration: Registration) -> None:
+        seq = await self._call(self._bind_script, [registration.name, _value(registration),
+                                                   self._maxlen])
+        self._apply_local(registration.name, int(seq), registration)
+
+    async def remove(self, name: str, expected: Optional[Registration] = None) -> bool:
+        seq = await self._call(self._remove_script,
+                               [name, _value(expected) if expected else "", self._maxlen])
+        if not seq:
+            return False
+        self._apply_local(name, int(seq), None)
+        return True
+
+    async def _call(self, script, args: list) -> int:
+        if self._redis is None:
+            raise RegistryUnavailable("registry not started")
+        try:
+            return await script(keys=[self._hash, self._seq_key, self._stream], args=args)
+        except REDIS_DOWN as e:
+            raise RegistryUnavailable(f"Redis unreachable: {e}") from e
+        except redis_errors.RedisError as e:
+            raise RegistryUnavailable(f"Redis error: {e}") from e
+
+    # -- reads -------------------------------------------------------------
+    def query(self, name: Optional[str] = None,
+              limit: Optional[int] = None) -> Sequence[Registration]:
+        if not self._live:
+            raise RegistryUnavailable("presence feed from Redis interrupted")
+        if name is not None:
+            reg = self._regs.get(name)
+            return [reg] if reg is not None else []
+        version, cached_limit, cached = self._cache
+        if version == self.version and cached_limit == limit:
+            return cached
+        names = self._names if limit is None else self._names[:limit]
+        regs = self._regs
+        result = tuple(regs[n] for n in names)
+        self._cache = (self.version, limit, result)
+        return result
+
+    async def snapshot(self) -> List[Registration]:
+        if self._redis is None:
+            raise RegistryUnavailable("registry not started")
+        try:
+            raw = await self._redis.hgetall(self._hash)
+        except REDIS_DOWN as e:
+            raise RegistryUnavailable(f"Redis unreachable: {e}") from e
+        out = [r for r in (_parse(n, v) for n, v in raw.items()) if r is not None]
+        out.sort(key=lambda r: r.name)
+        return out
+
+    async def wait_changed(self, timeout: Optional[float] = None) -> bool:
+        """Wait until the read view changes (or ``timeout``); for tests and tools
+        that must wait on the event instead of sleeping."""
+        assert self._changed is not None
+        self._changed.clear()
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    # -- the read view -------------------------------------------------------
+    def _set(self, name: str, reg: Optional[Registration]) -> None:
+        regs = self._regs
+        if reg is None:
+            if regs.pop(name, None) is not None:
+                names = self._names
+                i = bisect.bisect_left(names, name)
+                if i < len(names) and names[i] == name:
+                    del names[i]
+        else:
+            if name not in regs:
+                bisect.insort(self._names, name)
+            regs[name] = reg
+        self.version += 1
+        if self._changed is not None:
+            self._changed.set()
+
+    def _apply_local(self, name: str, seq: int, reg: Optional[Registration]) -> None:
+        """Read your own writes: the session that BINDs sees it in its next
+        QUERY, even before the feed echoes it back."""
+        if seq <= self._seq:
+            return  # the feed already delivered this change (or a later one)
+        self._pending[name] = (seq, reg)
+        self._set(name, reg)
+
+    def _apply_feed(self, seq: int, op: str, name: str, value: Optional[str]) -> None:
+        self._seq = seq
+        pending = self._pending.get(name)
+        if pending is not None:
+            if pending[0] > seq:
+                return  # our own newer write is already in the view
+            del self._pending[name]
+        if op == "b" and value is not None:
+            reg = _parse(name, value)
+            if reg is not None:
+                self._set(name, reg)
+        elif op == "r":
+            self._set(name, None)
+
+    async def _resync(self) -> None:
+        """Rebuild the view from Redis without blocking it: remember where the
+        change log stands, scan the hash, then let the feed replay everything
+        after that point (replaying a change the scan already saw is harmless)."""
+        assert self._redis is not None
+        self._live = False
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.get(self._seq_key)
+            pipe.xrevrange(self._stream, count=1)
+            seq_raw, last = await pipe.execute()
+        seq = int(seq_raw or 0)
+        last_id = last[0][0] if last else "0-0"
+        fresh: Dict[str, Registration] = {}
+        cursor = 0
+        while True:
+            cursor, chunk = await self._redis.hscan(self._hash, cursor, count=5000)
+            for n, v in chunk.items():
+                reg = _parse(n, v)
+                if reg is not None:
+                    fresh[n] = reg
+            if not cursor:
+                break
+        for name, (pseq, reg) in list(self._pending.items()):
+            if pseq > seq:
+                if reg is None:
+                    fresh.pop(name, None)
+                else:
+                    fresh[name] = reg
+            else:
+                del self._pending[name]
+        self._regs = fresh
+        self._names = sorted(fresh)
+        self._seq = seq
+        self._last_id = last_id
+        self.version += 1
+        self.resyncs += 1
+        self._live = True
+        if self._changed is not None:
+            self._changed.set()
+
+    async def _follow(self) -> None:
+        """Follow the change log forever; on any trouble, back off and resync."""
+        backoff = 0.05
+        need_resync = False
+        down_since_logged = False
+        while not self._closing:
+            try:
+                if need_resync:
+                    await self._resync()
+                    need_resync = False
+                    if down_since_logged:
+                        log.warning("presence feed from Redis restored (%d registrations)",
+                                    len(self._names))
+                        down_since_logged = False
+                assert self._feed_redis is not None
+                reply = await self._feed_redis.xread({self._stream: self._last_id},
+                                                     count=1000, block=self._block_ms)
+                backoff = 0.05
+                for _stream, entries in reply or ():
+                    for entry_id, fields in entries:
+                        seq = int(fields.get("s", 0))
+                        if seq != self._seq + 1:
+                            log.warning("presence feed gap (have %d, got %d): resync",
+                                        self._seq, seq)
+                            need_resync = True
+                            break
+                        self._last_id = entry_id
+                        self._apply_feed(seq, fields.get("o", ""), fields.get("n", ""),
+                                         fields.get("v"))
+                    if need_resync:
+                        break
+            except asyncio.CancelledError:
+                raise
+            except (redis_errors.RedisError, OSError) as e:
+                self._live = False
+                need_resync = True
+                if not down_since_logged:
+                    log.warning("presence feed from Redis interrupted (%s); "
+                                "QUERY answers 'directory unavailable' until it is back", e)
+                    down_since_logged = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._max_backoff)
+
+
+class ThrottleUnavailable(RegistryUnavailable, AccountsUnavailable):
+    """Redis (which holds the shared throttle counters) is unreachable; it is
+    both kinds of unavailability so either handler in the session answers
+    ``directory unavailable``."""
+
+
+_FAILURE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local uniq = redis.call('INCR', KEYS[1])
+for i = 2, #KEYS, 2 do
+  local f, b = KEYS[i], KEYS[i + 1]
+  redis.call('ZREMRANGEBYSCORE', f, '-inf', now - window)
+  redis.call('ZADD', f, now, tostring(now) .. ':' .. tostring(uniq))
+  redis.call('PEXPIRE', f, window)
+  if redis.call('ZCARD', f) >= limit then
+    redis.call('SET', b, '1', 'PX', window)
+    redis.call('DEL', f)
+  end
+end
+return 1
+"""
+
+
+class RedisThrottle(Throttle):
+    """Failed-login throttling shared by every directory host.
+
+    Failures of a key are a sliding window (a sorted set of timestamps taken
+    from Redis's own clock, so hosts with skewed clocks agree); reaching
+    ``limit`` within ``window`` seconds sets a block key that expires after
+    ``window`` seconds.  Everything expires by itself: no cleanup job.
+    """
+
+    def __init__(self, url: str, *, limit: int = 5, window: float = 60.0,
+                 prefix: str = "eurechat") -> None:
+        self.url = url
+        self.limit = limit
+        self.window = window
+        self.prefix = prefix
+        self._redis: Optional[Redis] = None
+        self._script = None
+
+    def _client(self) -> Redis:
+        if self._redis is None:
+            self._redis = redis_client(self.url)
+            self._script = self._redis.register_script(_FAILURE)
+        return self._redis
+
+    async def start(self) -> None:
+        """Check that Redis answers (called at startup for a one-line error)."""
+        try:
+            await self._client().ping()
+        except (redis_errors.RedisError, OSError) as e:
+            raise ThrottleUnavailable(f"cannot reach Redis at {self.url}: {e}") from e
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            try:
+                await self._redis.aclose()
+            except Exception:
+                pass
+            self._redis = None
+
+    def _fail_key(self, key: str) -> str:
+        return f"{self.prefix}:throttle:f:{key}"
+
+    def _block_key(self, key: str) -> str:
+        return f"{self.prefix}:throttle:b:{key}"
+
+    async def blocked(self, keys: Sequence[str]) -> bool:
+        if not keys:
+            return False
+        try:
+            return bool(await self._client().exists(*[self._block_key(k) for k in keys]))
+        except (redis_errors.RedisError, OSError) as e:
+            raise ThrottleUnavailable(f"Redis unreachable: {e}") from e
+
+    async def failure(self, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        redis_keys: List[str] = [f"{self.prefix}:throttle:uniq"]
+        for k in keys:
+            redis_keys += [self._fail_key(k), self._block_key(k)]
+        self._client()
+        try:
+            await self._script(keys=redis_keys,
+                               args=[self.limit, int(self.window * 1000)])
+        except (redis_errors.RedisError, OSError) as e:
+            raise ThrottleUnavailable(f"Redis unreachable: {e}") from e
