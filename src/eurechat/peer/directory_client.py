@@ -1,0 +1,294 @@
+"""The peer's side of the directory protocol (SPEC section 2).
+
+One long-lived session: (REGISTER,) LOGIN, PASS, BIND of the real listening
+address, then QUERY/LEAVE on demand.  Requests are pipelined and their
+replies matched in order (the directory answers each request exactly once,
+in order).  When the session drops, the client reconnects on its own with
+exponential backoff and jitter and BINDs again, so a directory restart costs
+the user nothing but a short pause in lookups.
+
+Fatal only at start-up: a wrong password (``AuthFailed``) and a name taken by
+someone else (``NameTaken``).  A directory that is down at start-up is not
+fatal (SPEC section 4): ``start()`` returns False and the client keeps trying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import deque
+from typing import Awaitable, Callable, List, Optional, Tuple
+
+from ..errors import ProtocolError
+from ..framing import Decoder, Message, Oversized
+
+log = logging.getLogger("eurechat.peer.directory")
+
+#: Inbound payload limit from the directory (SPEC section 4).
+DIRECTORY_MAX_PAYLOAD = 64 * 1024 * 1024
+WILDCARDS = {"", "0.0.0.0", "::"}
+
+
+class DirectoryError(Exception):
+    """Base of the directory client's errors."""
+
+
+class DirectoryUnavailable(DirectoryError):
+    """No session with the directory right now; it is being retried."""
+
+
+class AuthFailed(DirectoryError):
+    """The directory refused our user name and password."""
+
+
+class NameTaken(DirectoryError):
+    """``--register`` of a name that belongs to somebody else (or registration is closed)."""
+
+
+class Registration(Tuple[str, str, int]):
+    """``name,address,port`` as returned by QUERY."""
+
+    __slots__ = ()
+
+    def __new__(cls, name: str, address: str, port: int) -> Registration:
+        return tuple.__new__(cls, (name, address, port))
+
+    @property
+    def name(self) -> str:
+        return self[0]
+
+    @property
+    def address(self) -> str:
+        return self[1]
+
+    @property
+    def port(self) -> int:
+        return self[2]
+
+    def as_dict(self) -> dict:
+        return {"name": self[0], "address": self[1], "port": self[2]}
+
+
+def parse_result(payload: bytes) -> List[Registration]:
+    out = []
+    for line in payload.decode("utf-8", "replace").split("\n"):
+        if not line:
+            continue
+        parts = line.split(",")
+        if len(parts) != 3 or not parts[2].isdigit():
+            log.warning("ignoring malformed RESULT line %r", line)
+            continue
+        out.append(Registration(parts[0], parts[1], int(parts[2])))
+    return out
+
+
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with jitter: in [d/2, d], d = min(cap, base * 2**attempt).
+
+    The jitter keeps a crowd of peers from reconnecting in lockstep after a
+    directory restart."""
+    d = min(cap, base * (2 ** min(attempt, 30)))
+    return d * random.uniform(0.5, 1.0)
+
+
+class DirectoryClient:
+    """Keeps one authenticated, bound session with the directory alive."""
+
+    def __init__(self, host: str, port: int, user: str, password: str, *,
+                 listen: Callable[[], Tuple[str, int]], register: bool = False,
+                 retry_base: float = 0.2, retry_max: float = 30.0,
+                 request_timeout: float = 10.0,
+                 on_online: Optional[Callable[[], None]] = None,
+                 on_error: Optional[Callable[[str], None]] = None) -> None:
+        self.host, self.port = host, port
+        self.user, self.password = user, password
+        self.register = register
+        self.listen = listen
+        self.retry_base, self.retry_max = retry_base, retry_max
+        self.request_timeout = request_timeout
+        self.on_online = on_online
+        self.on_error = on_error
+        self.bound: Optional[Tuple[str, int]] = None
+        self._writer: Optional[asyncio.StreamWriter] = None
+        self._waiters: deque = deque()
+        self._ready = False
+        self._closing = False
+        self._task: Optional[asyncio.Task] = None
+        self._reader_task: Optional[asyncio.Task] = None
+
+    @property
+    def online(self) -> bool:
+        return self._ready
+
+    # -- life cycle ---------------------------------------------------------
+    async def start(self) -> bool:
+        """First session.  True: logged in and bound.  False: the directory is
+        unreachable (retrying in the background).  Raises AuthFailed/NameTaken."""
+        try:
+            await self._session()
+            ok = True
+        except (AuthFailed, NameTaken):
+            raise
+        except (OSError, asyncio.TimeoutError, DirectoryError, ProtocolError) as exc:
+            log.warning("directory %s:%s unreachable: %s; retrying in the background",
+                        self.host, self.port, exc or exc.__class__.__name__)
+            if self.on_error:
+                self.on_error(f"directory {self.host}:{self.port} unreachable "
+                              f"({exc or exc.__class__.__name__}); retrying")
+            ok = False
+        self._task = asyncio.ensure_future(self._run(connected=ok))
+        return ok
+
+    async def close(self, leave: bool = False) -> None:
+        if leave and self._ready:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.request(Message("LEAVE")), 2.0)
+        self._closing = True
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        self._drop("closed")
+
+    async def _run(self, connected: bool) -> None:
+        attempt = 0
+        while not self._closing:
+            if connected:
+                attempt = 0
+                await self._reader_task_done()
+                if self._closing:
+                    return
+                log.warning("lost the directory session; reconnecting")
+            else:
+                delay = backoff_delay(attempt, self.retry_base, self.retry_max)
+                attempt += 1
+                await asyncio.sleep(delay)
+            try:
+                await self._session()
+                connected = True
+                log.info("directory session re-established")
+            except AuthFailed as exc:
+                connected = False
+                attempt = max(attempt, 30)
+                if self.on_error:
+                    self.on_error(f"directory refused our login: {exc}")
+            except (OSError, asyncio.TimeoutError, DirectoryError, ProtocolError) as exc:
+                connected = False
+                log.debug("directory reconnect failed: %r", exc)
+
+    async def _reader_task_done(self) -> None:
+        if self._reader_task is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(self._reader_task)
+
+    # -- one session --------------------------------------------------------
+    async def _session(self) -> None:
+        self._drop("reconnecting")
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(self.host, self.port), self.request_timeout)
+        self._writer = writer
+        self._reader_task = asyncio.ensure_future(self._read(reader))
+        try:
+            if self.register:
+                reply = await self.request(Message("REGISTER", (self.user,), self.password))
+                if reply.type != "ACK":
+                    # Maybe it is our own account from an earlier run: try to log in.
+                    why = reply.text
+                    try:
+                        await self._login()
+                    except AuthFailed:
+                        raise NameTaken(f"cannot register {self.user!r}: {why}") from None
+                    log.info("account %r already exists and the password matches", self.user)
+                    self.register = False
+                else:
+                    self.register = False  # created once; later sessions just log in
+                    await self._login()
+            else:
+                await self._login()
+            host, port = self.listen()
+            if host in WILDCARDS:
+                host = writer.get_extra_info("sockname")[0]
+            reply = await self.request(Message("BIND", (host, str(port))))
+            if reply.type != "ACK":
+                raise DirectoryError(f"BIND {host}:{port} refused: {reply.text}")
+            self.bound = (host, port)
+        except BaseException:
+            self._drop("session setup failed")
+            raise
+        self._ready = True
+        log.info("logged in to %s:%s as %s, bound %s:%s", self.host, self.port, self.user,
+                 *self.bound)
+        if self.on_online:
+            self.on_online()
+
+    async def _login(self) -> None:
+        reply = await self.request(Message("LOGIN", (self.user,)))
+        if reply.type != "ACK":
+            raise AuthFailed(reply.text)
+        reply = await self.request(Message("PASS", (), self.password))
+        if reply.type != "ACK":
+            raise AuthFailed(reply.text)
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        decoder = Decoder(max_payload=DIRECTORY_MAX_PAYLOAD)
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                for item in decoder.feed(data):
+                    if isinstance(item, Oversized):
+                        log.warning("directory sent an oversized %s (%d bytes)", item.type,
+                                    item.length)
+                        self._resolve(None)
+                        continue
+                    if item.type == "PING":
+                        self._writer.write(bytes(Message("PONG", item.args)))
+                        continue
+                    self._resolve(item)
+        except ProtocolError as exc:
+            log.warning("directory broke the protocol: %s", exc)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            log.debug("directory connection error: %r", exc)
+        finally:
+            self._drop("directory closed the connection")
+
+    def _resolve(self, item: Optional[Message]) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                if item is None:
+                    fut.set_exception(DirectoryError("oversized reply"))
+                else:
+                    fut.set_result(item)
+                return
+
+    def _drop(self, why: str) -> None:
+        self._ready = False
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_exception(DirectoryUnavailable(why))
+
+    # -- requests -----------------------------------------------------------
+    def request(self, msg: Message) -> Awaitable[Message]:
+        """Send ``msg``; the awaitable resolves to the directory's reply."""
+        if self._writer is None:
+            raise DirectoryUnavailable("not connected to the directory")
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        self._writer.write(bytes(msg))
+        return asyncio.wait_for(fut, self.request_timeout)
+
+    async def query(self, name: Optional[str] = None) -> List[Registration]:
+        if not self._ready:
+            raise DirectoryUnavailable("not connected to the directory")
+        reply = await self.request(Message("QUERY", (name,) if name else ()))
+        if reply.type != "RESULT":
+            raise DirectoryError(f"QUERY refused: {reply.text}")
+        return parse_result(reply.payload)

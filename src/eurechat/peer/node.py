@@ -1,0 +1,881 @@
+"""The asyncio peer: listener, connections, delivery engine, group commits.
+
+How a message travels (SPEC section 4):
+
+1. ``send()`` appends it to the pending outbox batch.  At the next turn of
+   the event loop one SQLite transaction commits everything pending (group
+   commit); only then is the message ``queued`` (one event per recipient) and
+   handed to each recipient's ``_Route``.
+2. A route keeps its recipient's unacknowledged messages in ``seq`` order and
+   sends them pipelined, up to ``window`` unacknowledged at a time, over the
+   one connection the pair shares.  When it has no connection it looks the
+   recipient up (QUERY, briefly cached) and dials; failures back off
+   exponentially (capped at ``retry_max``) and are cut short as soon as the
+   recipient is seen again (in a QUERY result or on an incoming connection).
+3. The receiver commits (sender, msgid) and the text to its inbox, then sends
+   ``ACK 0 <msgid>``, then shows the message and advances its display cursor.
+   A duplicate is ACKed again, not shown.
+4. The sender deletes the outbox row on the ACK (again group-committed) and
+   reports ``delivered`` after that commit.
+
+Ordering: on one connection messages are sent in ``seq`` order, and after a
+reconnect every unacknowledged message is sent again, oldest first, before
+anything newer; the receiver records in arrival order and drops duplicates,
+so it records (and shows) each recipient's messages in the order the sender
+accepted them.
+
+One connection per pair: either side dials when it has something to send
+and no connection; an incoming connection is identified by the sender of its
+first MESSAGE and then also used for sending back.  If both sides dialled at
+once, the connection dialled by the peer whose name sorts first is kept and
+the other one closed (both sides apply the same rule, so they agree without
+talking about it); anything unacknowledged on the closed one is sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import (
+    AsyncIterator,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    Union,
+)
+
+from .directory_client import (
+    DirectoryClient,
+    DirectoryError,
+    DirectoryUnavailable,
+    Registration,
+    backoff_delay,
+)
+from .protocol import (
+    PEER_MAX_PAYLOAD,
+    AckReceived,
+    ErrReceived,
+    MessageReceived,
+    PeerProtocol,
+    PingReceived,
+    PongReceived,
+    Violation,
+    encode_ack,
+    encode_message,
+    encode_ping,
+    encode_pong,
+    valid_name,
+)
+from .store import PeerStore, default_data_dir
+
+log = logging.getLogger("eurechat.peer.node")
+
+#: Largest text ``send()`` accepts: what fits a peer's 1 MiB inbound limit.
+MAX_TEXT_BYTES = PEER_MAX_PAYLOAD
+
+Event = dict
+
+
+def _env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ[name])
+    except (KeyError, ValueError):
+        return default
+
+
+@dataclass
+class Timings:
+    """Retry, cache and window settings.  Defaults follow SPEC section 4;
+    every one can be overridden from the environment (tests use short ones)."""
+
+    retry_base: float = 0.25        #: first retry delay for an unreachable recipient
+    retry_max: float = 30.0         #: backoff cap for recipients (SPEC: 30 s)
+    directory_retry_base: float = 0.2
+    directory_retry_max: float = 30.0
+    query_ttl: float = 2.0          #: how long a QUERY answer is trusted
+    connect_timeout: float = 5.0
+    ping_timeout: float = 5.0
+    window: int = 1024              #: unacknowledged messages in flight per recipient
+
+    @classmethod
+    def from_env(cls) -> Timings:
+        t = cls()
+        t.retry_base = _env_float("EURECHAT_RETRY_BASE", t.retry_base)
+        t.retry_max = _env_float("EURECHAT_RETRY_MAX", t.retry_max)
+        t.directory_retry_base = _env_float("EURECHAT_DIRECTORY_RETRY_BASE",
+                                            t.directory_retry_base)
+        t.directory_retry_max = _env_float("EURECHAT_DIRECTORY_RETRY_MAX",
+                                           t.directory_retry_max)
+        t.query_ttl = _env_float("EURECHAT_QUERY_TTL", t.query_ttl)
+        t.connect_timeout = _env_float("EURECHAT_CONNECT_TIMEOUT", t.connect_timeout)
+        t.window = int(_env_float("EURECHAT_WINDOW", t.window))
+        return t
+
+
+class IncomingMessage(NamedTuple):
+    """A message received and durably recorded; ``msgid`` None from seed peers."""
+
+    sender: str
+    msgid: Optional[str]
+    text: str
+    seq: int
+
+
+class PeerError(Exception):
+    """A request of the API could not be served (bad recipient, no directory...)."""
+
+
+def new_msgid() -> str:
+    """16 URL-safe characters (96 random bits): unique without coordination."""
+    return secrets.token_urlsafe(12)
+
+
+class _OutItem:
+    __slots__ = ("seq", "msgid", "text", "frame", "acked", "created")
+
+    def __init__(self, seq: int, msgid: str, text: str, frame: bytes, created: float) -> None:
+        self.seq = seq
+        self.msgid = msgid
+        self.text = text
+        self.frame = frame
+        self.acked = False
+        self.created = created
+
+
+class _Conn(asyncio.Protocol):
+    """Transport edge of one peer connection; the logic is in PeerProtocol and Peer."""
+
+    def __init__(self, node: Peer, remote: Optional[str] = None, dialled: bool = False) -> None:
+        self.node = node
+        self.proto = PeerProtocol(remote)
+        self.dialled = dialled
+        self.transport: Optional[asyncio.Transport] = None
+        self.closed = False
+        self.paused = False
+        self.peername = None
+
+    @property
+    def remote(self) -> Optional[str]:
+        return self.proto.remote
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.peername = transport.get_extra_info("peername")
+        self.node._conns_all.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        was = self.proto.remote
+        events = self.proto.receive(data)
+        if events:
+            self.node._on_events(self, events, was)
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        self.node._on_conn_lost(self)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.node._on_resume(self)
+
+    def write(self, data: bytes) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.close()
+
+    def __repr__(self) -> str:
+        return (f"<conn {'to' if self.dialled else 'from'} {self.remote or '?'} "
+                f"{self.peername}>")
+
+
+class _Route:
+    """Everything about sending to one recipient: its queue, connection, backoff."""
+
+    def __init__(self, node: Peer, name: str) -> None:
+        self.node = node
+        self.name = name
+        self.queue: deque = deque()          # _OutItem in seq order, until acked
+        self.by_id: Dict[str, _OutItem] = {}
+        self.sent = 0                        # queue[:sent] went out on self.conn
+        self.conn: Optional[_Conn] = None
+        self.attempt = 0
+        self.timer: Optional[asyncio.TimerHandle] = None
+        self.connecting: Optional[asyncio.Task] = None
+        self.offline_reported = False
+
+    def enqueue(self, item: _OutItem) -> None:
+        self.queue.append(item)
+        self.by_id[item.msgid] = item
+
+    def use(self, conn: Optional[_Conn]) -> None:
+        """Send over ``conn`` from now on: everything unacknowledged goes again."""
+        if conn is self.conn:
+            return
+        self.conn = conn
+        self.sent = 0
+        if conn is not None:
+            self._cancel_timer()
+            self.pump()
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def pump(self) -> None:
+        """Send what the window allows, or get a connection if there is none."""
+        conn = self.conn
+        if conn is None or conn.closed:
+            if self.queue and self.connecting is None and self.timer is None:
+                self.connect_soon(0 if self.attempt == 0 else None)
+            return
+        if conn.paused:
+            return
+        queue = self.queue
+        limit = min(len(queue), self.node.timings.window)
+        if self.sent >= limit:
+            return
+        frames = []
+        i = self.sent
+        while i < limit:
+            item = queue[i]
+            if not item.acked:
+                frames.append(item.frame)
+            i += 1
+        self.sent = limit
+        if frames:
+            conn.write(b"".join(frames))
+
+    def on_ack(self, msgid: Optional[str], conn: _Conn) -> None:
+        if msgid is None:  # a seed peer's bare "ACK 0": the oldest unacked we sent it
+            item = next((it for it in self.queue if not it.acked), None)
+            if item is None:
+                return
+            self.by_id.pop(item.msgid, None)
+        else:
+            item = self.by_id.pop(msgid, None)
+            if item is None:
+                return  # a duplicate ACK (we sent it twice), nothing to do
+        item.acked = True
+        self.attempt = 0
+        self.offline_reported = False
+        queue = self.queue
+        node = self.node
+        while queue and queue[0].acked:
+            done = queue.popleft()
+            if self.sent:
+                self.sent -= 1
+            node._pending_del.append((self.name, done))
+        node._schedule_flush()
+        self.pump()
+
+    def connect_soon(self, delay: Optional[float] = None) -> None:
+        """Dial after ``delay`` (None: the backoff for the current attempt)."""
+        if self.connecting is not None:
+            return
+        self._cancel_timer()
+        t = self.node.timings
+        if delay is None:
+            delay = backoff_delay(self.attempt - 1, t.retry_base, t.retry_max)
+        if delay <= 0:
+            self.connecting = asyncio.ensure_future(self._connect())
+        else:
+            self.timer = self.node._loop.call_later(delay, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self.timer = None
+        if self.conn is None and self.connecting is None and not self.node._closing:
+            self.connecting = asyncio.ensure_future(self._connect())
+
+    def wake(self) -> None:
+        """The recipient was just seen: retry now instead of waiting out the backoff."""
+        if self.queue and self.conn is None and self.connecting is None:
+            self._cancel_timer()
+            self.connecting = asyncio.ensure_future(self._connect())
+
+    async def _connect(self) -> bool:
+        node = self.node
+        try:
+            conn = node._live_conn(self.name)
+            if conn is None:
+                addr = await node._resolve(self.name)
+                if self.conn is not None:       # an incoming connection won meanwhile
+                    return True
+                if addr is None:
+                    raise ConnectionError(f"{self.name} is not online")
+                conn = node._live_conn(self.name)
+                if conn is None:
+                    try:
+                        _, conn = await asyncio.wait_for(node._loop.create_connection(
+                            lambda: _Conn(node, self.name, dialled=True), addr[0], addr[1]),
+                            node.timings.connect_timeout)
+                    except (OSError, asyncio.TimeoutError) as exc:
+                        node._forget(self.name)
+                        raise ConnectionError(f"{self.name} at {addr[0]}:{addr[1]}: "
+                                              f"{exc or exc.__class__.__name__}") from None
+                    log.debug("dialled %s at %s", self.name, addr)
+            self.connecting = None
+            node._identified(conn)
+            return True
+        except asyncio.CancelledError:
+            raise
+        except (ConnectionError, DirectoryError) as exc:
+            log.debug("cannot reach %s: %s", self.name, exc)
+            if self.queue and not self.offline_reported:
+                self.offline_reported = True
+                log.info("%s unreachable (%s); %d message(s) stay queued", self.name, exc,
+                         len(self.queue))
+            self.attempt += 1
+            return False
+        finally:
+            self.connecting = None
+            if self.conn is None and self.queue and not node._closing and self.timer is None:
+                self.connect_soon(None)
+
+
+class Peer:
+    """A eurechat peer for programs: the same engine ``python -m eurechat.peer`` runs.
+
+    Use it as an async context manager::
+
+        async with Peer("alice", "secret-pw", directory=("127.0.0.1", 8888)) as peer:
+            msgid = await peer.send(["bob"], "hello")
+            async for msg in peer.messages():
+                print(msg.sender, msg.text)
+
+    ``directory=None`` runs without a directory: recipients are then looked
+    up in ``addresses`` (``{"bob": ("127.0.0.1", 5555)}``), which is handy
+    for tests and for fixed deployments.
+    """
+
+    def __init__(self, user: str, password: str = "", *,
+                 directory: Optional[Tuple[str, int]] = None,
+                 listen: Tuple[str, int] = ("127.0.0.1", 0),
+                 data_dir: Union[str, os.PathLike, None] = None,
+                 register: bool = False,
+                 addresses: Optional[Dict[str, Tuple[str, int]]] = None,
+                 timings: Optional[Timings] = None,
+                 on_message: Optional[Callable[[IncomingMessage], None]] = None,
+                 on_event: Optional[Callable[[Event], None]] = None) -> None:
+        if not valid_name(user):
+            raise ValueError(f"invalid user name {user!r}: 1-32 of [A-Za-z0-9_.-], "
+                             "not starting with '.' or '-'")
+        self.user = user
+        self._password = password
+        self.directory_address = directory
+        self.listen_address = listen
+        self.data_dir = data_dir if data_dir is not None else default_data_dir()
+        self.register = register
+        self.addresses: Dict[str, Tuple[str, int]] = dict(addresses or {})
+        self.timings = timings or Timings.from_env()
+        self._on_message = on_message
+        self._listeners: List[Callable[[Event], None]] = []
+        if on_event is not None:
+            self._listeners.append(on_event)
+        self.store: Optional[PeerStore] = None
+        self.directory: Optional[DirectoryClient] = None
+        self.address: Optional[Tuple[str, int]] = None
+        self._server: Optional[asyncio.AbstractServer] = None
+        self._routes: Dict[str, _Route] = {}
+        self._conns: Dict[str, Set[_Conn]] = {}
+        self._conns_all: Set[_Conn] = set()
+        self._cache: Dict[str, Tuple[float, Optional[Tuple[str, int]]]] = {}
+        self._pending_out: list = []
+        self._pending_in: list = []
+        self._pending_del: list = []
+        self._flush_handle: Optional[asyncio.Handle] = None
+        self._pings: Dict[str, asyncio.Future] = {}
+        self._inbox_q: Optional[asyncio.Queue] = None
+        self._event_qs: List[asyncio.Queue] = []
+        self._shown_backlog: List[IncomingMessage] = []
+        self._idle_waiters: List[asyncio.Future] = []
+        self._ready = False
+        self._closing = False
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+
+    # -- life cycle ---------------------------------------------------------
+    async def __aenter__(self) -> Peer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Open the store, listen, log in to the directory, then report ``ready``.
+
+        Raises ``AuthFailed``/``NameTaken`` (from ``directory_client``) when
+        the directory refuses us, ``StoreLocked`` when this user already runs
+        here, ``OSError`` when the listen address is unavailable.  A directory
+        that is down is *not* an error: the peer runs and keeps retrying it.
+        """
+        self._loop = asyncio.get_running_loop()
+        self.store = PeerStore(self.data_dir, self.user)
+        try:
+            for row in self.store.load_outbox():
+                self._route(row.recipient).enqueue(_OutItem(
+                    row.seq, row.msgid, row.text,
+                    encode_message(self.user, row.msgid, row.text), time.monotonic()))
+            host, port = self.listen_address
+            self._server = await self._loop.create_server(
+                lambda: _Conn(self), host or None, port, reuse_address=True)
+            sockname = self._server.sockets[0].getsockname()
+            self.address = (host or sockname[0], sockname[1])
+            if self.directory_address is not None:
+                self.directory = DirectoryClient(
+                    self.directory_address[0], self.directory_address[1], self.user,
+                    self._password, listen=lambda: self.address, register=self.register,
+                    retry_base=self.timings.directory_retry_base,
+                    retry_max=self.timings.directory_retry_max,
+                    on_online=self._on_directory_online,
+                    on_error=lambda text: self._emit({"event": "error", "text": text}))
+                await self.directory.start()
+        except BaseException:
+            await self._shutdown(leave=False)
+            raise
+        self._ready = True
+        self._emit({"event": "ready", "user": self.user,
+                    "listen": f"{self.address[0]}:{self.address[1]}"})
+        for row in self.store.unshown():
+            self._show(IncomingMessage(row.sender, row.msgid, row.text, row.seq))
+        for route in list(self._routes.values()):
+            route.pump()
+
+    async def close(self, leave: bool = False) -> None:
+        """Stop; with ``leave`` deregister from the directory first.  The outbox
+        persists: what is still queued is sent at the next start."""
+        await self._shutdown(leave)
+
+    async def _shutdown(self, leave: bool) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        if self.directory is not None:
+            await self.directory.close(leave=leave)
+        if self._server is not None:
+            self._server.close()
+        for route in self._routes.values():
+            route._cancel_timer()
+            if route.connecting is not None:
+                route.connecting.cancel()
+        if self.store is not None:
+            with contextlib.suppress(Exception):
+                self._flush()
+        for conn in list(self._conns_all):
+            conn.close()
+        for fut in self._pings.values():
+            if not fut.done():
+                fut.cancel()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        if self._inbox_q is not None:
+            self._inbox_q.put_nowait(None)
+        for q in self._event_qs:
+            q.put_nowait(None)
+        if self.store is not None:
+            self.store.close()
+
+    # -- public API ---------------------------------------------------------
+    def send_nowait(self, recipients: Union[str, Iterable[str]],
+                    text: str) -> Tuple[str, asyncio.Future[str]]:
+        """Queue ``text`` for ``recipients`` without waiting for the commit.
+
+        Returns ``(msgid, future)``; the future resolves to the msgid once the
+        message is durably in the outbox (then ``queued`` events follow).
+        Messages queued this way keep their call order.
+        """
+        if self._closing or not self._ready:
+            raise PeerError("the peer is not running")
+        if isinstance(recipients, str):
+            recipients = recipients.split(",")
+        names: List[str] = []
+        for name in recipients:
+            name = name.strip()
+            if not valid_name(name):
+                raise PeerError(f"invalid recipient name {name!r}")
+            if name not in names:
+                names.append(name)
+        if not names:
+            raise PeerError("no recipient")
+        if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
+            raise PeerError(f"message too long (more than {MAX_TEXT_BYTES} bytes)")
+        msgid = new_msgid()
+        fut = self._loop.create_future()
+        self._pending_out.append((msgid, text, names, fut))
+        self._schedule_flush()
+        return msgid, fut
+
+    async def send(self, recipients: Union[str, Iterable[str]], text: str) -> str:
+        """Queue ``text`` for each recipient; return the msgid once it is durably
+        queued (it is delivered in the background; watch ``events()``)."""
+        _, fut = self.send_nowait(recipients, text)
+        return await fut
+
+    def messages(self) -> AsyncIterator[IncomingMessage]:
+        """Incoming messages, each once, in the order they were recorded.
+
+        A message counts as shown when the consumer asks for the next one,
+        so one that was being handled when the program died comes again at
+        the next start.  Only one consumer (or ``on_message``) per peer.
+        """
+        if self._on_message is not None:
+            raise PeerError("this peer delivers messages to on_message")
+        if self._inbox_q is None:
+            self._inbox_q = asyncio.Queue()
+            for m in self._shown_backlog:
+                self._inbox_q.put_nowait(m)
+            self._shown_backlog = []
+        return self._iter_messages(self._inbox_q)
+
+    async def _iter_messages(self, q: asyncio.Queue) -> AsyncIterator[IncomingMessage]:
+        while True:
+            m = await q.get()
+            if m is None:
+                return
+            yield m
+            if self.store is not None and not self._closing:
+                self.store.mark_shown(m.seq)
+
+    def events(self) -> AsyncIterator[Event]:
+        """Every event (``ready``, ``queued``, ``delivered``, ``message``,
+        ``error``...) as the dicts ``--json`` prints, from now on."""
+        q: asyncio.Queue = asyncio.Queue()
+        self._event_qs.append(q)
+        return self._iter_events(q)
+
+    async def _iter_events(self, q: asyncio.Queue) -> AsyncIterator[Event]:
+        try:
+            while True:
+                e = await q.get()
+                if e is None:
+                    return
+                yield e
+        finally:
+            with contextlib.suppress(ValueError):
+                self._event_qs.remove(q)
+
+    def add_listener(self, callback: Callable[[Event], None]) -> None:
+        """Call ``callback(event)`` synchronously for every event."""
+        self._listeners.append(callback)
+
+    async def who(self, name: Optional[str] = None) -> List[Registration]:
+        """Who is online (QUERY), sorted by name."""
+        if self.directory is None:
+            regs = [Registration(n, a[0], a[1]) for n, a in sorted(self.addresses.items())
+                    if name is None or n == name]
+            return regs
+        regs = await self.directory.query(name)
+        self._note_registrations(regs, complete_for=name)
+        return regs
+
+    async def ping(self, name: str, timeout: Optional[float] = None) -> float:
+        """Round trip to ``name`` over the pair's connection, in milliseconds."""
+        if not valid_name(name):
+            raise PeerError(f"invalid name {name!r}")
+        route = self._route(name)
+        conn = route.conn if route.conn is not None and not route.conn.closed else None
+        if conn is None:
+            if route.connecting is None:
+                route._cancel_timer()
+                route.connecting = asyncio.ensure_future(route._connect())
+            task = route.connecting
+            await asyncio.shield(task)
+            conn = route.conn
+            if conn is None or conn.closed:
+                raise PeerError(f"cannot reach {name}")
+        token = secrets.token_hex(8)
+        fut = self._loop.create_future()
+        self._pings[token] = fut
+        t0 = time.perf_counter()
+        conn.write(encode_ping(token))
+        try:
+            await asyncio.wait_for(fut, timeout or self.timings.ping_timeout)
+        except asyncio.TimeoutError:
+            raise PeerError(f"no PONG from {name}") from None
+        finally:
+            self._pings.pop(token, None)
+        return (time.perf_counter() - t0) * 1000.0
+
+    def pending(self) -> List[dict]:
+        """Messages not yet acknowledged, per recipient, oldest first."""
+        out = []
+        for route in self._routes.values():
+            for item in route.queue:
+                if not item.acked:
+                    out.append((item.seq, {"to": route.name, "id": item.msgid,
+                                           "text": item.text}))
+        for msgid, text, names, _fut in self._pending_out:
+            for n in names:
+                out.append((1 << 62, {"to": n, "id": msgid, "text": text}))
+        out.sort(key=lambda x: x[0])
+        return [d for _, d in out]
+
+    @property
+    def unacked(self) -> int:
+        return sum(len(r.queue) for r in self._routes.values()) + len(self._pending_out)
+
+    async def wait_idle(self, timeout: Optional[float] = None) -> bool:
+        """Wait until nothing is queued (True) or ``timeout`` passes (False)."""
+        deadline = None if timeout is None else self._loop.time() + timeout
+        while self.unacked or self._pending_del:
+            if deadline is not None and self._loop.time() >= deadline:
+                return False
+            fut = self._loop.create_future()
+            self._idle_waiters.append(fut)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(fut, None if deadline is None
+                                       else max(0.0, deadline - self._loop.time()))
+        return True
+
+    # -- events out -----------------------------------------------------------
+    def _emit(self, event: Event) -> None:
+        for cb in self._listeners:
+            try:
+                cb(event)
+            except Exception:  # a broken listener must not stop delivery
+                log.exception("event listener failed")
+        for q in self._event_qs:
+            q.put_nowait(event)
+
+    def _show(self, m: IncomingMessage) -> None:
+        if self._on_message is not None:
+            self._on_message(m)
+            self.store.mark_shown(m.seq)
+        elif self._inbox_q is not None:
+            self._inbox_q.put_nowait(m)
+        else:
+            self._shown_backlog.append(m)
+        if self._listeners or self._event_qs:
+            self._emit({"event": "message", "from": m.sender, "id": m.msgid, "text": m.text})
+
+    # -- group commit ---------------------------------------------------------
+    def _schedule_flush(self) -> None:
+        if self._flush_handle is None and not self._closing:
+            self._flush_handle = self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Commit everything pending in one transaction, then act on it."""
+        self._flush_handle = None
+        out, self._pending_out = self._pending_out, []
+        inc, self._pending_in = self._pending_in, []
+        dels, self._pending_del = self._pending_del, []
+        if not (out or inc or dels):
+            return
+        store = self.store
+        now = time.time()
+        out_seqs: List[List[int]] = []
+        in_seqs: List[Optional[int]] = []
+        try:
+            with store.transaction():
+                if dels:
+                    store.remove_outgoing([item.seq for _, item in dels])
+                for msgid, text, names, _fut in out:
+                    out_seqs.append(store.add_outgoing(
+                        [(n, msgid, text, now) for n in names]))
+                record = store.record_incoming
+                for _conn, sender, msgid, text in inc:
+                    in_seqs.append(record(sender, msgid, text, now))
+        except Exception as exc:
+            log.exception("storage failure: nothing of this batch is acknowledged")
+            for _msgid, _text, _names, fut in out:
+                if not fut.done():
+                    fut.set_exception(PeerError(f"could not queue the message: {exc}"))
+            self._pending_del[:0] = dels
+            self._emit({"event": "error", "text": f"storage failure: {exc}"})
+            return
+        # 1. ACK what we recorded (and duplicates), per connection, in order.
+        acks: Dict[_Conn, List[bytes]] = {}
+        shown: List[IncomingMessage] = []
+        for (conn, sender, msgid, text), seq in zip(inc, in_seqs):
+            acks.setdefault(conn, []).append(encode_ack(msgid))
+            if seq is not None:
+                shown.append(IncomingMessage(sender, msgid, text, seq))
+        for conn, frames in acks.items():
+            conn.write(b"".join(frames))
+        # 2. Hand committed messages to their routes and say they are queued.
+        emit = self._emit if (self._listeners or self._event_qs) else None
+        touched = set()
+        mono = time.monotonic()
+        for (msgid, text, names, fut), seqs in zip(out, out_seqs):
+            frame = encode_message(self.user, msgid, text)
+            for name, seq in zip(names, seqs):
+                route = self._route(name)
+                route.enqueue(_OutItem(seq, msgid, text, frame, mono))
+                touched.add(route)
+                if emit:
+                    emit({"event": "queued", "to": name, "id": msgid})
+            if not fut.done():
+                fut.set_result(msgid)
+        for route in touched:
+            route.pump()
+        # 3. Deliveries whose outbox rows are now gone.
+        if emit:
+            for name, item in dels:
+                emit({"event": "delivered", "to": name, "id": item.msgid})
+        if dels and self._idle_waiters and not self.unacked:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
+        # 4. Show what is new.
+        if self._ready:
+            for m in shown:
+                self._show(m)
+
+    # -- connections ------------------------------------------------------------
+    def _route(self, name: str) -> _Route:
+        route = self._routes.get(name)
+        if route is None:
+            route = self._routes[name] = _Route(self, name)
+        return route
+
+    def _live_conn(self, name: str) -> Optional[_Conn]:
+        for conn in self._conns.get(name, ()):
+            if not conn.closed:
+                return conn
+        return None
+
+    def _identified(self, conn: _Conn) -> None:
+        """``conn`` now speaks for ``conn.remote``: use it, or settle a duplicate."""
+        name = conn.remote
+        assert name is not None
+        conns = self._conns.setdefault(name, set())
+        conns.add(conn)
+        route = self._route(name)
+        current = route.conn
+        if current is None or current.closed or current is conn:
+            route.attempt = 0
+            route.use(conn)
+            return
+        # Two connections for one pair: keep the one dialled by the smaller name.
+        keep_mine = self.user < name
+        keep = current if current.dialled == keep_mine else conn
+        lose = conn if keep is current else current
+        log.debug("duplicate connection with %s: keeping %r, closing %r", name, keep, lose)
+        route.use(keep)
+        conns.discard(lose)
+        lose.close()
+
+    def _on_events(self, conn: _Conn, events: list, was: Optional[str]) -> None:
+        if was is None and conn.remote is not None:
+            self._identified(conn)
+        incoming = self._pending_in
+        for ev in events:
+            cls = ev.__class__
+            if cls is MessageReceived:
+                incoming.append((conn, ev.sender, ev.msgid, ev.text))
+            elif cls is AckReceived:
+                route = self._routes.get(conn.remote) if conn.remote else None
+                if route is not None:
+                    route.on_ack(ev.msgid, conn)
+            elif cls is PingReceived:
+                conn.write(encode_pong(ev.token))
+            elif cls is PongReceived:
+                fut = self._pings.get(ev.token) if ev.token else None
+                if fut is None and ev.token is None and self._pings:
+                    fut = next(iter(self._pings.values()))
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+            elif cls is ErrReceived:
+                log.warning("%r says: %s", conn, ev.text)
+            elif cls is Violation:
+                log.warning("%r: %s", conn, ev.reason)
+                if ev.reply:
+                    conn.write(ev.reply)
+                if ev.fatal:
+                    conn.close()
+        if incoming:
+            self._schedule_flush()
+
+    def _on_conn_lost(self, conn: _Conn) -> None:
+        self._conns_all.discard(conn)
+        name = conn.remote
+        if name is None:
+            return
+        conns = self._conns.get(name)
+        if conns is not None:
+            conns.discard(conn)
+        route = self._routes.get(name)
+        if route is not None and route.conn is conn:
+            route.conn = None
+            route.sent = 0
+            other = self._live_conn(name)
+            if other is not None:
+                route.use(other)
+            elif not self._closing and route.queue:
+                route.connect_soon(0 if route.attempt == 0 else None)
+                route.attempt += 1
+
+    def _on_resume(self, conn: _Conn) -> None:
+        route = self._routes.get(conn.remote) if conn.remote else None
+        if route is not None and route.conn is conn:
+            route.pump()
+
+    # -- lookups ------------------------------------------------------------------
+    async def _resolve(self, name: str) -> Optional[Tuple[str, int]]:
+        if name in self.addresses:
+            return self.addresses[name]
+        if self.directory is None:
+            return None
+        now = self._loop.time()
+        cached = self._cache.get(name)
+        if cached is not None and now - cached[0] < self.timings.query_ttl:
+            return cached[1]
+        try:
+            regs = await self.directory.query(name)
+        except (DirectoryUnavailable, DirectoryError, asyncio.TimeoutError) as exc:
+            if cached is not None and cached[1] is not None:
+                return cached[1]   # stale, but the recipient may well still be there
+            raise DirectoryUnavailable(str(exc) or "directory unavailable") from None
+        self._note_registrations(regs, complete_for=name)
+        return self._cache[name][1]
+
+    def _note_registrations(self, regs: Sequence[Registration],
+                            complete_for: Optional[str] = None) -> None:
+        """Remember addresses; wake routes whose recipient just showed up."""
+        now = self._loop.time()
+        seen = set()
+        for reg in regs:
+            seen.add(reg.name)
+            prev = self._cache.get(reg.name)
+            self._cache[reg.name] = (now, (reg.address, reg.port))
+            if prev is None or prev[1] != (reg.address, reg.port):
+                route = self._routes.get(reg.name)
+                if route is not None:
+                    route.wake()
+        if complete_for is not None and complete_for not in seen:
+            self._cache[complete_for] = (now, None)
+
+    def _forget(self, name: str) -> None:
+        self._cache.pop(name, None)
+
+    def _on_directory_online(self) -> None:
+        self._cache.clear()
+        for route in self._routes.values():
+            route.wake()
+
+
+__all__ = ["Peer", "Timings", "IncomingMessage", "PeerError", "new_msgid", "MAX_TEXT_BYTES"]

@@ -1,0 +1,189 @@
+"""Sans-IO core of one peer-to-peer connection (SPEC section 4).
+
+Bytes in, events out; no sockets, no clocks, no storage.  The same object
+serves both directions of the one TCP connection a pair of peers shares:
+``receive()`` turns what arrived into events, the ``encode_*`` helpers make
+what we send.
+
+Identity: the ``<sender>`` argument of ``MESSAGE`` is a *claim*.  What a
+receiver trusts, and what this class enforces, is that one connection speaks
+for one sender: the first ``MESSAGE`` pins the connection's ``remote`` name,
+and a later ``MESSAGE`` claiming another name is a protocol violation (the
+connection is closed after an ``ERR``).  A connection we dialled ourselves is
+pinned from the start to the name we looked up in the directory, because the
+directory verified that user's password and BIND address.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import List, NamedTuple, Optional, Union
+
+from ..errors import ProtocolError
+from ..framing import Decoder, Message, Oversized
+
+log = logging.getLogger("eurechat.peer.protocol")
+
+#: Inbound payload limit for peer connections (SPEC section 4).
+PEER_MAX_PAYLOAD = 1024 * 1024
+
+
+class MessageReceived(NamedTuple):
+    """A chat message; ``msgid`` is None for a seed-style ``MESSAGE`` (``ACK 0``)."""
+
+    sender: str
+    msgid: Optional[str]
+    text: str
+
+
+class AckReceived(NamedTuple):
+    """``ACK 0 <msgid>``; ``msgid`` None for a seed peer's bare ``ACK 0``."""
+
+    msgid: Optional[str]
+
+
+class PingReceived(NamedTuple):
+    token: Optional[str]
+
+
+class PongReceived(NamedTuple):
+    token: Optional[str]
+
+
+class ErrReceived(NamedTuple):
+    text: str
+
+
+class Violation(NamedTuple):
+    """The remote broke the protocol.  ``reply`` is what to send back
+    (already encoded, may be empty); ``fatal`` means close after it."""
+
+    reason: str
+    reply: bytes
+    fatal: bool
+
+
+Event = Union[MessageReceived, AckReceived, PingReceived, PongReceived, ErrReceived, Violation]
+
+
+def valid_name(name: str) -> bool:
+    """A user name usable on the wire: 1-32 of [A-Za-z0-9_.-], not starting with . or -."""
+    if not name or len(name) > 32 or name[0] in ".-":
+        return False
+    return all(c.isascii() and (c.isalnum() or c in "_.-") for c in name)
+
+
+def encode_message(sender: str, msgid: Optional[str], text: Union[str, bytes]) -> bytes:
+    payload = text.encode("utf-8") if isinstance(text, str) else text
+    if msgid is None:
+        return b"MESSAGE %d %s\n" % (len(payload), sender.encode()) + payload
+    return b"MESSAGE %d %s %s\n" % (len(payload), sender.encode(), msgid.encode()) + payload
+
+
+def encode_ack(msgid: Optional[str]) -> bytes:
+    return b"ACK 0\n" if msgid is None else b"ACK 0 %s\n" % msgid.encode()
+
+
+def encode_ping(token: Optional[str]) -> bytes:
+    return b"PING 0\n" if token is None else b"PING 0 %s\n" % token.encode()
+
+
+def encode_pong(token: Optional[str]) -> bytes:
+    return b"PONG 0\n" if token is None else b"PONG 0 %s\n" % token.encode()
+
+
+def encode_err(text: str) -> bytes:
+    return bytes(Message("ERR", (), text))
+
+
+class PeerProtocol:
+    """State of one peer connection: decoder, pinned remote identity, failure.
+
+    ``remote`` is None until the connection is identified (we dialled it, or
+    the first MESSAGE named its sender).
+    """
+
+    __slots__ = ("decoder", "remote", "closed_reason", "max_payload")
+
+    def __init__(self, remote: Optional[str] = None,
+                 max_payload: int = PEER_MAX_PAYLOAD) -> None:
+        self.decoder = Decoder(max_payload=max_payload)
+        self.max_payload = max_payload
+        self.remote = remote
+        self.closed_reason: Optional[str] = None
+
+    @property
+    def in_frame(self) -> bool:
+        return self.decoder.in_frame
+
+    def receive(self, data: bytes) -> List[Event]:
+        """Decode ``data``; return the events it completed, in stream order.
+
+        After a fatal ``Violation`` nothing more is decoded: the caller sends
+        its ``reply`` and closes.
+        """
+        if self.closed_reason is not None:
+            return []
+        try:
+            items = self.decoder.feed(data)
+        except ProtocolError as exc:
+            events = self._interpret(exc.messages)
+            if self.closed_reason is None:
+                self.closed_reason = f"protocol error: {exc}"
+                events.append(Violation(self.closed_reason, encode_err(f"protocol error: {exc}"),
+                                        True))
+            return events
+        return self._interpret(items)
+
+    def _interpret(self, items: list) -> List[Event]:
+        out: List[Event] = []
+        append = out.append
+        for item in items:
+            if self.closed_reason is not None:
+                break
+            if item.__class__ is Oversized:
+                append(Violation(
+                    f"oversized {item.type} ({item.length} bytes)",
+                    encode_err(f"message too large ({item.length} > {self.max_payload} bytes)"),
+                    False))
+                continue
+            type, args, payload = item
+            if type == "MESSAGE":
+                if not 1 <= len(args) <= 2 or not valid_name(args[0]):
+                    append(self._fatal(f"malformed MESSAGE header {args!r}"))
+                    continue
+                sender = args[0]
+                if self.remote is None:
+                    self.remote = sender
+                elif sender != self.remote:
+                    append(self._fatal(
+                        f"connection of {self.remote!r} sent a MESSAGE claiming to be {sender!r}"))
+                    continue
+                try:
+                    text = payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    text = payload.decode("utf-8", "replace")
+                append(MessageReceived(sender, args[1] if len(args) == 2 else None, text))
+            elif type == "ACK":
+                append(AckReceived(args[0] if args else None))
+            elif type == "PING":
+                append(PingReceived(args[0] if args else None))
+            elif type == "PONG":
+                append(PongReceived(args[0] if args else None))
+            elif type == "ERR":
+                append(ErrReceived(payload.decode("utf-8", "replace")))
+            else:
+                append(Violation(f"unknown request {type}",
+                                 encode_err(f"I did not understand the message {type}"), False))
+        return out
+
+    def _fatal(self, reason: str) -> Violation:
+        self.closed_reason = reason
+        return Violation(reason, encode_err(reason), True)
+
+
+__all__ = [
+    "PEER_MAX_PAYLOAD", "PeerProtocol", "MessageReceived", "AckReceived", "PingReceived",
+    "PongReceived", "ErrReceived", "Violation", "Event", "valid_name", "encode_message",
+    "encode_ack", "encode_ping", "encode_pong", "encode_err",
+]

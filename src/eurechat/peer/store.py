@@ -1,0 +1,167 @@
+"""The peer's persistent state: outbox, inbox and display cursor, one set per user.
+
+Everything the "no message is lost / shown exactly once" guarantees of SPEC
+section 4 rest on lives here:
+
+* ``outbox``: one row per (recipient, message) until that recipient ACKs it.
+  Rows are ordered by ``seq`` (the order the sender accepted them), which is
+  the per-recipient delivery order.
+* ``inbox``: one row per received (sender, msgid), written and committed
+  *before* the ACK is sent, so a duplicate (the sender did not see our ACK)
+  is recognised across restarts and only ACKed again.  Rows are ordered by
+  ``seq``: the display order.
+* the display cursor: the ``seq`` of the last inbox row shown to the user,
+  kept in a tiny side file and advanced with one ``pwrite`` right after the
+  message was written to the screen.  A row above the cursor at start-up was
+  recorded but never shown, so it is shown then.
+
+SQLite runs in WAL mode with ``synchronous=FULL``; callers group many
+operations into one transaction (``transaction()``), which is what makes a
+durable commit per message affordable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import sqlite3
+from pathlib import Path
+from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
+
+log = logging.getLogger("eurechat.peer.store")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq       INTEGER PRIMARY KEY,
+    recipient TEXT NOT NULL,
+    msgid     TEXT NOT NULL,
+    text      TEXT NOT NULL,
+    created   REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS inbox (
+    seq      INTEGER PRIMARY KEY,
+    sender   TEXT NOT NULL,
+    msgid    TEXT,
+    text     TEXT NOT NULL,
+    received REAL NOT NULL,
+    UNIQUE (sender, msgid)
+);
+"""
+
+
+class StoreLocked(Exception):
+    """Another process already runs a peer for this user on this data directory."""
+
+
+class OutRow(NamedTuple):
+    seq: int
+    recipient: str
+    msgid: str
+    text: str
+
+
+class InRow(NamedTuple):
+    seq: int
+    sender: str
+    msgid: Optional[str]
+    text: str
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/eurechat``, else ``~/.local/share/eurechat`` (as the directory)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                            "share")
+    return Path(base) / "eurechat"
+
+
+class PeerStore:
+    """SQLite outbox + inbox for one user, plus an exclusive lock on them.
+
+    Not thread-safe: the asyncio peer calls it from its event loop only.
+    """
+
+    def __init__(self, data_dir: os.PathLike | str, user: str) -> None:
+        self.dir = Path(data_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / f"peer-{user}.sqlite3"
+        self._lock_fd = os.open(self.dir / f"peer-{user}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._lock_fd)
+            raise StoreLocked(
+                f"another eurechat peer for {user!r} is already running on {self.dir}")
+        self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+        self._cursor_fd = os.open(self.dir / f"peer-{user}.shown", os.O_RDWR | os.O_CREAT, 0o600)
+        raw = os.pread(self._cursor_fd, 32, 0).strip(b"\0 \n")
+        self.shown = int(raw) if raw.isdigit() else 0
+        self._in_tx = False
+
+    # -- transactions -------------------------------------------------------
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One durable commit for everything done inside (group commit)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        self._in_tx = True
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        else:
+            self.db.execute("COMMIT")
+        finally:
+            self._in_tx = False
+
+    # -- outbox -------------------------------------------------------------
+    def add_outgoing(self, rows: Sequence[Tuple[str, str, str, float]]) -> List[int]:
+        """Insert (recipient, msgid, text, created) rows; return their seqs.
+        Must run inside ``transaction()``."""
+        cur = self.db.cursor()
+        seqs = []
+        for row in rows:
+            cur.execute("INSERT INTO outbox(recipient, msgid, text, created) VALUES (?,?,?,?)",
+                        row)
+            seqs.append(cur.lastrowid)
+        return seqs
+
+    def remove_outgoing(self, seqs: Sequence[int]) -> None:
+        self.db.executemany("DELETE FROM outbox WHERE seq=?", [(s,) for s in seqs])
+
+    def load_outbox(self) -> List[OutRow]:
+        return [OutRow(*r) for r in self.db.execute(
+            "SELECT seq, recipient, msgid, text FROM outbox ORDER BY seq")]
+
+    # -- inbox --------------------------------------------------------------
+    def record_incoming(self, sender: str, msgid: Optional[str], text: str,
+                        received: float) -> Optional[int]:
+        """Record one message; return its seq, or None if (sender, msgid) is
+        already known (a duplicate).  Must run inside ``transaction()``."""
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO inbox(sender, msgid, text, received) VALUES (?,?,?,?)",
+            (sender, msgid, text, received))
+        return cur.lastrowid if cur.rowcount == 1 else None
+
+    def unshown(self) -> List[InRow]:
+        """Recorded messages never shown (above the display cursor), in order."""
+        return [InRow(*r) for r in self.db.execute(
+            "SELECT seq, sender, msgid, text FROM inbox WHERE seq > ? ORDER BY seq",
+            (self.shown,))]
+
+    def mark_shown(self, seq: int) -> None:
+        """Advance the display cursor: one pwrite, right after the screen write."""
+        if seq > self.shown:
+            self.shown = seq
+            os.pwrite(self._cursor_fd, b"%020d\n" % seq, 0)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.db.close()
+        for fd in (self._cursor_fd, self._lock_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
