@@ -109,6 +109,12 @@ class Throttle(abc.ABC):
     for one key (a user name or a source address), that key is refused for
     ``window`` seconds.  Shared by all workers (and all hosts with Redis)."""
 
+    async def start(self) -> None:
+        """Open/connect; the default does nothing."""
+
+    async def close(self) -> None:
+        """Release connections; the default does nothing."""
+
     @abc.abstractmethod
     async def blocked(self, keys: Sequence[str]) -> bool:
         """Whether any of ``keys`` is currently refused."""
@@ -116,3 +122,20 @@ class Throttle(abc.ABC):
     @abc.abstractmethod
     async def failure(self, keys: Sequence[str]) -> None:
         """Count one failed attempt against each key."""
+
+
+class Election(abc.ABC):
+    """Who runs the liveness checker when several directory hosts share one
+    registry: exactly one of them should probe at a time.  The checker asks
+    ``leading()`` before every round; a lease-based implementation acquires or
+    renews its lease there and answers whether it holds it."""
+
+    async def start(self) -> None:
+        """Prepare (connect); the default does nothing."""
+
+    async def close(self) -> None:
+        """Give up leadership and release connections."""
+
+    @abc.abstractmethod
+    async def leading(self) -> bool:
+        """Whether this process should run the next checker round."""

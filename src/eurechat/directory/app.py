@@ -1,0 +1,113 @@
+"""Running one directory process: backends up, server listening, clean exit.
+
+``serve`` is the whole directory with ``--workers 1`` (server and checker in
+one event loop) and the body of each worker process otherwise (the
+supervisor passes the listening socket and runs the checker itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+from typing import Callable, Optional
+
+from .backends import make_accounts, make_registry, make_throttle
+from .checker import LivenessChecker
+from .interfaces import AccountsUnavailable, RegistryUnavailable
+from .server import DirectoryServer, ServerConfig, Services
+from .session import SessionConfig
+
+log = logging.getLogger("eurechat.directory.app")
+
+__all__ = ["server_config", "serve", "run", "install_uvloop"]
+
+
+def install_uvloop(enabled: bool = True) -> str:
+    """Use uvloop when it is installed (and not disabled); returns the loop name."""
+    if enabled and not os.environ.get("EURECHAT_NO_UVLOOP"):
+        try:
+            import uvloop
+        except ImportError:
+            return "asyncio"
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        return "uvloop"
+    return "asyncio"
+
+
+def server_config(opts: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(
+        session=SessionConfig(
+            max_payload=opts.max_payload,
+            preauth_max_payload=min(opts.preauth_max_payload, opts.max_payload),
+            registration_open=opts.registration == "open",
+            bind_policy=opts.bind_policy),
+        max_connections=opts.max_connections,
+        auth_timeout=opts.auth_timeout,
+        frame_timeout=opts.frame_timeout,
+        bind_timeout=opts.bind_timeout,
+        high_water=opts.high_water,
+        trace=opts.trace)
+
+
+async def serve(opts: argparse.Namespace, sock: Optional[socket.socket] = None,
+                ready: Optional[Callable[[str, int], None]] = None,
+                run_checker: bool = True, manager_address=None,
+                authkey: Optional[bytes] = None) -> int:
+    """Serve until SIGINT/SIGTERM; returns the exit code."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    registry = make_registry(opts.registry, manager_address=manager_address, authkey=authkey)
+    accounts = make_accounts(opts.accounts, opts.data_dir)
+    throttle = make_throttle(opts.throttle, opts.data_dir, limit=opts.throttle_limit,
+                             window=opts.throttle_window)
+    started = []
+    try:
+        for backend in (registry, accounts, throttle):
+            await backend.start()
+            started.append(backend)
+    except (RegistryUnavailable, AccountsUnavailable, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        for backend in reversed(started):
+            await backend.close()
+        return 1
+    server = DirectoryServer(server_config(opts),
+                             Services(registry, accounts, throttle, opts.bind_timeout))
+    host, port = await server.start(opts.host, opts.port, sock)
+    checker = None
+    if run_checker:
+        from .backends import make_election
+        election = make_election(opts.registry)
+        await election.start()
+        checker = LivenessChecker(registry, election, opts.check_interval,
+                                  opts.probe_timeout, opts.probe_concurrency)
+        checker.start()
+    if ready is not None:
+        ready(host, port)
+    await stop.wait()
+    log.info("shutting down")
+    await server.close(timeout=1.5)
+    if checker is not None:
+        await checker.close()
+        await checker.election.close()
+    for backend in reversed(started):
+        try:
+            await asyncio.wait_for(backend.close(), 1.0)
+        except Exception as exc:  # shutting down: report, never hang
+            log.warning("closing %s: %s", type(backend).__name__, exc)
+    return 0
+
+
+def announce(host: str, port: int) -> None:
+    print(f"eurechat-directory listening on {host}:{port}", flush=True)
+
+
+def run(opts: argparse.Namespace) -> int:
+    """``--workers 1``: everything in this process."""
+    install_uvloop(not opts.no_uvloop)
+    return asyncio.run(serve(opts, ready=announce))

@@ -1,0 +1,138 @@
+"""The liveness checker: one per directory, removes registrations that stopped
+answering.
+
+Why here and not in the workers: with N workers, N checkers would probe every
+peer N times.  The checker runs in the supervisor (or in the only process
+with ``--workers 1``) and talks to the registry like any client: it reads a
+``snapshot`` from the source of truth and removes with ``expected=`` so a
+fresh BIND that raced with a probe is never dropped.
+
+With several directory hosts sharing Redis, only one checker should run: it
+asks an ``Election`` before every round.  ``LocalElection`` always leads.
+
+A probe: TCP connect, ``PING 0 <nonce>``, then a ``PONG`` within the probe
+timeout (5 s).  Accepted: ``PONG 0 <nonce>`` (eurechat peers), ``PONG 0``
+and ``PONG 0 <username>`` (older peers).  Probes run concurrently, at most
+``concurrency`` at a time, so 10,000 registrations take seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import List, Optional, Tuple
+
+from ..errors import ProtocolError
+from ..framing import Decoder, Message
+from .interfaces import Election, Registration, Registry, RegistryUnavailable
+
+log = logging.getLogger("eurechat.directory.checker")
+
+__all__ = ["LivenessChecker", "LocalElection", "probe_peer"]
+
+
+class LocalElection(Election):
+    """A single directory host: always the leader."""
+
+    async def leading(self) -> bool:
+        return True
+
+
+async def probe_peer(reg: Registration, timeout: float) -> Optional[str]:
+    """None when ``reg`` answered a PING correctly within ``timeout``, else why not."""
+    nonce = os.urandom(8).hex()
+    deadline = time.monotonic() + timeout
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(reg.address, reg.port), timeout)
+    except asyncio.TimeoutError:
+        return f"no TCP connection within {timeout:g} s"
+    except OSError as exc:
+        return f"connect failed: {exc.strerror or exc}"
+    try:
+        writer.write(b"PING 0 " + nonce.encode() + b"\n")
+        decoder = Decoder(max_payload=64 * 1024)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return f"no PONG within {timeout:g} s"
+            try:
+                data = await asyncio.wait_for(reader.read(65536), left)
+            except asyncio.TimeoutError:
+                return f"no PONG within {timeout:g} s"
+            if not data:
+                return "connection closed without PONG"
+            try:
+                items = decoder.feed(data)
+            except ProtocolError as exc:
+                return f"malformed reply: {exc}"
+            for item in items:
+                if isinstance(item, Message) and item.type == "PONG":
+                    if item.args in ((), (nonce,), (reg.name,)):
+                        return None
+                    return f"PONG with wrong token {item.args!r}"
+    except OSError as exc:
+        return f"connection error: {exc.strerror or exc}"
+    finally:
+        writer.close()
+
+
+class LivenessChecker:
+    """Every ``interval`` seconds, probe each registration and remove the dead."""
+
+    def __init__(self, registry: Registry, election: Optional[Election] = None,
+                 interval: float = 30.0, probe_timeout: float = 5.0,
+                 concurrency: int = 1000) -> None:
+        self.registry = registry
+        self.election = election or LocalElection()
+        self.interval = interval
+        self.probe_timeout = probe_timeout
+        self.concurrency = concurrency
+        self.rounds = 0
+        self._task: Optional[asyncio.Task] = None
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                if await self.election.leading():
+                    await self.check_round()
+            except asyncio.CancelledError:
+                raise
+            except RegistryUnavailable as exc:
+                log.warning("liveness round skipped: registry unavailable: %s", exc)
+            except Exception:
+                log.exception("liveness round failed")
+
+    async def check_round(self) -> Tuple[int, List[Registration]]:
+        """One round; returns (probed, removed)."""
+        started = time.monotonic()
+        regs = await self.registry.snapshot()
+        sem = asyncio.Semaphore(self.concurrency)
+        removed: List[Registration] = []
+
+        async def one(reg: Registration) -> None:
+            async with sem:
+                why = await probe_peer(reg, self.probe_timeout)
+            if why is not None and await self.registry.remove(reg.name, expected=reg):
+                removed.append(reg)
+                log.info("removed %s (%s:%s): %s", reg.name, reg.address, reg.port, why)
+
+        await asyncio.gather(*(one(r) for r in regs))
+        self.rounds += 1
+        log.info("liveness round %d: %d probed, %d removed in %.2f s", self.rounds,
+                 len(regs), len(removed), time.monotonic() - started)
+        return len(regs), removed

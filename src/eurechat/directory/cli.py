@@ -1,0 +1,235 @@
+"""Command line of ``eurechat-directory`` (SPEC §3).
+
+``eurechat-directory [serve] [options]`` runs the server;
+``useradd`` / ``userdel`` / ``users`` manage accounts in the data directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import sys
+from typing import List, Optional
+
+from .backends import default_data_dir
+
+__all__ = ["main", "build_serve_parser"]
+
+SUBCOMMANDS = ("serve", "useradd", "userdel", "users")
+
+DESCRIPTION = """\
+The eurechat directory server: peers log in, publish the address they listen
+on (BIND) and look each other up (QUERY).  It prints
+'eurechat-directory listening on HOST:PORT' when it accepts connections and
+exits 0 on SIGINT/SIGTERM.
+
+Other commands:
+  eurechat-directory useradd NAME [--password-stdin] [--data-dir DIR]
+  eurechat-directory userdel NAME [--data-dir DIR]
+  eurechat-directory users [--data-dir DIR]
+"""
+
+EPILOG = """\
+Try it:  eurechat-directory --port 8888 &   then   nc 127.0.0.1 8888
+and type:  REGISTER 0 alice s3cret-pass   USER 0 alice   PASS 0 s3cret-pass   QUERY 0
+"""
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def _data_dir_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir", default=None, metavar="DIR",
+        help="where accounts and the throttle table live "
+             f"(default: $XDG_DATA_HOME/eurechat, here {default_data_dir()})")
+
+
+def build_serve_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="eurechat-directory", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on; 0.0.0.0 or :: for every interface "
+                        "(default: %(default)s)")
+    p.add_argument("--port", type=int, default=8888,
+                   help="TCP port; 0 picks a free one and prints it (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="worker processes sharing the port, each one event loop; with N>1 a "
+                        "supervisor restarts dead workers and runs the checker (default: 1)")
+    _data_dir_arg(p)
+    p.add_argument("--registry", default=None, metavar="memory|manager|redis://HOST:PORT/DB",
+                   help="where presence lives: in process (default with one worker), a "
+                        "multiprocessing Manager shared by the workers (default with N>1), or "
+                        "Redis shared by several directory hosts")
+    p.add_argument("--accounts", default=None, metavar="URL",
+                   help="account store: SQLite in the data directory (default), "
+                        "sqlite:///PATH, or postgresql://USER@HOST/DB")
+    p.add_argument("--throttle", default=None, metavar="URL",
+                   help="failed-login counters: SQLite in the data directory, shared by the "
+                        "workers (default), memory, or redis://...")
+    p.add_argument("--registration", choices=("open", "closed"), default="open",
+                   help="whether clients may create accounts with REGISTER (default: open)")
+    p.add_argument("--bind-policy", choices=("own", "any"), default="own",
+                   help="own: a BIND must name the client's own source address; any: any IP "
+                        "(for peers behind NAT or proxies) (default: own)")
+    p.add_argument("--check-interval", type=_positive_float, default=30.0, metavar="S",
+                   help="seconds between liveness rounds that PING every registration "
+                        "(default: %(default)s)")
+    p.add_argument("--max-payload", type=int, default=64 * 1024, metavar="BYTES",
+                   help="largest request payload after login; larger ones get "
+                        "'ERR message too large' and the session continues (default: 65536)")
+    p.add_argument("--max-connections", type=int, default=10000, metavar="N",
+                   help="sessions per worker; beyond it a new connection gets "
+                        "'ERR max number of clients reached' (default: %(default)s)")
+    p.add_argument("--log-level", default="info",
+                   choices=("debug", "info", "warning", "error", "critical"),
+                   help="logging threshold for eurechat.directory.* on stderr (default: info)")
+    p.add_argument("--trace", action="store_true",
+                   help="log every frame in and out (passwords masked)")
+    p.add_argument("--no-uvloop", action="store_true",
+                   help="use the standard asyncio loop even when uvloop is installed")
+    t = p.add_argument_group("tuning (defaults follow the protocol specification)")
+    t.add_argument("--auth-timeout", type=_positive_float, default=30.0, metavar="S",
+                   help="close sessions not authenticated within S seconds (default: 30)")
+    t.add_argument("--frame-timeout", type=_positive_float, default=60.0, metavar="S",
+                   help="a frame once started must complete within S seconds (default: 60)")
+    t.add_argument("--preauth-max-payload", type=int, default=4096, metavar="BYTES",
+                   help="largest payload before login (default: 4096)")
+    t.add_argument("--bind-timeout", type=_positive_float, default=2.0, metavar="S",
+                   help="a BIND address must accept a TCP connection within S (default: 2)")
+    t.add_argument("--probe-timeout", type=_positive_float, default=5.0, metavar="S",
+                   help="the checker waits S seconds for each PONG (default: 5)")
+    t.add_argument("--probe-concurrency", type=int, default=1000, metavar="N",
+                   help="liveness probes in flight at once (default: 1000)")
+    t.add_argument("--throttle-limit", type=int, default=5, metavar="N",
+                   help="failed logins per user or address before refusing (default: 5)")
+    t.add_argument("--throttle-window", type=_positive_float, default=60.0, metavar="S",
+                   help="window for counting failures and length of the refusal (default: 60)")
+    t.add_argument("--high-water", type=int, default=64 * 1024, metavar="BYTES",
+                   help="unsent reply bytes per session above which it is no longer read "
+                        "(default: 65536)")
+    # Internal: how the supervisor hands a worker its socket and pipes.
+    p.add_argument("--worker-fd", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--parent-fd", type=int, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        format="%(asctime)s %(process)d %(name)s %(levelname)s: %(message)s")
+    logging.getLogger("eurechat").setLevel(level.upper())
+
+
+def _serve(argv: List[str]) -> int:
+    parser = build_serve_parser()
+    opts = parser.parse_args(argv)
+    opts.data_dir = opts.data_dir or default_data_dir()
+    if opts.workers < 1:
+        parser.error("--workers must be >= 1")
+    if opts.registry is None:
+        opts.registry = "manager" if opts.workers > 1 else "memory"
+    if opts.registry == "memory" and opts.workers > 1:
+        parser.error("--registry memory keeps presence inside one process: "
+                     "use --registry manager (the default) with --workers N>1")
+    if opts.registry not in ("memory", "manager") and not opts.registry.startswith(
+            ("redis://", "rediss://", "unix://")):
+        parser.error(f"unknown --registry {opts.registry!r}")
+    if opts.max_payload < 0 or opts.max_connections < 1:
+        parser.error("--max-payload must be >= 0 and --max-connections >= 1")
+    setup_logging(opts.log_level)
+    if opts.worker_fd is not None:
+        from .supervisor import worker_main
+        return worker_main(opts)
+    if opts.workers > 1:
+        from .supervisor import supervise
+        return supervise(opts, argv)
+    if opts.registry == "manager":
+        from .supervisor import supervise
+        return supervise(opts, argv)
+    from .app import run
+    return run(opts)
+
+
+def _accounts(args: argparse.Namespace):
+    from .accounts import SyncAccounts
+    data_dir = args.data_dir or default_data_dir()
+    return SyncAccounts(os.path.join(data_dir, "directory.sqlite3"))
+
+
+def _read_password(from_stdin: bool) -> bytes:
+    if from_stdin:
+        line = sys.stdin.buffer.readline()
+        return line.rstrip(b"\r\n")
+    first = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != first:
+        raise SystemExit("eurechat-directory: passwords do not match")
+    return first.encode("utf-8")
+
+
+def _manage(argv: List[str]) -> int:
+    p = argparse.ArgumentParser(prog="eurechat-directory",
+                                description="Manage directory accounts (SQLite in the data "
+                                            "directory; the server may be running).")
+    sub = p.add_subparsers(dest="command", required=True)
+    add = sub.add_parser("useradd", help="create an account")
+    add.add_argument("name")
+    add.add_argument("--password-stdin", action="store_true",
+                     help="read the password from the first line of stdin (no prompt)")
+    _data_dir_arg(add)
+    rm = sub.add_parser("userdel", help="delete an account")
+    rm.add_argument("name")
+    _data_dir_arg(rm)
+    ls = sub.add_parser("users", help="list account names")
+    _data_dir_arg(ls)
+    args = p.parse_args(argv)
+    from .interfaces import AccountExists
+    store = _accounts(args)
+    try:
+        if args.command == "useradd":
+            password = _read_password(args.password_stdin)
+            try:
+                store.create(args.name, password)
+            except AccountExists:
+                print(f"eurechat-directory: account {args.name} already exists", file=sys.stderr)
+                return 1
+            except ValueError as exc:
+                print(f"eurechat-directory: {exc}", file=sys.stderr)
+                return 2
+            print(f"account {args.name} created")
+            return 0
+        if args.command == "userdel":
+            if store.delete(args.name):
+                print(f"account {args.name} deleted")
+                return 0
+            print(f"eurechat-directory: no account {args.name}", file=sys.stderr)
+            return 1
+        for name in store.names():
+            print(name)
+        return 0
+    finally:
+        store.close()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS[1:]:
+        return _manage(argv)
+    if argv and argv[0] == "serve":
+        argv = argv[1:]
+    try:
+        return _serve(argv)
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,332 @@
+"""The asyncio front end: sockets in, ``Session`` objects, effects carried out.
+
+One ``DirectoryProtocol`` per connection (``asyncio.Protocol``, not streams:
+no task and no StreamReader per idle connection, which keeps an idle session
+to a few kilobytes).  The replies produced by one read go out in one
+``write``.  Backpressure: a session produces at most ``high_water`` bytes of
+replies before it checks the transport; when the transport's buffer is above
+the high-water mark (``pause_writing``) the connection is no longer read and
+queued requests wait; ``resume_writing`` continues where it stopped.
+
+Effects (password checks, BIND probes, registry writes) run as tasks; while
+one runs, the session is not read from either, so a pipelining client can
+never make a worker queue unbounded work.  Every backend failure is turned
+into ``Result.UNAVAILABLE`` in one place (``Services.perform``): the client
+gets ``ERR directory unavailable, retry later`` and keeps its session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Set
+
+from .interfaces import (
+    AccountExists,
+    AccountStore,
+    AccountsUnavailable,
+    Registry,
+    RegistryUnavailable,
+    Throttle,
+)
+from .session import Authenticate, Bind, Effect, Leave, Register, Result, Session, SessionConfig
+
+log = logging.getLogger("eurechat.directory.server")
+trace_log = logging.getLogger("eurechat.directory.trace")
+
+__all__ = ["ServerConfig", "Services", "DirectoryServer", "probe_tcp"]
+
+FULL = b"ERR 28\nmax number of clients reached"
+
+
+@dataclass
+class ServerConfig:
+    """Everything a worker needs besides its backends."""
+
+    session: SessionConfig = field(default_factory=SessionConfig)
+    max_connections: int = 10000
+    auth_timeout: float = 30.0
+    frame_timeout: float = 60.0
+    bind_timeout: float = 2.0
+    high_water: int = 64 * 1024
+    trace: bool = False
+
+
+async def probe_tcp(address: str, port: int, timeout: float) -> Optional[str]:
+    """Connect to ``address:port`` within ``timeout``; None if it worked, else why not."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(address, port), timeout)
+    except asyncio.TimeoutError:
+        return f"no TCP connection within {timeout:g} s"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    writer.close()
+    return None
+
+
+class Services:
+    """Carries out a session's effects against the backends."""
+
+    def __init__(self, registry: Registry, accounts: AccountStore, throttle: Throttle,
+                 bind_timeout: float = 2.0) -> None:
+        self.registry = registry
+        self.accounts = accounts
+        self.throttle = throttle
+        self.bind_timeout = bind_timeout
+
+    async def perform(self, effect: Effect, source: str) -> Result:
+        """The one place where backend outages become ``Result.UNAVAILABLE``."""
+        try:
+            return await self._perform(effect, source)
+        except (RegistryUnavailable, AccountsUnavailable) as exc:
+            log.warning("%s for %s: backend unavailable: %s", type(effect).__name__,
+                        source, exc)
+            return Result.UNAVAILABLE
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s for %s failed", type(effect).__name__, source)
+            return Result.UNAVAILABLE
+
+    async def _perform(self, effect: Effect, source: str) -> Result:
+        cls = effect.__class__
+        if cls is Authenticate:
+            keys = (f"user:{effect.name}", f"addr:{source}")
+            if await self.throttle.blocked(keys):
+                log.info("login of %r from %s refused: throttled", effect.name, source)
+                return Result.THROTTLED
+            if await self.accounts.verify(effect.name, effect.password):
+                log.info("%r logged in from %s", effect.name, source)
+                return Result.OK
+            await self.throttle.failure(keys)
+            log.info("failed login of %r from %s", effect.name, source)
+            return Result.FAILED
+        if cls is Bind:
+            reg = effect.registration
+            why = await probe_tcp(reg.address, reg.port, self.bind_timeout)
+            if why is not None:
+                log.info("BIND %s:%s of %r refused: %s", reg.address, reg.port, reg.name, why)
+                return Result.INVALID
+            await self.registry.bind(reg)
+            log.info("%r bound to %s:%s", reg.name, reg.address, reg.port)
+            return Result.OK
+        if cls is Leave:
+            await self.registry.remove(effect.name)
+            log.info("%r left", effect.name)
+            return Result.OK
+        if cls is Register:
+            try:
+                await self.accounts.create(effect.name, effect.password)
+            except AccountExists:
+                return Result.EXISTS
+            log.info("account %r created from %s", effect.name, source)
+            return Result.OK
+        raise TypeError(f"unknown effect {effect!r}")
+
+
+class DirectoryProtocol(asyncio.Protocol):
+    """One client connection."""
+
+    __slots__ = ("server", "transport", "session", "peer", "task", "write_paused",
+                 "read_paused", "frame_since")
+
+    def __init__(self, server: DirectoryServer) -> None:
+        self.server = server
+        self.transport: Optional[asyncio.Transport] = None
+        self.session: Optional[Session] = None
+        self.peer = "?"
+        self.task: Optional[asyncio.Future] = None
+        self.write_paused = False
+        self.read_paused = False
+        self.frame_since = 0.0
+
+    # -- asyncio callbacks -------------------------------------------------
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        server = self.server
+        self.transport = transport
+        peername = transport.get_extra_info("peername")
+        self.peer = f"{peername[0]}:{peername[1]}" if peername else "?"
+        if len(server.connections) >= server.config.max_connections:
+            log.warning("refusing %s: max number of clients reached (%d)",
+                        self.peer, server.config.max_connections)
+            transport.write(FULL)
+            transport.close()
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            except OSError:
+                pass
+        transport.set_write_buffer_limits(high=server.config.high_water)
+        self.session = Session(server.config.session, server.query,
+                               peername[0] if peername else "",
+                               self._trace_in if server.config.trace else None)
+        server.connections.add(self)
+        server.unauthenticated[self] = time.monotonic() + server.config.auth_timeout
+        log.debug("connection from %s", self.peer)
+
+    def _trace_in(self, direction: str, data: bytes) -> None:
+        trace_log.info("%s > %r", self.peer, data)
+
+    def data_received(self, data: bytes) -> None:
+        session = self.session
+        if session is None or session.closed:
+            return
+        session.receive(data)
+        if session.in_frame:
+            if not self.frame_since:
+                self.frame_since = time.monotonic()
+                self.server.in_frame.add(self)
+        elif self.frame_since:
+            self.frame_since = 0.0
+            self.server.in_frame.discard(self)
+        self.pump()
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        server = self.server
+        server.connections.discard(self)
+        server.unauthenticated.pop(self, None)
+        server.in_frame.discard(self)
+        if self.session is not None:
+            self.session.state = self.session.state.CLOSED
+        if self.task is not None and self.task.done() is False \
+                and isinstance(self.session and self.session.waiting, Authenticate):
+            self.task.cancel()
+        log.debug("connection from %s closed", self.peer)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._update_reading()
+        self.pump()
+
+    # -- driving the session ----------------------------------------------
+    def _update_reading(self) -> None:
+        want_pause = self.write_paused or self.task is not None
+        if want_pause != self.read_paused and self.transport is not None \
+                and not self.transport.is_closing():
+            self.read_paused = want_pause
+            if want_pause:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+
+    def pump(self) -> None:
+        """Answer queued requests while the transport accepts output."""
+        session = self.session
+        budget = self.server.config.high_water
+        while session.pending and self.task is None and not self.write_paused \
+                and not session.closed:
+            if not self.apply(session.step(budget)):
+                return
+
+    def apply(self, out) -> bool:
+        """Carry out one ``Output``; False once nothing more should be done now."""
+        transport = self.transport
+        session = self.session
+        if out.data:
+            if self.server.config.trace:
+                trace_log.info("%s < %r", self.peer, out.data)
+            transport.write(out.data)
+        if out.close:
+            transport.close()
+            return False
+        if session.state is session.state.READY:
+            self.server.unauthenticated.pop(self, None)
+        if out.effect is not None:
+            self.task = asyncio.ensure_future(self._effect(out.effect))
+            self._update_reading()
+            return False
+        return True
+
+    async def _effect(self, effect: Effect) -> None:
+        result = await self.server.services.perform(effect, self.session.source)
+        self.task = None
+        session = self.session
+        if session.closed or self.transport.is_closing():
+            return
+        if self.apply(session.resume(result, self.server.config.high_water)):
+            self.pump()
+        self._update_reading()
+
+    def timed_out(self, what: str) -> None:
+        out = self.session.timeout(what)
+        log.info("closing %s: %s timeout", self.peer, what)
+        if out.data and not self.transport.is_closing():
+            self.transport.write(out.data)
+        self.transport.close()
+
+
+class DirectoryServer:
+    """The listening side of one worker: connections, timers, shutdown."""
+
+    def __init__(self, config: ServerConfig, services: Services) -> None:
+        self.config = config
+        self.services = services
+        self.query = services.registry.query
+        self.connections: Set[DirectoryProtocol] = set()
+        self.unauthenticated: Dict[DirectoryProtocol, float] = {}
+        self.in_frame: Set[DirectoryProtocol] = set()
+        self._server: Optional[asyncio.AbstractServer] = None
+        self._sweeper: Optional[asyncio.Task] = None
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0,
+                    sock: Optional[socket.socket] = None) -> tuple:
+        loop = asyncio.get_running_loop()
+        if sock is not None:
+            self._server = await loop.create_server(
+                lambda: DirectoryProtocol(self), sock=sock, backlog=4096)
+        else:
+            self._server = await loop.create_server(
+                lambda: DirectoryProtocol(self), host, port, backlog=4096,
+                reuse_address=True)
+        self._sweeper = asyncio.ensure_future(self._sweep())
+        return self._server.sockets[0].getsockname()[:2]
+
+    async def _sweep(self) -> None:
+        """Enforce the pre-auth and frame timeouts with one timer per worker
+        instead of one per connection."""
+        cfg = self.config
+        tick = max(0.05, min(1.0, cfg.auth_timeout / 4, cfg.frame_timeout / 4))
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            expired = []
+            for proto, deadline in self.unauthenticated.items():
+                if deadline > now:
+                    break  # insertion order is deadline order
+                expired.append(proto)
+            for proto in expired:
+                del self.unauthenticated[proto]
+                proto.timed_out("auth")
+            if self.in_frame:
+                limit = now - cfg.frame_timeout
+                for proto in [p for p in self.in_frame
+                              if p.frame_since and p.frame_since < limit and not p.read_paused]:
+                    self.in_frame.discard(proto)
+                    proto.timed_out("frame")
+
+    async def close(self, timeout: float = 2.0) -> None:
+        """Stop accepting, close every session, wait briefly for them to go."""
+        if self._server is not None:
+            self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for proto in list(self.connections):
+            if proto.transport is not None:
+                proto.transport.close()
+        deadline = time.monotonic() + timeout
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for proto in list(self.connections):
+            proto.transport.abort()

@@ -1,0 +1,381 @@
+"""The directory session of SPEC section 2 as a sans-IO state machine.
+
+Why sans-IO: every rule of the protocol (which request is allowed in which
+state, the exact reply texts, when the connection closes, what counts as
+oversized) lives here and is unit-tested by feeding bytes and reading the
+output, with no socket, event loop, database or clock involved.  The asyncio
+front end (``server.py``) only moves bytes and carries out the *effects* this
+object asks for (check a password, create an account, verify and store a
+BIND, drop a registration), then hands the outcome back with ``resume``.
+
+Flow control is explicit so the front end can apply backpressure: ``receive``
+only decodes; requests are answered by ``step(budget)``, which stops once it
+has produced ``budget`` bytes of output, when an effect is pending, or when
+the session closes.  Requests already received simply wait in ``pending``.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Deque, List, Optional, Sequence, Union
+
+from ..errors import ProtocolError
+from ..framing import Decoder, Message, Oversized
+from .interfaces import Registration
+
+__all__ = [
+    "Session", "SessionConfig", "Output", "Authenticate", "Register", "Bind", "Leave",
+    "Effect", "Result", "State", "valid_username", "valid_password", "normalize_ip",
+    "UNAVAILABLE_TEXT",
+]
+
+USERNAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
+MIN_PASSWORD, MAX_PASSWORD = 8, 1024
+UNAVAILABLE_TEXT = "directory unavailable, retry later"
+
+
+def valid_username(name: str) -> bool:
+    """1-32 of ``[A-Za-z0-9_.-]``, not starting with ``.`` or ``-`` (SPEC §2)."""
+    return bool(USERNAME_RE.fullmatch(name)) and name.isascii()
+
+
+def valid_password(password: bytes) -> bool:
+    return MIN_PASSWORD <= len(password) <= MAX_PASSWORD
+
+
+def normalize_ip(text: str) -> Optional[str]:
+    """Canonical text of an IP literal (IPv4-mapped IPv6 as IPv4), None if not one."""
+    try:
+        ip = ipaddress.ip_address(text.split("%", 1)[0] if "%" in text else text)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
+class State(str, enum.Enum):
+    NEW = "new"
+    AUTH = "auth"
+    READY = "ready"
+    CLOSED = "closed"
+
+
+class Result(enum.Enum):
+    """Outcome of an effect, handed back through ``Session.resume``."""
+
+    OK = "ok"
+    FAILED = "failed"            # Authenticate: wrong user or password
+    THROTTLED = "throttled"      # Authenticate: too many recent failures
+    EXISTS = "exists"            # Register: the name is taken
+    INVALID = "invalid"          # Bind: the address did not accept a TCP connection
+    UNAVAILABLE = "unavailable"  # any: the backend is down, the session stays open
+
+
+@dataclass(frozen=True)
+class Authenticate:
+    """Check ``password`` for ``name`` (throttle first, then the hash)."""
+
+    name: str
+    password: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Register:
+    """Create the account ``name`` (already validated)."""
+
+    name: str
+    password: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Bind:
+    """Probe ``registration`` with a TCP connect, then store it."""
+
+    registration: Registration
+
+
+@dataclass(frozen=True)
+class Leave:
+    """Drop the registration of ``name``."""
+
+    name: str
+
+
+Effect = Union[Authenticate, Register, Bind, Leave]
+
+
+@dataclass
+class SessionConfig:
+    """The knobs of one session; the server shares one instance between sessions."""
+
+    max_payload: int = 64 * 1024          # after authentication
+    preauth_max_payload: int = 4 * 1024   # before it
+    registration_open: bool = True
+    bind_policy: str = "own"              # "own" | "any"
+    max_header: int = 4096
+    max_args: int = 64
+
+
+@dataclass
+class Output:
+    """What the front end must do after a call: write ``data`` (all of it, in one
+    write), then close if ``close``, then carry out ``effect`` if set."""
+
+    data: bytes = b""
+    close: bool = False
+    effect: Optional[Effect] = None
+
+
+class _Malformed:
+    """Queue marker: the decoder failed here (``error`` says why)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: ProtocolError) -> None:
+        self.error = error
+
+
+Query = Callable[[Optional[str]], Sequence[Registration]]
+
+_EXPECT_USER = "a 'USER <username>' command was expected!"
+_EXPECT_PASS = "a 'PASS <password>' command was expected!"
+_AUTH_FAILED = "authentication failed"
+_THROTTLED = "too many failed attempts, retry later"
+_BAD_BIND = "invalid bind notification"
+
+
+def _frame(type_: str, text: Union[str, bytes] = b"", args: Sequence[str] = ()) -> bytes:
+    payload = text.encode("utf-8") if isinstance(text, str) else text
+    if args:
+        head = f"{type_} {len(payload)} {' '.join(args)}\n".encode()
+    else:
+        head = f"{type_} {len(payload)}\n".encode()
+    return head + payload
+
+
+def ack(text: str) -> bytes:
+    return _frame("ACK", text)
+
+
+def err(text: str) -> bytes:
+    return _frame("ERR", text)
+
+
+class Session:
+    """One client connection's protocol state (bytes in, ``Output`` out).
+
+    ``query`` reads the presence view (synchronous, local: no I/O);
+    ``source`` is the client's IP address, used to verify BIND.
+    """
+
+    __slots__ = ("config", "query", "source", "state", "user", "decoder", "pending",
+                 "waiting", "trace")
+
+    def __init__(self, config: SessionConfig, query: Query, source: str = "",
+                 trace: Optional[Callable[[str, bytes], None]] = None) -> None:
+        self.config = config
+        self.query = query
+        self.source = normalize_ip(source) or source
+        self.state = State.NEW
+        self.user: Optional[str] = None
+        self.decoder = Decoder(config.preauth_max_payload, config.max_header, config.max_args)
+        self.pending: Deque[Union[Message, Oversized, _Malformed]] = deque()
+        self.waiting: Optional[Effect] = None
+        self.trace = trace
+
+    # -- input -------------------------------------------------------------
+    def receive(self, data: bytes) -> None:
+        """Decode ``data`` into the queue of pending requests (no replies yet)."""
+        if self.state is State.CLOSED or self.decoder.failed:
+            return
+        try:
+            items = self.decoder.feed(data)
+        except ProtocolError as exc:
+            self.pending.extend(exc.messages)
+            self.pending.append(_Malformed(exc))
+            return
+        if items:
+            self.pending.extend(items)
+
+    @property
+    def in_frame(self) -> bool:
+        """A frame has started but not finished (for the frame timeout)."""
+        return self.decoder.in_frame
+
+    @property
+    def authenticated(self) -> bool:
+        return self.state is State.READY
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    # -- processing --------------------------------------------------------
+    def step(self, budget: int = 1 << 62) -> Output:
+        """Answer queued requests until ``budget`` bytes of output are produced,
+        an effect is needed, the queue is empty or the session closes."""
+        out: List[bytes] = []
+        size = 0
+        pending = self.pending
+        while pending and self.waiting is None and self.state is not State.CLOSED \
+                and size < budget:
+            item = pending.popleft()
+            reply, close, effect = self._handle(item)
+            if reply:
+                out.append(reply)
+                size += len(reply)
+            if close:
+                self._close()
+                return Output(b"".join(out), True, None)
+            if effect is not None:
+                self.waiting = effect
+                return Output(b"".join(out), False, effect)
+        return Output(b"".join(out) if len(out) != 1 else out[0], False, None)
+
+    def feed(self, data: bytes, budget: int = 1 << 62) -> Output:
+        """``receive`` then ``step``: convenient for tests and simple drivers."""
+        self.receive(data)
+        return self.step(budget)
+
+    def resume(self, result: Result, budget: int = 1 << 62) -> Output:
+        """Hand back the outcome of the pending effect; continue with the queue."""
+        effect = self.waiting
+        if effect is None:
+            raise RuntimeError("resume() without a pending effect")
+        self.waiting = None
+        reply, close = self._complete(effect, result)
+        if close:
+            self._close()
+            return Output(reply, True, None)
+        rest = self.step(budget)
+        return Output(reply + rest.data, rest.close, rest.effect)
+
+    def timeout(self, what: str) -> Output:
+        """The front end's timer fired: ``what`` is ``"auth"`` or ``"frame"``."""
+        if self.state is State.CLOSED:
+            return Output()
+        self._close()
+        if what == "auth":
+            return Output(err("authentication timeout, closing"), True)
+        return Output(err("frame not completed in time, closing"), True)
+
+    def _close(self) -> None:
+        self.state = State.CLOSED
+        self.pending.clear()
+        self.waiting = None
+
+    # -- the state table ---------------------------------------------------
+    def _handle(self, item) -> tuple:
+        """One request: ``(reply bytes, close?, effect or None)``."""
+        cls = item.__class__
+        if cls is Oversized:
+            return err(f"message too large ({item.length} > {self.decoder.max_payload} bytes)"), \
+                False, None
+        if cls is _Malformed:
+            return err(f"malformed message: {item.error}"), True, None
+        type_, args, payload = item
+        if self.trace is not None:
+            self.trace("in", _redact(item))
+        if type_ == "PING":
+            return _frame("PONG", b"", args), False, None
+        state = self.state
+        if state is State.READY:
+            return self._ready(type_, args, payload)
+        if state is State.NEW:
+            if type_ in ("USER", "LOGIN") and len(args) == 1:
+                self.user = args[0]
+                self.state = State.AUTH
+                return ack(f"hi {args[0]}, authentication required"), False, None
+            if type_ == "REGISTER" and 1 <= len(args) <= 2:
+                return self._register(args, payload)
+            return err(_EXPECT_USER), True, None
+        # AUTH
+        if type_ == "PASS" and len(args) <= 1:
+            password = payload if payload or not args else args[0].encode("utf-8")
+            return b"", False, Authenticate(self.user or "", password)
+        return err(_EXPECT_PASS), True, None
+
+    def _register(self, args: tuple, payload: bytes) -> tuple:
+        if not self.config.registration_open:
+            return err("registration is closed"), False, None
+        name = args[0]
+        password = payload if payload or len(args) < 2 else args[1].encode("utf-8")
+        if not valid_username(name):
+            return err("invalid username: 1-32 characters of [A-Za-z0-9_.-], "
+                       "not starting with '.' or '-'"), False, None
+        if not valid_password(password):
+            return err(f"invalid password: {MIN_PASSWORD} to {MAX_PASSWORD} bytes"), False, None
+        return b"", False, Register(name, password)
+
+    def _ready(self, type_: str, args: tuple, payload: bytes) -> tuple:
+        if type_ == "QUERY" and len(args) <= 1:
+            regs = self.query(args[0] if args else None)
+            if not regs:
+                return b"RESULT 0\n", False, None
+            if len(regs) == 1:
+                body = regs[0].line().encode("utf-8")
+            else:
+                body = "\n".join([r.line() for r in regs]).encode("utf-8")
+            return b"RESULT %d\n%s" % (len(body), body), False, None
+        if type_ == "BIND":
+            reg = self._check_bind(args)
+            if reg is None:
+                return err(_BAD_BIND), True, None
+            return b"", False, Bind(reg)
+        if type_ == "LEAVE" and not args:
+            return b"", False, Leave(self.user or "")
+        return err(f"I did not understand the message {type_}"), True, None
+
+    def _check_bind(self, args: tuple) -> Optional[Registration]:
+        if len(args) != 2:
+            return None
+        address = normalize_ip(args[0])
+        port_text = args[1]
+        if address is None or not port_text.isdigit() or not port_text.isascii() \
+                or len(port_text) > 5:
+            return None
+        port = int(port_text)
+        if not 1024 <= port <= 65535:
+            return None
+        if self.config.bind_policy != "any" and address != self.source:
+            return None
+        return Registration(self.user or "", address, port)
+
+    def _complete(self, effect: Effect, result: Result) -> tuple:
+        """The reply for a finished effect: ``(bytes, close?)``."""
+        if result is Result.UNAVAILABLE:
+            return err(UNAVAILABLE_TEXT), False
+        if isinstance(effect, Authenticate):
+            if result is Result.OK:
+                self.state = State.READY
+                self.decoder.max_payload = self.config.max_payload
+                return ack("successfully authenticated"), False
+            if result is Result.THROTTLED:
+                return err(_THROTTLED), True
+            return err(_AUTH_FAILED), True
+        if isinstance(effect, Register):
+            if result is Result.OK:
+                return ack(f"account {effect.name} created"), False
+            return err(f"account {effect.name} already exists"), False
+        if isinstance(effect, Bind):
+            if result is Result.OK:
+                reg = effect.registration
+                return ack(f"bound successfully to {reg.address}:{reg.port}"), False
+            return err(_BAD_BIND), True
+        # Leave
+        return ack("deregistered from directory"), False
+
+
+def _redact(msg: Message) -> bytes:
+    """Wire form for ``--trace`` with passwords blanked."""
+    type_, args, payload = msg
+    if type_ == "PASS":
+        return _frame("PASS", b"*" * len(payload), ["*****"] if args else ())
+    if type_ == "REGISTER":
+        return _frame("REGISTER", b"*" * len(payload), args[:1] + (("*****",) if len(args) > 1 else ()))
+    return bytes(msg)
