@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from typing import List, Tuple, Union
 
-from .errors import ProtocolError, TooManyArgs
+from .errors import ProtocolError
 from .message import Message, Oversized
 from .rules import MAX_ARGS, MAX_HEADER, MAX_PAYLOAD, check_limits, diagnose_header, header_too_long
 
@@ -44,15 +44,15 @@ class Decoder:
     longer be trusted, so every later ``feed()`` raises again.
     """
 
-    __slots__ = ("_max_payload", "max_header", "max_args", "_chunks", "_have",
+    __slots__ = ("_max_payload", "_max_header", "_max_args", "_chunks", "_have",
                  "_need", "_skip", "_failed")
 
     def __init__(self, max_payload: int = MAX_PAYLOAD, max_header: int = MAX_HEADER,
                  max_args: int = MAX_ARGS) -> None:
         check_limits(max_payload, max_header, max_args)
         self._max_payload = max_payload
-        self.max_header = max_header
-        self.max_args = max_args
+        self._max_header = max_header
+        self._max_args = max_args
         self._chunks: list = []   # the incomplete tail, as received
         self._have = 0            # bytes in _chunks
         self._need = 0            # bytes the tail must reach (0: header incomplete)
@@ -66,8 +66,19 @@ class Decoder:
 
     @max_payload.setter
     def max_payload(self, value: int) -> None:
-        check_limits(value, self.max_header, self.max_args)
+        check_limits(value, self._max_header, self._max_args)
         self._max_payload = value
+
+    @property
+    def max_header(self) -> int:
+        """Longest header line accepted, LF included (fixed at construction:
+        a partial header already counts against it)."""
+        return self._max_header
+
+    @property
+    def max_args(self) -> int:
+        """Most arguments accepted in one header (fixed at construction)."""
+        return self._max_args
 
     @property
     def buffered(self) -> int:
@@ -81,6 +92,7 @@ class Decoder:
 
     @property
     def failed(self) -> bool:
+        """True once a ``ProtocolError`` was raised: the decoder stays failed."""
         return self._failed is not None
 
     def _fail(self, err: ProtocolError) -> ProtocolError:
@@ -95,7 +107,7 @@ class Decoder:
             err = self._failed
             raise err.__class__(str(err))
         if data.__class__ is not bytes:
-            data = bytes(data)
+            data = bytes(memoryview(data))  # any buffer; never bytes(int)
         if self._skip:
             if len(data) <= self._skip:
                 self._skip -= len(data)
@@ -109,10 +121,10 @@ class Decoder:
                 if self._have < self._need:
                     return []
             else:
-                room = self.max_header - self._have
+                room = self._max_header - self._have
                 if data.find(b"\n", 0, room) < 0:
                     if len(data) >= room:
-                        raise self._fail(header_too_long(self.max_header))
+                        raise self._fail(header_too_long(self._max_header))
                     self._chunks.append(data)
                     self._have += len(data)
                     return []
@@ -135,9 +147,9 @@ class Decoder:
         out: list = []
         append = out.append
         find = buf.find
-        max_header = self.max_header
+        max_header = self._max_header
         max_payload = self._max_payload
-        max_args = self.max_args
+        max_args = self._max_args
         cache = _TYPE_CACHE
         n = len(buf)
         pos = 0
@@ -160,9 +172,9 @@ class Decoder:
                     cache[type_b] = type
             if args_b:
                 if args_b.count(b" ") > max_args:
-                    raise self._fail(TooManyArgs(
-                        f"too many args: {args_b.count(b' ')} > max_args ({max_args})",
-                        messages=out))
+                    err = diagnose_header(buf[pos:lf], max_args)
+                    err.messages = out
+                    raise self._fail(err)
                 try:
                     args = tuple(args_b[1:].decode("utf-8").split(" "))
                 except UnicodeDecodeError:

@@ -30,7 +30,7 @@ class Message(tuple):
     __slots__ = ()
 
     def __new__(cls, type: str, args: Iterable[str] = (),
-                payload: Union[bytes, bytearray, memoryview, str] = b"") -> "Message":
+                payload: Union[bytes, bytearray, memoryview, str] = b"") -> Message:
         check_type(type)
         args = check_args(args)
         if isinstance(payload, str):
@@ -52,7 +52,7 @@ class Message(tuple):
     def _header(self) -> bytes:
         type, args, payload = self
         if args:
-            return f"{type} {len(payload)} {' '.join(args)}\n".encode("utf-8")
+            return f"{type} {len(payload)} {' '.join(args)}\n".encode()
         return f"{type} {len(payload)}\n".encode("ascii")
 
     def __bytes__(self) -> bytes:
@@ -69,12 +69,14 @@ class Message(tuple):
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Message):
             return tuple.__eq__(self, other)
-        return NotImplemented
+        # A bare tuple (or the other item kind) is never equal, whatever its
+        # fields: returning NotImplemented would let tuple.__eq__ say yes.
+        return False if isinstance(other, tuple) else NotImplemented
 
     def __ne__(self, other: object) -> bool:
         if isinstance(other, Message):
             return tuple.__ne__(self, other)
-        return NotImplemented
+        return True if isinstance(other, tuple) else NotImplemented
 
     __hash__ = tuple.__hash__
 
@@ -93,7 +95,7 @@ class Oversized(tuple):
 
     __slots__ = ()
 
-    def __new__(cls, type: str, args: Iterable[str] = (), length: int = 0) -> "Oversized":
+    def __new__(cls, type: str, args: Iterable[str] = (), length: int = 0) -> Oversized:
         return _tuple_new(cls, (type, tuple(args), int(length)))
 
     type = property(itemgetter(0), doc="The message type announced by the header.")
@@ -106,12 +108,14 @@ class Oversized(tuple):
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Oversized):
             return tuple.__eq__(self, other)
-        return NotImplemented
+        # A bare tuple (or the other item kind) is never equal, whatever its
+        # fields: returning NotImplemented would let tuple.__eq__ say yes.
+        return False if isinstance(other, tuple) else NotImplemented
 
     def __ne__(self, other: object) -> bool:
         if isinstance(other, Oversized):
             return tuple.__ne__(self, other)
-        return NotImplemented
+        return True if isinstance(other, tuple) else NotImplemented
 
     __hash__ = tuple.__hash__
 

@@ -1,0 +1,33 @@
+"""Type stub of the compiled framing decoder (``_framing.pyx``).
+
+Same interface as ``eurechat.fallback.Decoder``; see docs/framing.md.
+"""
+
+from typing import List, Tuple, Union
+
+from .message import Message, Oversized
+
+Item = Union[Message, Oversized]
+Buffer = Union[bytes, bytearray, memoryview]
+
+__all__ = ["Decoder"]
+
+class Decoder:
+    def __init__(self, max_payload: int = ..., max_header: int = ...,
+                 max_args: int = ...) -> None: ...
+    @property
+    def max_payload(self) -> int: ...
+    @max_payload.setter
+    def max_payload(self, value: int) -> None: ...
+    @property
+    def max_header(self) -> int: ...
+    @property
+    def max_args(self) -> int: ...
+    @property
+    def buffered(self) -> int: ...
+    @property
+    def in_frame(self) -> bool: ...
+    @property
+    def failed(self) -> bool: ...
+    def feed(self, data: Buffer) -> List[Item]: ...
+    def _drain(self, buf: Buffer, limit: int) -> Tuple[List[Item], int]: ...
