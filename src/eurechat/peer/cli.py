@@ -1,0 +1,269 @@
+"""``eurechat-peer`` / ``python -m eurechat.peer``: the chat client of SPEC section 4.
+
+Exit codes (also in docs/peer.md):
+
+====  ==========================================================
+0     ``/quit``, end of piped input, SIGINT/SIGTERM
+1     unexpected internal error
+2     usage error (bad flag, bad name, no way to get a password)
+3     authentication failed (wrong password, unknown user, throttled)
+4     ``--register`` refused: the name is taken (or registration closed)
+5     a peer for this user already runs on this data directory
+6     cannot listen on the ``--listen`` address
+====  ==========================================================
+
+A directory that is down at start-up is deliberately *not* an error: the peer
+starts, takes commands, queues messages and keeps retrying (SPEC section 4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+from .directory_client import AuthFailed, DirectoryError, NameTaken
+from .node import Peer, PeerError
+from .protocol import valid_name
+from .store import StoreLocked
+from .ui import Output, piped_lines, terminal_lines
+
+log = logging.getLogger("eurechat.peer.cli")
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_AUTH, EXIT_TAKEN, EXIT_LOCKED, EXIT_LISTEN = range(7)
+
+
+def host_port(text: str) -> Tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    host = host.strip("[]")
+    return host, int(port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="eurechat-peer",
+        description="eurechat peer: chat with other peers directly; messages are kept "
+                    "until delivered.",
+        epilog="Password: $EURECHAT_PASSWORD, else --password-file, else a prompt. "
+               "Commands: /msg NAME[,NAME...] TEXT, /who [NAME], /ping NAME, /pending, /quit; "
+               "a line without / goes to the last peer written to.")
+    p.add_argument("--user", required=True, help="your user name")
+    p.add_argument("--directory", type=host_port, default=("127.0.0.1", 8888),
+                   metavar="HOST:PORT", help="directory server (default 127.0.0.1:8888)")
+    p.add_argument("--register", action="store_true",
+                   help="create the account first (fine if it is already yours)")
+    p.add_argument("--listen", type=host_port, default=("127.0.0.1", 0), metavar="HOST:PORT",
+                   help="where other peers reach you (default 127.0.0.1:0, a free port)")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="outbox/inbox directory (default $XDG_DATA_HOME/eurechat, else "
+                        "~/.local/share/eurechat)")
+    p.add_argument("--json", action="store_true", help="one JSON event per line on stdout")
+    p.add_argument("--password-file", type=Path, default=None,
+                   help="read the password from the first line of this file")
+    p.add_argument("--log-level", default=os.environ.get("EURECHAT_LOG_LEVEL", "WARNING"),
+                   help="logging level on stderr (default WARNING)")
+    return p
+
+
+def read_password(args: argparse.Namespace) -> str:
+    pw = os.environ.get("EURECHAT_PASSWORD")
+    if pw:
+        return pw
+    if args.password_file is not None:
+        try:
+            data = args.password_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SystemExit(_usage(f"cannot read --password-file: {exc}"))
+        pw = data.splitlines()[0] if data else ""
+        if not pw:
+            raise SystemExit(_usage(f"--password-file {args.password_file} is empty"))
+        return pw
+    try:
+        with open("/dev/tty"):
+            pass
+    except OSError:
+        raise SystemExit(_usage("no password: set EURECHAT_PASSWORD, use --password-file, "
+                                "or run on a terminal to be asked"))
+    try:
+        pw = getpass.getpass(f"password for {args.user}: ")
+    except (EOFError, KeyboardInterrupt):
+        raise SystemExit(_usage("no password given"))
+    if not pw:
+        raise SystemExit(_usage("empty password"))
+    return pw
+
+
+def _usage(text: str) -> int:
+    print(f"eurechat-peer: {text}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+class App:
+    """Reads commands, drives the Peer, renders its events."""
+
+    def __init__(self, args: argparse.Namespace, password: str) -> None:
+        self.args = args
+        self.tty = sys.stdin.isatty() and sys.stdout.isatty()
+        self.out = Output(args.json, tty=self.tty)
+        self.peer = Peer(args.user, password, directory=args.directory, listen=args.listen,
+                         data_dir=args.data_dir, register=args.register,
+                         on_message=self.out.show_message, on_event=self.out.event)
+        self.last: List[str] = []
+        self.quit = asyncio.Event()
+        self.leave = True
+        self.tasks: set = set()
+
+    def error(self, text: str) -> None:
+        self.out.event({"event": "error", "text": text})
+
+    def fatal(self, text: str, code: int) -> int:
+        if self.args.json:
+            self.error(text)
+        print(f"eurechat-peer: {text}", file=sys.stderr)
+        return code
+
+    async def run(self) -> int:
+        try:
+            await self.peer.start()
+        except AuthFailed as exc:
+            return self.fatal(f"login as {self.args.user!r} failed: {exc} (wrong password? "
+                              "new here? add --register)", EXIT_AUTH)
+        except NameTaken as exc:
+            return self.fatal(f"{exc} (the name is taken: pick another --user)", EXIT_TAKEN)
+        except StoreLocked as exc:
+            return self.fatal(str(exc), EXIT_LOCKED)
+        except OSError as exc:
+            h, p = self.args.listen
+            return self.fatal(f"cannot listen on {h}:{p}: {exc.strerror or exc}", EXIT_LISTEN)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._signalled)
+        reader = asyncio.ensure_future(self.read_commands())
+        quitter = asyncio.ensure_future(self.quit.wait())
+        await asyncio.wait({reader, quitter}, return_when=asyncio.FIRST_COMPLETED)
+        for t in (reader, quitter, *self.tasks):
+            t.cancel()
+        with contextlib.suppress(BaseException):
+            await reader
+        await self.peer.close(leave=self.leave)
+        return EXIT_OK
+
+    def _signalled(self) -> None:
+        self.leave = False
+        self.quit.set()
+
+    async def read_commands(self) -> None:
+        lines = terminal_lines(f"{self.args.user}> ") if self.tty else piped_lines()
+        async for line in lines:
+            if await self.command(line):
+                return
+        if not self.tty:
+            # End of piped input: give what was just sent a moment to arrive.
+            linger = float(os.environ.get("EURECHAT_EOF_LINGER", "10"))
+            if linger > 0:
+                await self.peer.wait_idle(linger)
+
+    async def command(self, line: str) -> bool:
+        """Run one input line; True means quit."""
+        line = line.strip()
+        if not line:
+            return False
+        if not line.startswith("/"):
+            if not self.last:
+                self.error("nobody to send to yet: start with /msg NAME TEXT")
+                return False
+            self.send(self.last, line)
+            return False
+        cmd, _, rest = line.partition(" ")
+        rest = rest.strip()
+        if cmd == "/msg":
+            names, _, text = rest.partition(" ")
+            recipients = [n for n in names.split(",") if n]
+            bad = [n for n in recipients if not valid_name(n)]
+            if not recipients or not text.strip() or bad:
+                self.error("usage: /msg NAME[,NAME...] TEXT" +
+                           (f" (invalid name {bad[0]!r})" if bad else ""))
+                return False
+            if self.send(recipients, text):
+                self.last = recipients
+        elif cmd == "/who":
+            try:
+                users = await self.peer.who(rest or None)
+            except (DirectoryError, asyncio.TimeoutError) as exc:
+                self.error(f"/who: directory unavailable ({exc or 'timeout'})")
+            else:
+                self.out.event({"event": "who", "users": [u.as_dict() for u in users]})
+        elif cmd == "/ping":
+            if not valid_name(rest):
+                self.error("usage: /ping NAME")
+                return False
+            task = asyncio.ensure_future(self._ping(rest))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        elif cmd == "/pending":
+            self.out.event({"event": "pending", "messages": self.peer.pending()})
+        elif cmd == "/quit":
+            return True
+        elif cmd == "/help":
+            if not self.args.json:
+                self.out.event({"event": "help"})
+        else:
+            self.error(f"unknown command {cmd} (try /help)")
+        return False
+
+    def send(self, recipients: List[str], text: str) -> bool:
+        try:
+            _, fut = self.peer.send_nowait(recipients, text)
+        except PeerError as exc:
+            self.error(str(exc))
+            return False
+        fut.add_done_callback(self._sent)
+        return True
+
+    def _sent(self, fut: asyncio.Future) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            self.error(str(fut.exception()))
+
+    async def _ping(self, name: str) -> None:
+        try:
+            ms = await self.peer.ping(name)
+        except (PeerError, DirectoryError, asyncio.TimeoutError) as exc:
+            self.error(f"/ping {name}: {exc or 'timeout'}")
+        else:
+            self.out.event({"event": "pong", "from": name, "ms": round(ms, 3)})
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
+                        stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not valid_name(args.user):
+        return _usage(f"invalid --user {args.user!r}: 1-32 of [A-Za-z0-9_.-], not starting "
+                      "with '.' or '-'")
+    try:
+        password = read_password(args)
+    except SystemExit as exc:
+        return int(exc.code or EXIT_USAGE)
+
+    async def amain() -> int:
+        return await App(args, password).run()
+
+    try:
+        return asyncio.run(amain())
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except Exception:
+        log.exception("internal error")
+        return EXIT_INTERNAL

@@ -1,0 +1,135 @@
+"""What the user sees and types: event rendering and the two input modes.
+
+Output: with ``--json`` every event is one JSON object per line, written and
+flushed the moment it happens (programs and tests read these); otherwise a
+short human line.  Input: on a terminal, prompt_toolkit keeps the input line
+intact while messages are printed above it; on a pipe or file, stdin is read
+line by line from a helper thread (works for pipes *and* regular files, which
+the event loop cannot watch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import threading
+from typing import AsyncIterator, Optional
+
+from .node import IncomingMessage
+
+HELP = """commands:
+  /msg NAME[,NAME...] TEXT   send TEXT (queued until each recipient has it)
+  TEXT                       send to the peer(s) you wrote to last
+  /who [NAME]                who is online
+  /ping NAME                 round trip to NAME
+  /pending                   messages not yet delivered
+  /quit                      leave the directory and exit (the queue is kept)"""
+
+
+class Output:
+    """Renders events.  ``json_mode``: the exact SPEC section 4 events."""
+
+    def __init__(self, json_mode: bool, tty: bool = False) -> None:
+        self.json_mode = json_mode
+        self.tty = tty
+
+    def _write(self, line: str) -> None:
+        out = sys.stdout
+        out.write(line + "\n")
+        out.flush()
+
+    def event(self, event: dict) -> None:
+        kind = event.get("event")
+        if kind == "message":
+            return  # shown through show_message (which also advances the cursor)
+        if self.json_mode:
+            self._write(json.dumps(event, ensure_ascii=False))
+            return
+        text = self.render(event)
+        if text is not None:
+            self._write(text)
+
+    def show_message(self, m: IncomingMessage) -> None:
+        if self.json_mode:
+            self._write(json.dumps({"event": "message", "from": m.sender, "id": m.msgid,
+                                    "text": m.text}, ensure_ascii=False))
+        else:
+            self._write(f"{m.sender}: {m.text}")
+
+    def render(self, e: dict) -> Optional[str]:
+        kind = e["event"]
+        if kind == "ready":
+            return (f"* logged in as {e['user']}, listening on {e['listen']}. "
+                    "Type /help for commands.")
+        if kind == "queued":
+            return None  # every message is queued; "delivered" is the news
+        if kind == "delivered":
+            return f"  (delivered to {e['to']})"
+        if kind == "who":
+            if not e["users"]:
+                return "* nobody is online"
+            return "\n".join(f"* {u['name']} at {u['address']}:{u['port']}" for u in e["users"])
+        if kind == "pong":
+            return f"* pong from {e['from']}: {e['ms']:.1f} ms"
+        if kind == "pending":
+            if not e["messages"]:
+                return "* nothing pending"
+            return "\n".join(f"* to {m['to']} [{m['id']}]: {m['text']}" for m in e["messages"])
+        if kind == "error":
+            return f"! {e['text']}"
+        if kind == "help":
+            return HELP
+        return json.dumps(e, ensure_ascii=False)
+
+
+async def piped_lines() -> AsyncIterator[str]:
+    """Lines of stdin (pipe or file), read in a daemon thread; ends at EOF."""
+    loop = asyncio.get_running_loop()
+    q: asyncio.Queue = asyncio.Queue()
+
+    def reader() -> None:
+        # Raw os.read, not sys.stdin: a daemon thread blocked inside a buffered
+        # reader would abort the interpreter at exit (it holds the buffer lock).
+        tail = b""
+        try:
+            while True:
+                chunk = os.read(0, 65536)
+                if not chunk:
+                    break
+                tail += chunk
+                *lines, tail = tail.split(b"\n")
+                for raw in lines:
+                    loop.call_soon_threadsafe(q.put_nowait, raw.decode("utf-8", "replace"))
+            if tail:
+                loop.call_soon_threadsafe(q.put_nowait, tail.decode("utf-8", "replace"))
+        except (OSError, RuntimeError):
+            pass
+        finally:
+            try:
+                loop.call_soon_threadsafe(q.put_nowait, None)
+            except RuntimeError:  # the loop is already closed: we are exiting anyway
+                pass
+
+    threading.Thread(target=reader, name="eurechat-stdin", daemon=True).start()
+    while True:
+        line = await q.get()
+        if line is None:
+            return
+        yield line.rstrip("\r\n")
+
+
+async def terminal_lines(prompt: str) -> AsyncIterator[str]:
+    """Lines typed at a terminal; printing meanwhile keeps the input line intact."""
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.patch_stdout import patch_stdout
+
+    session: PromptSession = PromptSession()
+    with patch_stdout(raw=True):
+        while True:
+            try:
+                line = await session.prompt_async(prompt)
+            except (EOFError, KeyboardInterrupt):
+                return
+            yield line
