@@ -139,8 +139,8 @@ class Responder:
 
     def _handle(self, conn: socket.socket) -> None:
         decoder = Decoder()
-        conn.settimeout(30)
         try:
+            conn.settimeout(30)
             while True:
                 data = conn.recv(4096)
                 if not data:

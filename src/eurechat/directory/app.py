@@ -56,11 +56,12 @@ def server_config(opts: argparse.Namespace) -> ServerConfig:
 async def serve(opts: argparse.Namespace, sock: Optional[socket.socket] = None,
                 ready: Optional[Callable[[str, int], None]] = None,
                 run_checker: bool = True, manager_address=None,
-                authkey: Optional[bytes] = None) -> int:
-    """Serve until SIGINT/SIGTERM; returns the exit code."""
+                authkey: Optional[bytes] = None,
+                signals: tuple = (signal.SIGINT, signal.SIGTERM)) -> int:
+    """Serve until one of ``signals``; returns the exit code."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     registry = make_registry(opts.registry, manager_address=manager_address, authkey=authkey)
     accounts = make_accounts(opts.accounts, opts.data_dir)

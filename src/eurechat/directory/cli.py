@@ -116,7 +116,7 @@ def build_serve_parser() -> argparse.ArgumentParser:
                    help="unsent reply bytes per session above which it is no longer read "
                         "(default: 65536)")
     # Internal: how the supervisor hands a worker its socket and pipes.
-    p.add_argument("--worker-fd", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--worker-fd", default=None, help=argparse.SUPPRESS)
     p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--parent-fd", type=int, default=None, help=argparse.SUPPRESS)
     return p
