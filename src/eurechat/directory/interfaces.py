@@ -36,11 +36,11 @@ class RegistryUnavailable(Exception):
 class Registry(abc.ABC):
     """Presence: the last BIND of each user, shared by every worker and host."""
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 (optional hook)
         """Connect and fill the local read view; raise RegistryUnavailable if the
         store cannot be reached at all."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 (optional hook)
         """Release connections and feed subscriptions."""
 
     @abc.abstractmethod
@@ -81,10 +81,10 @@ class AccountStore(abc.ABC):
     tells an attacker which names exist.
     """
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 (optional hook)
         """Open/create the store; raise AccountsUnavailable if it cannot."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 (optional hook)
         """Release connections."""
 
     @abc.abstractmethod
@@ -109,10 +109,10 @@ class Throttle(abc.ABC):
     for one key (a user name or a source address), that key is refused for
     ``window`` seconds.  Shared by all workers (and all hosts with Redis)."""
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 (optional hook)
         """Open/connect; the default does nothing."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 (optional hook)
         """Release connections; the default does nothing."""
 
     @abc.abstractmethod
@@ -130,10 +130,10 @@ class Election(abc.ABC):
     ``leading()`` before every round; a lease-based implementation acquires or
     renews its lease there and answers whether it holds it."""
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 (optional hook)
         """Prepare (connect); the default does nothing."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 (optional hook)
         """Give up leadership and release connections."""
 
     @abc.abstractmethod
