@@ -72,13 +72,14 @@ return seq
 """
 
 
-def redis_client(url: str, *, socket_timeout: float = 5.0, **kwargs: object) -> Redis:
+def redis_client(url: str, *, socket_timeout: float = 5.0, retries: int = 1,
+                 **kwargs: object) -> Redis:
     """A client that fails fast: one immediate retry (a pooled connection that
     died with a restarted server), then the error.  Callers turn the error into
     ``ERR directory unavailable, retry later``; waiting here would only hold
     the session hostage."""
     return Redis.from_url(url, decode_responses=True, socket_timeout=socket_timeout,
-                          socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 1),
+                          socket_connect_timeout=2.0, retry=Retry(NoBackoff(), retries),
                           health_check_interval=0, **kwargs)
 
 
@@ -130,8 +131,10 @@ class RedisRegistry(Registry):
     # -- lifecycle ---------------------------------------------------------
     async def start(self) -> None:
         self._redis = redis_client(self.url)
+        # No silent retry on the feed: a lost feed connection must be seen, since
+        # the server behind it may have restarted without the data we hold.
         self._feed_redis = redis_client(self.url, socket_timeout=self._block_ms / 1000 + 5,
-                                        max_connections=1)
+                                        retries=0, max_connections=1)
         self._bind_script = self._redis.register_script(_BIND)
         self._remove_script = self._redis.register_script(_REMOVE)
         self._changed = asyncio.Event()
@@ -152,6 +155,12 @@ class RedisRegistry(Registry):
         task, self._feed_task = self._feed_task, None
         if task is not None:
             task.cancel()
+            # redis-py can swallow a cancellation that lands while a reply is
+            # being read, leaving the blocked XREAD to run out its timeout;
+            # closing the feed connection ends it at once.
+            done, _ = await asyncio.wait({task}, timeout=0.2)
+            if not done and self._feed_redis is not None:
+                await self._feed_redis.connection_pool.disconnect()
             try:
                 await task
             except (asyncio.CancelledError, Exception):
@@ -222,8 +231,8 @@ class RedisRegistry(Registry):
         return out
 
     async def wait_changed(self, timeout: Optional[float] = None) -> bool:
-        """Wait until the read view changes (or ``timeout``); for tests and tools
-        that must wait on the event instead of sleeping."""
+        """Wait until the read view changes or goes live/stale (or ``timeout``);
+        for tests and tools that must wait on the event instead of sleeping."""
         assert self._changed is not None
         self._changed.clear()
         try:
@@ -345,7 +354,10 @@ class RedisRegistry(Registry):
             except asyncio.CancelledError:
                 raise
             except (redis_errors.RedisError, OSError) as e:
-                self._live = False
+                if self._live:
+                    self._live = False
+                    if self._changed is not None:
+                        self._changed.set()
                 need_resync = True
                 if not down_since_logged:
                     log.warning("presence feed from Redis interrupted (%s); "

@@ -1,0 +1,27 @@
+"""Small helpers shared by the scaling tests (a module name no other test
+directory uses, since every test directory lands on sys.path)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Awaitable, Callable, TypeVar
+
+T = TypeVar("T")
+
+
+def run(coro: Awaitable[T], timeout: float = 30.0) -> T:
+    """Run one coroutine to completion on a fresh loop, bounded in time."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def until(check: Callable[[], bool], wait: Callable[[float], Awaitable[object]],
+                timeout: float = 10.0, what: str = "condition") -> None:
+    """Wait for ``check()`` to hold, re-checking each time ``wait`` reports an
+    event (a change of a registry's view, ...); fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"timed out waiting for {what}")
+        await wait(min(left, 1.0))
