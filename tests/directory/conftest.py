@@ -24,6 +24,9 @@ def accounts_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def directory(accounts_dir):
-    """One single-worker directory shared by a module's tests (bind policy own)."""
-    with run_directory("--check-interval", "3600", data_dir=accounts_dir) as d:
+    """One single-worker directory shared by a module's tests (bind policy own).
+    The throttle limit is raised so wrong-password tests do not lock out the
+    loopback address for the rest of the module."""
+    with run_directory("--check-interval", "3600", "--throttle-limit", "1000",
+                       data_dir=accounts_dir) as d:
         yield d
