@@ -4,10 +4,10 @@ through the real CLI on loopback (one single-worker directory per module)."""
 from __future__ import annotations
 
 import pytest
-from support.client import ConnectionClosed, FramedClient, Responder, closed_port
-from support.processes import run_directory, useradd
 
 from eurechat.framing import Message
+from support.client import ConnectionClosed, FramedClient, Responder, closed_port
+from support.processes import run_directory, useradd
 
 
 def ack(text):
