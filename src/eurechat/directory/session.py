@@ -25,7 +25,7 @@ from typing import Callable, Deque, List, Optional, Sequence, Union
 
 from ..errors import ProtocolError
 from ..framing import Decoder, Message, Oversized
-from .interfaces import Registration
+from .interfaces import Registration, RegistryUnavailable
 
 __all__ = [
     "Session", "SessionConfig", "Output", "Authenticate", "Register", "Bind", "Leave",
@@ -119,6 +119,7 @@ class SessionConfig:
     bind_policy: str = "own"              # "own" | "any"
     max_header: int = 4096
     max_args: int = 64
+    query_limit: int = 10_000             # QUERY 0 lists at most this many ("truncated")
 
 
 @dataclass
@@ -314,9 +315,17 @@ class Session:
 
     def _ready(self, type_: str, args: tuple, payload: bytes) -> tuple:
         if type_ == "QUERY" and len(args) <= 1:
-            regs = self.query(args[0] if args else None)
+            limit = self.config.query_limit
+            try:
+                # Views return their cached sorted sequence: slicing it is O(limit).
+                regs = self.query(args[0] if args else None)
+            except RegistryUnavailable:
+                return err(UNAVAILABLE_TEXT), False, None
             if not regs:
                 return b"RESULT 0\n", False, None
+            if len(regs) > limit:  # one request never builds an unbounded reply
+                body = "\n".join([r.line() for r in regs[:limit]]).encode("utf-8")
+                return b"RESULT %d truncated\n%s" % (len(body), body), False, None
             if len(regs) == 1:
                 body = regs[0].line().encode("utf-8")
             else:
