@@ -45,7 +45,7 @@ def test_exactly_one_leader_and_clean_handover(redis_url: str) -> None:
             await lease.start()
         try:
             await first_to_lead(leases)
-            leaders = [x for x in leases if x.leading()]
+            leaders = [x for x in leases if x.holds()]
             assert len(leaders) == 1
             first = leaders[0]
             with redis.Redis.from_url(redis_url, decode_responses=True) as admin:
@@ -53,7 +53,7 @@ def test_exactly_one_leader_and_clean_handover(redis_url: str) -> None:
             rest = [x for x in leases if x is not first]
             await first.close()
             await first_to_lead(rest)
-            assert [x.leading() for x in rest].count(True) == 1
+            assert [x.holds() for x in rest].count(True) == 1
         finally:
             for lease in leases:
                 await lease.close()
@@ -72,7 +72,7 @@ def test_takeover_when_the_holder_is_killed(redis_url: str) -> None:
             standby = RedisLease(redis_url, lease=1.5, holder="standby")
             await standby.start()
             try:
-                assert not standby.leading()
+                assert not standby.holds()
                 holder.kill()  # SIGKILL: no release, the lease must expire
                 assert await standby.wait_leading(10)
                 with redis.Redis.from_url(redis_url, decode_responses=True) as admin:

@@ -44,7 +44,8 @@ def server_config(opts: argparse.Namespace) -> ServerConfig:
             max_payload=opts.max_payload,
             preauth_max_payload=min(opts.preauth_max_payload, opts.max_payload),
             registration_open=opts.registration == "open",
-            bind_policy=opts.bind_policy),
+            bind_policy=opts.bind_policy,
+            query_limit=opts.query_limit),
         max_connections=opts.max_connections,
         auth_timeout=opts.auth_timeout,
         frame_timeout=opts.frame_timeout,
@@ -76,14 +77,14 @@ async def serve(opts: argparse.Namespace, sock: Optional[socket.socket] = None,
         log.error("cannot start: %s", exc)
         for backend in reversed(started):
             await backend.close()
-        return 1
+        return 2
     server = DirectoryServer(server_config(opts),
                              Services(registry, accounts, throttle, opts.bind_timeout))
     host, port = await server.start(opts.host, opts.port, sock)
     checker = None
     if run_checker:
         from .backends import make_election
-        election = make_election(opts.registry)
+        election = make_election(opts.registry, lease=opts.lease)
         await election.start()
         checker = LivenessChecker(registry, election, opts.check_interval,
                                   opts.probe_timeout, opts.probe_concurrency)

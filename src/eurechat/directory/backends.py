@@ -85,10 +85,10 @@ def make_throttle(spec: Optional[str], data_dir: str, *, limit: int = 5,
     raise ValueError(f"unknown throttle {spec!r}: memory or redis://...")
 
 
-def make_election(registry_spec: str) -> Election:
+def make_election(registry_spec: str, lease: float = 10.0) -> Election:
     """Who runs the checker: always this host, unless presence is shared via Redis."""
     if is_distributed(registry_spec):
         from .lease import RedisLease
-        return RedisLease(registry_spec)
+        return RedisLease(registry_spec, lease=lease)
     from .checker import LocalElection
     return LocalElection()

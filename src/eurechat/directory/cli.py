@@ -112,6 +112,12 @@ def build_serve_parser() -> argparse.ArgumentParser:
                    help="failed logins per user or address before refusing (default: 5)")
     t.add_argument("--throttle-window", type=_positive_float, default=60.0, metavar="S",
                    help="window for counting failures and length of the refusal (default: 60)")
+    t.add_argument("--query-limit", type=int, default=10_000, metavar="N",
+                   help="QUERY 0 lists at most N registrations, the first by name, and marks "
+                        "the reply 'RESULT <len> truncated' (default: 10000)")
+    t.add_argument("--lease", type=_positive_float, default=10.0, metavar="S",
+                   help="with --registry redis://: lease period of the single liveness checker "
+                        "across hosts; a dead holder is replaced within S seconds (default: 10)")
     t.add_argument("--high-water", type=int, default=64 * 1024, metavar="BYTES",
                    help="unsent reply bytes per session above which it is no longer read "
                         "(default: 65536)")

@@ -36,7 +36,7 @@ from typing import Callable, Optional
 
 from redis import exceptions as redis_errors
 
-from .interfaces import RegistryUnavailable
+from .interfaces import Election
 from .redis_registry import redis_client
 
 log = logging.getLogger("eurechat.directory.lease")
@@ -63,11 +63,12 @@ return 0
 """
 
 
-class RedisLease:
+class RedisLease(Election):
     """One elected holder of ``name`` among all instances on one Redis.
 
-    ``leading()`` is cheap and synchronous (a clock comparison): call it before
-    every unit of work that only the leader may do.  ``wait_leading()`` waits
+    ``holds()`` is cheap and synchronous (a clock comparison): call it before
+    every unit of work that only the leader may do (``await leading()`` is the
+    same, for the checker's ``Election`` seam).  ``wait_leading()`` waits
     until this instance becomes the leader.
     """
 
@@ -93,30 +94,30 @@ class RedisLease:
         self._became_leader: Optional[asyncio.Event] = None
 
     # -- public --------------------------------------------------------------
-    def leading(self) -> bool:
+    def holds(self) -> bool:
         """Whether this instance holds the lease right now."""
         if self._leading and time.monotonic() >= self._deadline:
             self._set(False, "lease not renewed in time")
         return self._leading
 
-    @property
-    def is_leader(self) -> bool:
-        return self.leading()
+    async def leading(self) -> bool:
+        return self.holds()
 
     async def wait_leading(self, timeout: Optional[float] = None) -> bool:
         """Wait until this instance leads; False on ``timeout``."""
         assert self._became_leader is not None, "start() first"
-        while not self.leading():
+        while not self.holds():
             self._became_leader.clear()
             try:
                 await asyncio.wait_for(self._became_leader.wait(), timeout)
             except asyncio.TimeoutError:
-                return self.leading()
+                return self.holds()
         return True
 
     async def start(self) -> None:
-        """Connect (RegistryUnavailable if Redis cannot be reached), make a first
-        attempt, then keep renewing/acquiring in the background."""
+        """Make a first attempt, then keep renewing/acquiring in the background.
+        Never fails: with Redis unreachable this instance simply does not lead
+        until it is back."""
         self._redis = redis_client(self.url)
         self._script = self._redis.register_script(_ACQUIRE_OR_RENEW)
         self._release = self._redis.register_script(_RELEASE)
@@ -124,9 +125,7 @@ class RedisLease:
         try:
             await self._attempt()
         except (redis_errors.RedisError, OSError) as e:
-            await self._redis.aclose()
-            self._redis = None
-            raise RegistryUnavailable(f"cannot reach Redis at {self.url}: {e}") from e
+            log.warning("lease %s: Redis unreachable (%s); not leading for now", self.key, e)
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def close(self) -> None:
@@ -185,7 +184,7 @@ class RedisLease:
                 raise
             except (redis_errors.RedisError, OSError) as e:
                 # Keep leading only until the deadline already earned.
-                self.leading()
+                self.holds()
                 if not warned:
                     log.warning("lease %s: Redis unreachable (%s)", self.key, e)
                     warned = True

@@ -164,6 +164,7 @@ class Supervisor:
         from .app import announce
         from .backends import make_election, make_registry
         from .checker import LivenessChecker
+        from .interfaces import RegistryUnavailable
 
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -182,14 +183,19 @@ class Supervisor:
                 self.registry = ManagerRegistry(self.address, self.authkey, subscribe=False)
             else:
                 self.registry = make_registry(self.opts.registry)
-            await self.registry.start()
+            try:
+                await self.registry.start()
+            except RegistryUnavailable as exc:
+                log.error("cannot start: %s", exc)
+                self.registry = None
+                return 2
             results = await asyncio.gather(*(self._spawn(w) for w in self.workers))
             if not all(results):
                 log.error("not every worker started; giving up")
                 return 1
             for w in self.workers:
                 watchers.append(asyncio.ensure_future(self._watch(w)))
-            election = make_election(self.opts.registry)
+            election = make_election(self.opts.registry, lease=self.opts.lease)
             await election.start()
             checker = LivenessChecker(self.registry, election, self.opts.check_interval,
                                       self.opts.probe_timeout, self.opts.probe_concurrency)
