@@ -35,7 +35,7 @@ import time
 from typing import Dict, Iterator, List, Optional, Pattern, Sequence, Union
 
 __all__ = ["Process", "Directory", "start_process", "start_directory", "run_directory",
-           "useradd", "test_env", "directory_cmd", "READY_RE"]
+           "useradd", "test_env", "child_env", "directory_cmd", "READY_RE"]
 
 READY_RE = re.compile(r"^eurechat-directory listening on (?P<host>.+):(?P<port>\d+)$")
 DEFAULT_TIMEOUT = 20.0
@@ -48,6 +48,10 @@ def test_env(**extra: str) -> Dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
+
+
+test_env.__test__ = False  # a helper, not a test, wherever it is imported
+child_env = test_env
 
 
 def directory_cmd() -> List[str]:

@@ -73,7 +73,8 @@ def build_serve_parser() -> argparse.ArgumentParser:
                         "sqlite:///PATH, or postgresql://USER@HOST/DB")
     p.add_argument("--throttle", default=None, metavar="URL",
                    help="failed-login counters: SQLite in the data directory, shared by the "
-                        "workers (default), memory, or redis://...")
+                        "workers (default; the --registry Redis when that is redis://), "
+                        "memory, or redis://...")
     p.add_argument("--registration", choices=("open", "closed"), default="open",
                    help="whether clients may create accounts with REGISTER (default: open)")
     p.add_argument("--bind-policy", choices=("own", "any"), default="own",
@@ -149,6 +150,8 @@ def _serve(argv: List[str]) -> int:
     if opts.registry not in ("memory", "manager") and not opts.registry.startswith(
             ("redis://", "rediss://", "unix://")):
         parser.error(f"unknown --registry {opts.registry!r}")
+    if opts.throttle is None and opts.registry.startswith(("redis://", "rediss://", "unix://")):
+        opts.throttle = opts.registry  # several hosts: failed-login counters shared in Redis
     if opts.max_payload < 0 or opts.max_connections < 1:
         parser.error("--max-payload must be >= 0 and --max-connections >= 1")
     setup_logging(opts.log_level)

@@ -32,14 +32,24 @@ from .interfaces import (
     RegistryUnavailable,
     Throttle,
 )
-from .session import Authenticate, Bind, Effect, Leave, Register, Result, Session, SessionConfig
+from .session import (
+    Authenticate,
+    Bind,
+    Effect,
+    Leave,
+    Register,
+    Result,
+    Session,
+    SessionConfig,
+    err,
+)
 
 log = logging.getLogger("eurechat.directory.server")
 trace_log = logging.getLogger("eurechat.directory.trace")
 
 __all__ = ["ServerConfig", "Services", "DirectoryServer", "probe_tcp"]
 
-FULL = b"ERR 28\nmax number of clients reached"
+FULL = err("max number of clients reached")
 
 
 @dataclass

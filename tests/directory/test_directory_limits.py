@@ -1,0 +1,142 @@
+"""Abuse limits of SPEC §2-§3, end to end: timeouts (shortened by flags),
+payload limits, malformed frames, --max-connections and backpressure."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from eurechat.framing import Message
+from support.client import FramedClient, Responder
+from support.processes import run_directory
+
+
+def err(text):
+    return Message("ERR", (), text)
+
+
+@pytest.fixture(scope="module")
+def limited(accounts_dir):
+    with run_directory("--auth-timeout", "0.5", "--frame-timeout", "0.5",
+                       "--max-connections", "40", "--throttle-limit", "1000",
+                       data_dir=accounts_dir) as d:
+        yield d
+
+
+def test_preauth_timeout(limited):
+    with FramedClient(*limited.address) as c:
+        assert c.read_until_closed() == [err("authentication timeout, closing")]
+
+
+def test_preauth_timeout_also_after_user(limited):
+    with FramedClient(*limited.address) as c:
+        c.request("USER", "bob")
+        assert c.read_until_closed() == [err("authentication timeout, closing")]
+
+
+def test_authenticated_sessions_have_no_idle_timeout_but_frames_must_finish(
+        limited, passwords):
+    with FramedClient(*limited.address) as idle, FramedClient(*limited.address) as slow:
+        idle.login("bob", passwords["bob"])
+        slow.login("corrado", passwords["corrado"])
+        slow.send_raw(b"QUERY 10\nabc")  # a frame that never completes
+        assert slow.read_until_closed() == [err("frame not completed in time, closing")]
+        # The idle (but complete) session outlived both timeouts.
+        assert idle.request("PING", "still-here") == Message("PONG", ("still-here",))
+
+
+def test_preauth_payload_limit_keeps_session(limited, passwords):
+    with FramedClient(*limited.address) as c:
+        assert c.request("USER", "bob", payload=b"x" * 4097) == \
+            err("message too large (4097 > 4096 bytes)")
+        assert c.request("PING") == Message("PONG")
+        c.login("bob", passwords["bob"])
+
+
+def test_payload_limit_after_login_keeps_session(limited, passwords):
+    with FramedClient(*limited.address) as c:
+        c.login("bob", passwords["bob"])
+        assert c.request("QUERY", payload=b"y" * 65536).type == "RESULT"
+        assert c.request("QUERY", payload=b"y" * 65537) == \
+            err("message too large (65537 > 65536 bytes)")
+        assert c.request("PING", "after") == Message("PONG", ("after",))
+
+
+@pytest.mark.parametrize("garbage", [b"lower-case? 0\n", b"PING -1\n", b"X" * 5000,
+                                     b"PING 0 \x01\n", b"PING 12345678901\n"])
+def test_malformed_gets_err_and_close(limited, garbage):
+    with FramedClient(*limited.address) as c:
+        c.send_raw(b"PING 0 before\n" + garbage)
+        got = c.read_until_closed()
+        assert got[0] == Message("PONG", ("before",))
+        assert len(got) == 2 and got[1].type == "ERR"
+        assert got[1].text.startswith("malformed message: ")
+    with FramedClient(*limited.address) as c:  # the server is fine
+        assert c.request("PING") == Message("PONG")
+
+
+def test_max_connections(limited):
+    clients = []
+    try:
+        for _ in range(40):
+            c = FramedClient(*limited.address)
+            clients.append(c)
+            assert c.request("PING") == Message("PONG")
+        with FramedClient(*limited.address) as extra:
+            assert extra.read_until_closed() == [err("max number of clients reached")]
+        for c in clients:  # existing sessions untouched
+            assert c.request("PING", "ok") == Message("PONG", ("ok",))
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_max_payload_option(accounts_dir, passwords):
+    with run_directory("--max-payload", "100", data_dir=accounts_dir) as d, \
+            FramedClient(*d.address) as c:
+        c.login("bob", passwords["bob"])
+        assert c.request("PING", payload=b"z" * 101) == err("message too large (101 > 100 bytes)")
+        assert c.request("PING", payload=b"z" * 100) == Message("PONG")
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_backpressure_client_that_stops_reading(tmp_path):
+    """A client pipelines 40,000 ``QUERY 0`` on a directory of 100 registrations
+    (~100 MB of replies) without reading: the server's memory stays bounded,
+    and once the client reads, every reply arrives, in order."""
+    names = [f"user{i:03d}" for i in range(100)]
+    with run_directory("--bind-policy", "any", data_dir=str(tmp_path)) as d, \
+            Responder() as peer:
+        setup = FramedClient(*d.address)
+        for name in names:
+            assert setup.request("REGISTER", name, "password-" + name).type == "ACK"
+        for name in names:
+            with FramedClient(*d.address) as c:
+                c.login(name, "password-" + name)
+                assert c.request("BIND", "127.0.0.1", str(peer.port)).type == "ACK"
+        setup.close()
+        with FramedClient(*d.address) as c:
+            c.login(names[0], "password-" + names[0])
+            expected = c.request("QUERY")
+            assert expected.text.count("\n") == 99
+            reply_size = len(bytes(expected))
+            before = _rss_kib(d.pid)
+            count = 40_000
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            c.send_raw(b"QUERY 0\n" * count)
+            # Let the server run into the wall: a PING on another connection is
+            # answered only after the event loop processed what it could.
+            with FramedClient(*d.address) as probe:
+                assert probe.request("PING") == Message("PONG")
+            grown = _rss_kib(d.pid) - before
+            assert grown * 1024 < count * reply_size // 3, (grown, count * reply_size)
+            for i in range(count):
+                assert c.recv() == expected, i

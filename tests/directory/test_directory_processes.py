@@ -1,0 +1,238 @@
+"""Processes of the directory, end to end: --workers N, 1,000 concurrent
+sessions, kill -9 of a worker, SIGTERM/SIGINT, the console script, account
+commands, --help and --trace."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from eurechat.framing import Decoder, Message, encode
+from support.client import FramedClient, Responder
+from support.processes import directory_cmd, run_directory, start_directory, test_env, useradd
+
+USERS = {f"user{i}": f"password-{i}" for i in range(10)}
+
+
+def children(pid: int):
+    """PIDs whose parent is ``pid`` (from /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            fields = stat.rsplit(b")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] != b"Z":
+                out.append(int(entry))
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def worker_pids(supervisor: int):
+    return sorted(p for p in children(supervisor) if "--worker-fd" in cmdline(p))
+
+
+def wait_for(predicate, timeout=20.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        threading.Event().wait(0.05)
+
+
+@pytest.fixture(scope="module")
+def users_dir(tmp_path_factory):
+    data_dir = str(tmp_path_factory.mktemp("workers-data"))
+    env = test_env()
+    for name, password in USERS.items():
+        subprocess.run(directory_cmd() + ["useradd", name, "--password-stdin", "--data-dir",
+                                          data_dir], input=f"{password}\n".encode(),
+                       env=env, check=True, capture_output=True, timeout=60)
+    return data_dir
+
+
+class Gate:
+    """Opens once ``n`` sessions are connected: all 1,000 are open at once."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.event = asyncio.Event()
+
+    def arrived(self) -> None:
+        self.n -= 1
+        if self.n == 0:
+            self.event.set()
+
+
+async def _session(host, port, name, password, expected, gate: Gate, sem):
+    async with sem:  # bounded connect burst
+        reader, writer = await asyncio.open_connection(host, port)
+    try:
+        gate.arrived()
+        await gate.event.wait()
+        writer.write(encode("USER", [name]) + encode("PASS", [password])
+                     + encode("QUERY", [name]) + encode("PING", [name]))
+        decoder = Decoder()
+        got = []
+        while len(got) < 4:
+            data = await reader.read(65536)
+            if not data:
+                break
+            got.extend(decoder.feed(data))
+        return got == [Message("ACK", (), f"hi {name}, authentication required"),
+                       Message("ACK", (), "successfully authenticated"),
+                       Message("RESULT", (), expected[name]), Message("PONG", (name,))]
+    finally:
+        writer.close()
+
+
+def test_thousand_concurrent_sessions_across_four_workers(users_dir):
+    with run_directory("--workers", "4", "--bind-policy", "any", data_dir=users_dir) as d, \
+            Responder() as peer:
+        assert len(worker_pids(d.pid)) == 4
+        expected = {}
+        for name, password in USERS.items():
+            with FramedClient(*d.address) as c:
+                c.login(name, password)
+                assert c.request("BIND", "127.0.0.1", str(peer.port)).type == "ACK"
+                expected[name] = f"{name},127.0.0.1,{peer.port}"
+
+        async def main():
+            gate = Gate(1000)
+            sem = asyncio.Semaphore(200)
+            names = list(USERS)
+            sessions = [_session(d.host, d.port, names[i % 10], USERS[names[i % 10]],
+                                 expected, gate, sem) for i in range(1000)]
+            return await asyncio.wait_for(asyncio.gather(*sessions), 60)
+
+        results = asyncio.run(main())
+        assert results.count(True) == 1000
+
+
+def test_kill_9_of_a_worker_loses_nothing(users_dir):
+    with run_directory("--workers", "2", data_dir=users_dir) as d, Responder() as peer:
+        with FramedClient(*d.address) as c:
+            c.login("user1", USERS["user1"])
+            assert c.request("BIND", "127.0.0.1", str(peer.port)).type == "ACK"
+        before = worker_pids(d.pid)
+        assert len(before) == 2
+        os.kill(before[0], signal.SIGKILL)
+        wait_for(lambda: (lambda now: len(now) == 2 and before[0] not in now)(
+            worker_pids(d.pid)), what="worker restarted")
+        # New connections are served (by both workers) and the registration survived.
+        for _ in range(8):
+            with FramedClient(*d.address) as c:
+                c.login("user2", USERS["user2"])
+                assert c.request("QUERY") == Message(
+                    "RESULT", (), f"user1,127.0.0.1,{peer.port}")
+        assert "restarting" in d.stderr()
+
+
+@pytest.mark.parametrize("workers,sig", [("1", signal.SIGTERM), ("1", signal.SIGINT),
+                                         ("3", signal.SIGTERM), ("3", signal.SIGINT)])
+def test_signal_exits_zero_without_orphans(users_dir, workers, sig):
+    d = start_directory("--workers", workers, data_dir=users_dir)
+    try:
+        sessions = [FramedClient(*d.address) for _ in range(5)]
+        sessions[0].login("user3", USERS["user3"])
+        group = d.group_alive()
+        assert len(group) >= (1 if workers == "1" else 2 + int(workers))
+        d.send_signal(sig)
+        assert d.wait(5) == 0
+        wait_for(lambda: not d.group_alive(), 5, "every process of the group gone")
+        for s in sessions:  # sessions were closed by the server
+            assert s.read_until_closed() == []
+            s.close()
+    finally:
+        d.kill_group()
+
+
+def test_console_script(tmp_path):
+    script = shutil.which("eurechat-directory", path=os.path.dirname(sys.executable))
+    assert script, "console script eurechat-directory not installed next to the interpreter"
+    out = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "--workers" in out.stdout
+    useradd(str(tmp_path), "carol", "carol-password")
+    d = start_directory(data_dir=str(tmp_path), cmd=[script])
+    try:
+        with FramedClient(*d.address) as c:
+            c.login("carol", "carol-password")
+    finally:
+        assert d.stop() == 0
+
+
+def test_account_commands(tmp_path):
+    env = test_env()
+    run = lambda *a, **kw: subprocess.run(  # noqa: E731
+        directory_cmd() + list(a) + ["--data-dir", str(tmp_path)], capture_output=True,
+        text=True, env=env, timeout=60, **kw)
+    assert run("useradd", "zoe", "--password-stdin", input="zoe-password\n").returncode == 0
+    dup = run("useradd", "zoe", "--password-stdin", input="zoe-password\n")
+    assert dup.returncode == 1 and "already exists" in dup.stderr
+    bad = run("useradd", ".zoe", "--password-stdin", input="zoe-password\n")
+    assert bad.returncode == 2 and "invalid username" in bad.stderr
+    short = run("useradd", "amy", "--password-stdin", input="short\n")
+    assert short.returncode == 2 and "invalid password" in short.stderr
+    assert run("useradd", "amy", "--password-stdin", input="amy-password\n").returncode == 0
+    assert run("users").stdout.split() == ["amy", "zoe"]
+    with run_directory(data_dir=str(tmp_path)) as d, FramedClient(*d.address) as c:
+        c.login("zoe", "zoe-password")
+        assert run("userdel", "zoe").returncode == 0  # while the server runs
+        assert run("userdel", "zoe").returncode == 1
+        with FramedClient(*d.address) as c2:
+            c2.request("USER", "zoe")
+            assert c2.request("PASS", "zoe-password") == Message(
+                "ERR", (), "authentication failed")
+    assert run("users").stdout.split() == ["amy"]
+
+
+def test_help_explains_every_option():
+    out = subprocess.run(directory_cmd() + ["--help"], capture_output=True, text=True,
+                         timeout=30, env=test_env())
+    assert out.returncode == 0
+    for option in ("--host", "--port", "--workers", "--data-dir", "--registry", "--accounts",
+                   "--registration", "--bind-policy", "--check-interval", "--max-payload",
+                   "--max-connections", "--log-level", "--trace", "useradd", "userdel",
+                   "users"):
+        assert option in out.stdout, option
+    assert "--worker-fd" not in out.stdout
+
+
+def test_trace_logs_frames_with_password_masked(accounts_dir, passwords):
+    with run_directory("--trace", data_dir=accounts_dir) as d:
+        with FramedClient(*d.address) as c:
+            c.login("bob", passwords["bob"])
+            c.request("PING", "traced")
+        wait_for(lambda: "PONG 0 traced" in d.stderr(), what="trace of the reply")
+        log = d.stderr()
+        assert "PING 0 traced" in log and "PASS 0 *****" in log
+        assert passwords["bob"] not in log
+
+
+def test_bad_options_exit_2(tmp_path):
+    for args in (["--workers", "0"], ["--workers", "2", "--registry", "memory"],
+                 ["--registry", "ftp://x"], ["--bind-policy", "maybe"]):
+        out = subprocess.run(directory_cmd() + args + ["--data-dir", str(tmp_path)],
+                             capture_output=True, text=True, timeout=30, env=test_env())
+        assert out.returncode == 2, args
