@@ -62,6 +62,7 @@ class PostgresAccounts(AccountStore):
         self._backoff = 0.0
         self._retry_at = 0.0
         self._down = False
+        self._started = False  # before start() succeeds, failures are the caller's to report
 
     # -- connections ---------------------------------------------------------
     async def _connect(self) -> psycopg.AsyncConnection:
@@ -75,9 +76,9 @@ class PostgresAccounts(AccountStore):
         except psycopg.Error as exc:
             self._backoff = min(max(self._backoff * 2, 0.1), self.max_backoff)
             self._retry_at = time.monotonic() + self._backoff
-            if not self._down:
+            if not self._down and self._started:
                 log.warning("account database unreachable: %s", _one_line(exc))
-                self._down = True
+            self._down = self._started
             raise AccountsUnavailable(f"cannot reach PostgreSQL: {_one_line(exc)}") from exc
         if self._down:
             log.warning("account database reachable again")
@@ -135,6 +136,7 @@ class PostgresAccounts(AccountStore):
             raise AccountsUnavailable(f"cannot prepare the accounts table: {_one_line(exc)}")
         self._idle.append(conn)
         self._dummy = await self._hash(hash_password, b"dummy password, never matches")
+        self._started = True
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []
