@@ -8,11 +8,11 @@ import os
 import re
 import subprocess
 import sys
-from typing import Callable, Iterator, List, Tuple
+from typing import Iterator, List, Tuple
 
 import pytest
 import redis
-from scaling_helpers import run
+from scaling_helpers import PW, request_until, run
 
 from eurechat.directory.interfaces import Registration
 from eurechat.directory.redis_registry import RedisRegistry
@@ -20,24 +20,6 @@ from eurechat.framing import Message
 from support.client import FramedClient, Responder
 from support.processes import Directory, start_directory, test_env
 from support.servers import free_port
-
-PW = "a-good-password"
-
-
-def request_until(client: FramedClient, args: Tuple[str, ...], done: Callable[[Message], bool],
-                  timeout: float = 10.0, limit: int = 20_000) -> Message:
-    """Repeat a request until its reply satisfies ``done`` (each try is a real
-    round trip: we wait on the reply, never on a clock), bounded in time and count."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    reply = None
-    for _ in range(limit):
-        reply = client.request(*args)
-        if done(reply) or time.monotonic() > deadline:
-            break
-    assert reply is not None and done(reply), f"last reply to {args}: {reply!r}"
-    return reply
 
 
 def start_host(redis_url: str, pg_dsn: str, *extra: str) -> Directory:
