@@ -117,7 +117,8 @@ class App:
         self.out = Output(args.json, tty=self.tty)
         self.peer = Peer(args.user, password, directory=args.directory, listen=args.listen,
                          data_dir=args.data_dir, register=args.register,
-                         on_message=self.out.show_message, on_event=self.out.event)
+                         on_messages=self.out.show_messages, on_event=self.out.event)
+        self.out.mark = self.peer.mark_shown
         self.last: List[str] = []
         self.quit = asyncio.Event()
         self.leave = True

@@ -99,7 +99,7 @@ class DirectoryClient:
     def __init__(self, host: str, port: int, user: str, password: str, *,
                  listen: Callable[[], Tuple[str, int]], register: bool = False,
                  retry_base: float = 0.2, retry_max: float = 30.0,
-                 request_timeout: float = 10.0,
+                 request_timeout: float = 10.0, wait_online: float = 3.0,
                  on_online: Optional[Callable[[], None]] = None,
                  on_error: Optional[Callable[[str], None]] = None) -> None:
         self.host, self.port = host, port
@@ -108,6 +108,8 @@ class DirectoryClient:
         self.listen = listen
         self.retry_base, self.retry_max = retry_base, retry_max
         self.request_timeout = request_timeout
+        self.wait_online = wait_online
+        self._online = asyncio.Event()
         self.on_online = on_online
         self.on_error = on_error
         self.bound: Optional[Tuple[str, int]] = None
@@ -218,6 +220,7 @@ class DirectoryClient:
             self._drop("session setup failed")
             raise
         self._ready = True
+        self._online.set()
         log.info("logged in to %s:%s as %s, bound %s:%s", self.host, self.port, self.user,
                  *self.bound)
         if self.on_online:
@@ -267,6 +270,7 @@ class DirectoryClient:
 
     def _drop(self, why: str) -> None:
         self._ready = False
+        self._online.clear()
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.close()
@@ -286,8 +290,14 @@ class DirectoryClient:
         return asyncio.wait_for(fut, self.request_timeout)
 
     async def query(self, name: Optional[str] = None) -> List[Registration]:
+        """QUERY; while a reconnect is under way, wait up to ``wait_online`` for it."""
         if not self._ready:
-            raise DirectoryUnavailable("not connected to the directory")
+            if self._closing or self._task is None or self.wait_online <= 0:
+                raise DirectoryUnavailable("not connected to the directory")
+            try:
+                await asyncio.wait_for(self._online.wait(), self.wait_online)
+            except asyncio.TimeoutError:
+                raise DirectoryUnavailable("not connected to the directory (retrying)") from None
         reply = await self.request(Message("QUERY", (name,) if name else ()))
         if reply.type != "RESULT":
             raise DirectoryError(f"QUERY refused: {reply.text}")

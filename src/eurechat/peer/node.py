@@ -106,6 +106,7 @@ class Timings:
     directory_retry_base: float = 0.2
     directory_retry_max: float = 30.0
     query_ttl: float = 2.0          #: how long a QUERY answer is trusted
+    directory_wait: float = 3.0     #: a lookup waits this long for a reconnecting directory
     connect_timeout: float = 5.0
     ping_timeout: float = 5.0
     window: int = 1024              #: unacknowledged messages in flight per recipient
@@ -120,6 +121,7 @@ class Timings:
         t.directory_retry_max = _env_float("EURECHAT_DIRECTORY_RETRY_MAX",
                                            t.directory_retry_max)
         t.query_ttl = _env_float("EURECHAT_QUERY_TTL", t.query_ttl)
+        t.directory_wait = _env_float("EURECHAT_DIRECTORY_WAIT", t.directory_wait)
         t.connect_timeout = _env_float("EURECHAT_CONNECT_TIMEOUT", t.connect_timeout)
         t.window = int(_env_float("EURECHAT_WINDOW", t.window))
         return t
@@ -378,6 +380,7 @@ class Peer:
                  addresses: Optional[Dict[str, Tuple[str, int]]] = None,
                  timings: Optional[Timings] = None,
                  on_message: Optional[Callable[[IncomingMessage], None]] = None,
+                 on_messages: Optional[Callable[[List[IncomingMessage]], None]] = None,
                  on_event: Optional[Callable[[Event], None]] = None) -> None:
         if not valid_name(user):
             raise ValueError(f"invalid user name {user!r}: 1-32 of [A-Za-z0-9_.-], "
@@ -391,6 +394,7 @@ class Peer:
         self.addresses: Dict[str, Tuple[str, int]] = dict(addresses or {})
         self.timings = timings or Timings.from_env()
         self._on_message = on_message
+        self._on_messages = on_messages
         self._listeners: List[Callable[[Event], None]] = []
         if on_event is not None:
             self._listeners.append(on_event)
@@ -449,6 +453,7 @@ class Peer:
                     self._password, listen=lambda: self.address, register=self.register,
                     retry_base=self.timings.directory_retry_base,
                     retry_max=self.timings.directory_retry_max,
+                    wait_online=self.timings.directory_wait,
                     on_online=self._on_directory_online,
                     on_error=lambda text: self._emit({"event": "error", "text": text}))
                 await self.directory.start()
@@ -458,8 +463,8 @@ class Peer:
         self._ready = True
         self._emit({"event": "ready", "user": self.user,
                     "listen": f"{self.address[0]}:{self.address[1]}"})
-        for row in self.store.unshown():
-            self._show(IncomingMessage(row.sender, row.msgid, row.text, row.seq))
+        self._show_all([IncomingMessage(row.sender, row.msgid, row.text, row.seq)
+                        for row in self.store.unshown()])
         for route in list(self._routes.values()):
             route.pump()
 
@@ -541,7 +546,7 @@ class Peer:
         so one that was being handled when the program died comes again at
         the next start.  Only one consumer (or ``on_message``) per peer.
         """
-        if self._on_message is not None:
+        if self._on_message is not None or self._on_messages is not None:
             raise PeerError("this peer delivers messages to on_message")
         if self._inbox_q is None:
             self._inbox_q = asyncio.Queue()
@@ -660,6 +665,31 @@ class Peer:
         for q in self._event_qs:
             q.put_nowait(event)
 
+    def mark_shown(self, seq: int) -> None:
+        """Record that the message ``seq`` (and all before it) reached the user.
+
+        An ``on_messages`` callback calls this right after each write to the
+        screen; a message not marked is shown again at the next start."""
+        if self.store is not None:
+            self.store.mark_shown(seq)
+
+    def _show_all(self, msgs: List[IncomingMessage]) -> None:
+        if not msgs:
+            return
+        if self._on_messages is not None:
+            self._on_messages(msgs)
+            if self._event_qs:
+                for m in msgs:
+                    self._emit_to_queues(m)
+            return
+        for m in msgs:
+            self._show(m)
+
+    def _emit_to_queues(self, m: IncomingMessage) -> None:
+        e = {"event": "message", "from": m.sender, "id": m.msgid, "text": m.text}
+        for q in self._event_qs:
+            q.put_nowait(e)
+
     def _show(self, m: IncomingMessage) -> None:
         if self._on_message is not None:
             self._on_message(m)
@@ -741,9 +771,8 @@ class Peer:
                 if not w.done():
                     w.set_result(None)
         # 4. Show what is new.
-        if self._ready:
-            for m in shown:
-                self._show(m)
+        if self._ready and shown:
+            self._show_all(shown)
 
     # -- connections ------------------------------------------------------------
     def _route(self, name: str) -> _Route:

@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import threading
-from typing import AsyncIterator, Optional
+from typing import AsyncIterator, Callable, List, Optional
 
 from .node import IncomingMessage
 
@@ -28,12 +28,24 @@ HELP = """commands:
   /quit                      leave the directory and exit (the queue is kept)"""
 
 
+PIPE_BUF = 4096
+
+
+def _write_all(data: bytes) -> None:
+    fd = sys.stdout.fileno()
+    while data:
+        n = os.write(fd, data)
+        data = data[n:]
+
+
 class Output:
     """Renders events.  ``json_mode``: the exact SPEC section 4 events."""
 
     def __init__(self, json_mode: bool, tty: bool = False) -> None:
         self.json_mode = json_mode
         self.tty = tty
+        #: called with an inbox seq right after that message reached stdout
+        self.mark: Callable[[int], None] = lambda seq: None
 
     def _write(self, line: str) -> None:
         out = sys.stdout
@@ -43,7 +55,7 @@ class Output:
     def event(self, event: dict) -> None:
         kind = event.get("event")
         if kind == "message":
-            return  # shown through show_message (which also advances the cursor)
+            return  # shown through show_messages (which also advances the cursor)
         if self.json_mode:
             self._write(json.dumps(event, ensure_ascii=False))
             return
@@ -51,12 +63,47 @@ class Output:
         if text is not None:
             self._write(text)
 
-    def show_message(self, m: IncomingMessage) -> None:
+    def format_message(self, m: IncomingMessage) -> str:
         if self.json_mode:
-            self._write(json.dumps({"event": "message", "from": m.sender, "id": m.msgid,
-                                    "text": m.text}, ensure_ascii=False))
-        else:
-            self._write(f"{m.sender}: {m.text}")
+            return json.dumps({"event": "message", "from": m.sender, "id": m.msgid,
+                               "text": m.text}, ensure_ascii=False)
+        return f"{m.sender}: {m.text}"
+
+    def show_messages(self, msgs: List[IncomingMessage]) -> None:
+        """Show messages, advancing the display cursor just before each write.
+
+        "Shown exactly once" across a ``kill -9`` hinges on the gap between
+        the cursor update and the write to stdout: here they are two
+        back-to-back system calls (``pwrite`` of the cursor, then one
+        ``os.write`` of at most PIPE_BUF bytes, so a kill never leaves half a
+        line in a pipe).  The cursor goes first on purpose: whoever reads our
+        output (and might kill us on seeing it) is woken by the write, and the
+        scheduler often switches to it right there; with the cursor already
+        written, a process killed at that point has nothing to show twice.
+        On a terminal (prompt_toolkit owns the screen) each message is written
+        through it, then marked.
+        """
+        if self.tty:
+            for m in msgs:
+                self._write(self.format_message(m))
+                self.mark(m.seq)
+            return
+        sys.stdout.flush()
+        chunk: List[bytes] = []
+        size = 0
+        last = 0
+        for m in msgs:
+            line = (self.format_message(m) + "\n").encode("utf-8")
+            if chunk and size + len(line) > PIPE_BUF:
+                self.mark(last)
+                _write_all(b"".join(chunk))
+                chunk, size = [], 0
+            chunk.append(line)
+            size += len(line)
+            last = m.seq
+        if chunk:
+            self.mark(last)
+            _write_all(b"".join(chunk))
 
     def render(self, e: dict) -> Optional[str]:
         kind = e["event"]

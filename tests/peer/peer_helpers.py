@@ -1,0 +1,162 @@
+"""Helpers for the peer tests: a real directory, real peer processes.
+
+A peer is driven the way a program would drive it: commands on stdin,
+``--json`` events read from stdout.  Every wait is on an event (a JSON line)
+with a timeout; nothing sleeps.  Retry and backoff timings are shortened
+through the environment so recovery paths run in well under a second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from support.processes import Process, start_directory, start_process, test_env
+
+PASSWORD = "correct horse battery"
+
+#: Short timings for tests: recovery in a fraction of a second.
+FAST = {
+    "EURECHAT_RETRY_BASE": "0.05",
+    "EURECHAT_RETRY_MAX": "0.3",
+    "EURECHAT_DIRECTORY_RETRY_BASE": "0.05",
+    "EURECHAT_DIRECTORY_RETRY_MAX": "0.3",
+    "EURECHAT_QUERY_TTL": "0.1",
+    "EURECHAT_DIRECTORY_WAIT": "1",
+    "EURECHAT_EOF_LINGER": "0",
+}
+
+
+def peer_cmd() -> List[str]:
+    return [sys.executable, "-m", "eurechat.peer"]
+
+
+class PeerProc:
+    """A ``python -m eurechat.peer --json`` child with helpers to wait on events."""
+
+    def __init__(self, proc: Process) -> None:
+        self.p = proc
+        self._lock = threading.Lock()
+
+    @property
+    def lines(self) -> List[str]:
+        return self.p.lines
+
+    def events(self, kind: Optional[str] = None) -> List[dict]:
+        out = []
+        for line in list(self.p.lines):
+            try:
+                e = json.loads(line)
+            except ValueError:
+                raise AssertionError(f"not a JSON line on stdout: {line!r}") from None
+            if kind is None or e.get("event") == kind:
+                out.append(e)
+        return out
+
+    def cmd(self, *lines: str) -> None:
+        assert self.p.proc.stdin is not None
+        with self._lock:
+            self.p.proc.stdin.write("".join(line + "\n" for line in lines).encode("utf-8"))
+            self.p.proc.stdin.flush()
+
+    def wait_for(self, pred: Callable[[List[dict]], bool], what: str,
+                 timeout: float = 20.0) -> List[dict]:
+        """Block until ``pred(all events so far)`` holds (re-checked on each line)."""
+        deadline = time.monotonic() + timeout
+        cond = self.p._cond
+        with cond:
+            while True:
+                evs = self.events()
+                if pred(evs):
+                    return evs
+                left = deadline - time.monotonic()
+                if self.p._eof or left <= 0:
+                    break
+                cond.wait(left)
+        raise AssertionError(
+            f"peer {self.p.argv[4]}: {'exited' if self.p._eof else 'timeout'} waiting for {what}\n"
+            + "--- stdout (tail) ---\n" + "\n".join(self.p.lines[-30:])
+            + "\n--- stderr (tail) ---\n" + self.p.stderr()[-3000:])
+
+    def wait_event(self, kind: str, timeout: float = 20.0, start: int = 0,
+                   **match) -> dict:
+        """The first event of ``kind`` (at index >= ``start`` among all events)
+        whose fields equal ``match``."""
+        found: List[dict] = []
+
+        def pred(evs: List[dict]) -> bool:
+            for e in evs[start:]:
+                if e.get("event") == kind and all(e.get(k) == v for k, v in match.items()):
+                    found.append(e)
+                    return True
+            return False
+
+        self.wait_for(pred, f"{kind} {match}", timeout)
+        return found[0]
+
+    def count(self, kind: str, n: int, timeout: float = 60.0) -> List[dict]:
+        """Wait for at least ``n`` events of ``kind``; return them."""
+        evs = self.wait_for(lambda evs: sum(e.get("event") == kind for e in evs) >= n,
+                            f"{n} x {kind}", timeout)
+        return [e for e in evs if e.get("event") == kind]
+
+    def kill9(self) -> None:
+        os.killpg(self.p.pid, signal.SIGKILL)
+        self.p.proc.wait(10)
+        self.p._reader.join(5)
+
+    def quit(self, timeout: float = 20.0) -> int:
+        self.cmd("/quit")
+        return self.p.proc.wait(timeout)
+
+    def stop(self) -> None:
+        self.p.stop()
+
+
+class Cluster:
+    """One directory, and peers started against it; everything is torn down at the end."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.dir_data = str(tmp / "directory")
+        self.directory = start_directory(data_dir=self.dir_data, env=test_env())
+        self.dir_port = self.directory.port
+        self.procs: List[Process] = []
+
+    @property
+    def hostport(self) -> str:
+        return f"127.0.0.1:{self.dir_port}"
+
+    def env(self, **extra: str) -> Dict[str, str]:
+        return test_env(**{"EURECHAT_PASSWORD": PASSWORD, **FAST, **extra})
+
+    def peer(self, name: str, *extra: str, register: bool = True, wait: bool = True,
+             env: Optional[Dict[str, str]] = None, directory: Optional[str] = None,
+             cmd: Optional[List[str]] = None) -> PeerProc:
+        argv = (cmd or peer_cmd()) + ["--user", name, "--directory", directory or self.hostport,
+                                      "--data-dir", str(self.tmp / "peers" / name), "--json",
+                                      *(["--register"] if register else []), *extra]
+        proc = start_process(argv, ready=r'"event": "ready"' if wait else None,
+                             env=env or self.env(), stdin=subprocess.PIPE, timeout=30)
+        self.procs.append(proc)
+        return PeerProc(proc)
+
+    def stop_directory(self) -> None:
+        self.directory.stop()
+
+    def restart_directory(self) -> None:
+        self.directory = start_directory(data_dir=self.dir_data, env=test_env(),
+                                         port=self.dir_port)
+        self.procs.append(self.directory)
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.stop(timeout=5)
+        self.directory.stop(timeout=5)

@@ -1,0 +1,280 @@
+"""End to end: the real directory CLI, real peer processes, driven through --json."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from peer_helpers import PASSWORD, peer_cmd
+
+from eurechat.framing import Message
+from support.client import FramedClient
+
+
+def texts(peer, sender=None):
+    return [e["text"] for e in peer.events("message") if sender is None or e["from"] == sender]
+
+
+def test_two_peers_chat_both_ways(cluster):
+    alice = cluster.peer("alice")
+    bob = cluster.peer("bob")
+    alice.cmd("/msg bob hello bob")
+    m = bob.wait_event("message", text="hello bob")
+    assert m["from"] == "alice"
+    q = alice.wait_event("queued", to="bob")
+    d = alice.wait_event("delivered", to="bob")
+    assert q["id"] == d["id"] == m["id"]
+    # A line without "/" goes to the last peer written to.
+    alice.cmd("and again")
+    bob.wait_event("message", text="and again")
+    bob.cmd("/msg alice hi alice", "second line")
+    alice.wait_event("message", **{"from": "bob", "text": "hi alice"})
+    alice.wait_event("message", **{"from": "bob", "text": "second line"})
+    bob.count("delivered", 2)
+    # /who, /ping, /pending
+    alice.cmd("/who")
+    who = alice.wait_event("who")
+    names = {u["name"]: u for u in who["users"]}
+    assert set(names) == {"alice", "bob"}
+    ready = bob.events("ready")[0]
+    assert f"{names['bob']['address']}:{names['bob']['port']}" == ready["listen"]
+    alice.cmd("/who bob")
+    assert [u["name"] for u in alice.wait_event("who", start=len(alice.events()) - 1)["users"]] \
+        in (["bob"], ["alice", "bob"])
+    alice.cmd("/ping bob")
+    pong = alice.wait_event("pong")
+    assert pong["from"] == "bob" and pong["ms"] >= 0
+    alice.cmd("/pending")
+    assert alice.wait_event("pending")["messages"] == []
+    # Each message shown exactly once.
+    assert texts(bob) == ["hello bob", "and again"]
+    assert texts(alice) == ["hi alice", "second line"]
+    assert alice.quit() == 0
+    assert bob.quit() == 0
+
+
+def test_errors_are_events_and_the_peer_keeps_going(cluster):
+    alice = cluster.peer("alice")
+    alice.cmd("nobody yet", "/frobnicate", "/msg", "/msg -bad hi", "/ping")
+    alice.count("error", 5)
+    alice.cmd("/who")
+    alice.wait_event("who")
+
+
+def test_multi_recipient_one_id_tracked_per_recipient(cluster):
+    alice = cluster.peer("alice")
+    bob = cluster.peer("bob")
+    carol = cluster.peer("carol")
+    alice.cmd("/msg bob,carol hello both")
+    mb = bob.wait_event("message", text="hello both")
+    mc = carol.wait_event("message", text="hello both")
+    assert mb["id"] == mc["id"]
+    queued = alice.count("queued", 2)
+    assert sorted(e["to"] for e in queued) == ["bob", "carol"]
+    assert {e["id"] for e in queued} == {mb["id"]}
+    alice.wait_event("delivered", to="bob", id=mb["id"])
+    alice.wait_event("delivered", to="carol", id=mb["id"])
+    # Plain lines now go to both.
+    alice.cmd("to you two")
+    bob.wait_event("message", text="to you two")
+    carol.wait_event("message", text="to you two")
+
+
+def test_offline_recipient_gets_queued_messages_exactly_once(cluster):
+    bob = cluster.peer("bob")
+    assert bob.quit() == 0          # bob exists but is offline
+    alice = cluster.peer("alice")
+    alice.cmd(*[f"/msg bob offline {i}" for i in range(5)])
+    queued = alice.count("queued", 5)
+    alice.cmd("/pending")
+    pending = alice.wait_event("pending")["messages"]
+    assert [p["text"] for p in pending] == [f"offline {i}" for i in range(5)]
+    assert [p["id"] for p in pending] == [q["id"] for q in queued]
+    assert alice.events("delivered") == []
+    bob = cluster.peer("bob", register=False)
+    bob.count("message", 5)
+    alice.count("delivered", 5)
+    alice.cmd("/msg bob online now")
+    bob.wait_event("message", text="online now")
+    assert texts(bob) == [f"offline {i}" for i in range(5)] + ["online now"]
+
+
+def test_sender_killed_with_queued_messages_delivers_after_restart(cluster):
+    bob = cluster.peer("bob")
+    assert bob.quit() == 0
+    alice = cluster.peer("alice")
+    alice.cmd(*[f"/msg bob queued {i}" for i in range(50)])
+    queued = alice.count("queued", 50)
+    alice.kill9()
+    bob = cluster.peer("bob", register=False)
+    alice = cluster.peer("alice", register=False)
+    bob.count("message", 50)
+    delivered = alice.count("delivered", 50)
+    assert {d["id"] for d in delivered} == {q["id"] for q in queued}
+    assert texts(bob) == [f"queued {i}" for i in range(50)]
+    assert [e["id"] for e in bob.events("message")] == [q["id"] for q in queued]
+
+
+def test_receiver_killed_mid_stream_loses_nothing_and_repeats_nothing(cluster):
+    n = 2000
+    bob = cluster.peer("bob")
+    alice = cluster.peer("alice")
+    alice.cmd(*[f"/msg bob s{i}" for i in range(n)])
+    bob.count("message", 100)
+    bob.kill9()
+    first = texts(bob)
+    assert 100 <= len(first) <= n
+    alice.cmd("/msg bob after the crash")
+    bob2 = cluster.peer("bob", register=False)
+    bob2.wait_event("message", text="after the crash", timeout=60)
+    second = texts(bob2)
+    shown = first + second
+    expected = [f"s{i}" for i in range(n)] + ["after the crash"]
+    assert len(shown) == len(set(shown)), "a message was shown twice"
+    assert shown == expected
+    alice.count("delivered", n + 1)
+
+
+def test_ten_thousand_messages_complete_and_in_order(cluster):
+    n = 10_000
+    alice = cluster.peer("alice")
+    bob = cluster.peer("bob")
+    alice.cmd(*[f"/msg bob n{i}" for i in range(n)])
+    bob.count("message", n, timeout=90)
+    assert texts(bob) == [f"n{i}" for i in range(n)]
+    alice.count("delivered", n, timeout=30)
+    ids = [e["id"] for e in alice.events("queued")]
+    assert len(set(ids)) == n
+
+
+def test_directory_restart_mid_conversation(cluster):
+    alice = cluster.peer("alice")
+    bob = cluster.peer("bob")
+    alice.cmd("/msg bob before")
+    bob.wait_event("message", text="before")
+    cluster.stop_directory()
+    # The pair's connection does not need the directory.
+    alice.cmd("/msg bob during")
+    bob.wait_event("message", text="during")
+    bob.cmd("/msg alice reply during")
+    alice.wait_event("message", text="reply during")
+    alice.cmd("/who")
+    alice.wait_event("error")
+    cluster.restart_directory()
+    # Both log in and BIND again on their own: a QUERY sees them both.
+    for _ in range(200):
+        mark = len(alice.events())
+        alice.cmd("/who")
+        e = alice.wait_for(lambda evs, m=mark: any(x.get("event") in ("who", "error")
+                                                   for x in evs[m:]), "who or error")
+        last = [x for x in e[mark:] if x.get("event") in ("who", "error")][0]
+        if last["event"] == "who" and {u["name"] for u in last["users"]} == {"alice", "bob"}:
+            break
+    else:
+        raise AssertionError("alice and bob never re-bound after the directory restart")
+    # A newcomer finds them through the restarted directory.
+    carol = cluster.peer("carol")
+    carol.cmd("/msg alice,bob hello after restart")
+    alice.wait_event("message", text="hello after restart")
+    bob.wait_event("message", text="hello after restart")
+
+
+def test_directory_down_at_start_is_not_fatal(cluster):
+    bob = cluster.peer("bob")
+    alice_reg = cluster.peer("alice")
+    assert alice_reg.quit() == 0
+    cluster.stop_directory()
+    alice = cluster.peer("alice", register=False)
+    alice.wait_event("error")  # directory unreachable, retrying
+    alice.cmd("/msg bob queued while the directory was down")
+    alice.wait_event("queued", to="bob")
+    cluster.restart_directory()
+    bob.wait_event("message", text="queued while the directory was down", timeout=30)
+    alice.wait_event("delivered", to="bob")
+
+
+def _run_peer(cluster, name, *extra, env=None, cmd=None, data=None):
+    argv = (cmd or peer_cmd()) + ["--user", name, "--directory", cluster.hostport,
+                                  "--data-dir", str(cluster.tmp / "peers" / (data or name)),
+                                  *extra]
+    return subprocess.run(argv, input=b"/quit\n", capture_output=True, timeout=60,
+                          env=env or cluster.env())
+
+
+def test_wrong_password_and_taken_name_exit_codes(cluster):
+    alice = cluster.peer("alice")
+    res = _run_peer(cluster, "alice", "--json", data="elsewhere",
+                    env=cluster.env(EURECHAT_PASSWORD="wrong password"))
+    assert res.returncode == 3, res.stderr
+    assert b"authentication failed" in res.stderr
+    res = _run_peer(cluster, "alice", "--register", data="elsewhere",
+                    env=cluster.env(EURECHAT_PASSWORD="another password"))
+    assert res.returncode == 4, res.stderr
+    assert b"taken" in res.stderr
+    # Same user twice on one data directory: refused, exit 5.
+    res = _run_peer(cluster, "alice")
+    assert res.returncode == 5, res.stderr
+    assert alice.quit() == 0
+
+
+def test_password_file_and_missing_password(cluster, tmp_path: Path):
+    pw = tmp_path / "pw"
+    pw.write_text(PASSWORD + "\n")
+    env = cluster.env()
+    del env["EURECHAT_PASSWORD"]
+    res = _run_peer(cluster, "dave", "--register", "--json", "--password-file", str(pw), env=env)
+    assert res.returncode == 0, res.stderr
+    assert b'"event": "ready"' in res.stdout
+    res = subprocess.run(peer_cmd() + ["--user", "dave", "--directory", cluster.hostport,
+                                       "--data-dir", str(tmp_path / "d2")],
+                         stdin=subprocess.DEVNULL, capture_output=True, timeout=60, env=env,
+                         start_new_session=True)  # no controlling terminal: cannot prompt
+    assert res.returncode == 2
+    assert b"EURECHAT_PASSWORD" in res.stderr
+
+
+def test_console_script(cluster):
+    script = shutil.which("eurechat-peer", path=os.path.dirname(sys.executable)) or \
+        shutil.which("eurechat-peer")
+    assert script, "the eurechat-peer console script is not installed"
+    bob = cluster.peer("bob")
+    alice = cluster.peer("alice", cmd=[script])
+    alice.cmd("/msg bob via the console script")
+    bob.wait_event("message", text="via the console script")
+    assert alice.quit() == 0
+
+
+def test_seed_style_peer_and_protocol_errors(cluster):
+    alice = cluster.peer("alice")
+    host, port = alice.events("ready")[0]["listen"].rsplit(":", 1)
+    with FramedClient(host, int(port)) as c:
+        # The directory's liveness probe: the nonce comes back.
+        assert c.request("PING", "n0nce") == Message("PONG", ("n0nce",))
+        # Seed peers: MESSAGE without msgid, answered by a bare ACK.
+        assert c.request("MESSAGE", "zed", payload="hi from a seed peer") == Message("ACK")
+        assert c.request("MESSAGE", "zed", "id-1", payload="with an id") == \
+            Message("ACK", ("id-1",))
+        # A duplicate is ACKed again and not shown again.
+        assert c.request("MESSAGE", "zed", "id-1", payload="with an id") == \
+            Message("ACK", ("id-1",))
+        # Oversized: refused, connection kept.
+        c.send_raw(b"MESSAGE 2000000 zed id-2\n" + b"x" * 2_000_000)
+        reply = c.recv()
+        assert reply.type == "ERR" and b"too large" in reply.payload
+        assert c.request("PING") == Message("PONG")
+        # One connection speaks for one sender.
+        c.send("MESSAGE", "mallory", "id-3", payload="impostor")
+        msgs = c.read_until_closed()
+        assert msgs and msgs[-1].type == "ERR"
+    alice.wait_event("message", text="with an id")
+    with FramedClient(host, int(port)) as c:
+        c.send_raw(b"MESSAGE x\n")
+        assert c.read_until_closed()[-1].type == "ERR"
+    with FramedClient(host, int(port)) as c:
+        assert c.request("PING", "still-alive") == Message("PONG", ("still-alive",))
+    shown = alice.events("message")
+    assert [(e["from"], e["id"], e["text"]) for e in shown] == [
+        ("zed", None, "hi from a seed peer"), ("zed", "id-1", "with an id")]
