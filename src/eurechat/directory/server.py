@@ -47,7 +47,7 @@ from .session import (
 log = logging.getLogger("eurechat.directory.server")
 trace_log = logging.getLogger("eurechat.directory.trace")
 
-__all__ = ["ServerConfig", "Services", "DirectoryServer", "probe_tcp"]
+__all__ = ["ServerConfig", "Services", "DirectoryServer", "probe_tcp", "listening_socket"]
 
 FULL = err("max number of clients reached")
 
@@ -140,14 +140,13 @@ class Services:
 class DirectoryProtocol(asyncio.Protocol):
     """One client connection."""
 
-    __slots__ = ("server", "transport", "session", "peer", "task", "write_paused",
+    __slots__ = ("server", "transport", "session", "task", "write_paused",
                  "read_paused", "frame_since")
 
     def __init__(self, server: DirectoryServer) -> None:
         self.server = server
         self.transport: Optional[asyncio.Transport] = None
         self.session: Optional[Session] = None
-        self.peer = "?"
         self.task: Optional[asyncio.Future] = None
         self.write_paused = False
         self.read_paused = False
@@ -158,26 +157,27 @@ class DirectoryProtocol(asyncio.Protocol):
         server = self.server
         self.transport = transport
         peername = transport.get_extra_info("peername")
-        self.peer = f"{peername[0]}:{peername[1]}" if peername else "?"
         if len(server.connections) >= server.config.max_connections:
             log.warning("refusing %s: max number of clients reached (%d)",
                         self.peer, server.config.max_connections)
             transport.write(FULL)
             transport.close()
             return
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            except OSError:
-                pass
+        # SO_KEEPALIVE is inherited from the listening socket (listening_socket).
         transport.set_write_buffer_limits(high=server.config.high_water)
         self.session = Session(server.config.session, server.query,
                                peername[0] if peername else "",
                                self._trace_in if server.config.trace else None)
         server.connections.add(self)
         server.unauthenticated[self] = time.monotonic() + server.config.auth_timeout
-        log.debug("connection from %s", self.peer)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("connection from %s", self.peer)
+
+    @property
+    def peer(self) -> str:
+        """``host:port`` of the client, for logs (computed: not stored per session)."""
+        name = self.transport.get_extra_info("peername") if self.transport else None
+        return f"{name[0]}:{name[1]}" if name else "?"
 
     def _trace_in(self, direction: str, data: bytes) -> None:
         trace_log.info("%s > %r", self.peer, data)
@@ -209,7 +209,8 @@ class DirectoryProtocol(asyncio.Protocol):
         if self.task is not None and self.task.done() is False \
                 and isinstance(self.session and self.session.waiting, Authenticate):
             self.task.cancel()
-        log.debug("connection from %s closed", self.peer)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("connection from %s closed", self.peer)
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -277,6 +278,28 @@ class DirectoryProtocol(asyncio.Protocol):
         self.transport.close()
 
 
+def listening_socket(host: str, port: int, reuseport: bool = False,
+                     listen: bool = True) -> socket.socket:
+    """A TCP listening socket with SO_KEEPALIVE set once: accepted sockets
+    inherit it (Linux), so sessions get keepalive without a per-connection
+    system call or socket object."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.bind((host, port))
+        if listen:
+            sock.listen(4096)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class DirectoryServer:
     """The listening side of one worker: connections, timers, shutdown."""
 
@@ -293,13 +316,10 @@ class DirectoryServer:
     async def start(self, host: str = "127.0.0.1", port: int = 0,
                     sock: Optional[socket.socket] = None) -> tuple:
         loop = asyncio.get_running_loop()
-        if sock is not None:
-            self._server = await loop.create_server(
-                lambda: DirectoryProtocol(self), sock=sock, backlog=4096)
-        else:
-            self._server = await loop.create_server(
-                lambda: DirectoryProtocol(self), host, port, backlog=4096,
-                reuse_address=True)
+        if sock is None:
+            sock = listening_socket(host, port)
+        self._server = await loop.create_server(
+            lambda: DirectoryProtocol(self), sock=sock, backlog=4096)
         self._sweeper = asyncio.ensure_future(self._sweep())
         return self._server.sockets[0].getsockname()[:2]
 

@@ -19,9 +19,8 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
-from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Deque, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Union
 
 from ..errors import ProtocolError
 from ..framing import Decoder, Message, Oversized
@@ -174,8 +173,8 @@ class Session:
     ``source`` is the client's IP address, used to verify BIND.
     """
 
-    __slots__ = ("config", "query", "source", "state", "user", "decoder", "pending",
-                 "waiting", "trace")
+    __slots__ = ("config", "query", "source", "state", "user", "decoder", "_queue",
+                 "_next", "waiting", "trace")
 
     def __init__(self, config: SessionConfig, query: Query, source: str = "",
                  trace: Optional[Callable[[str, bytes], None]] = None) -> None:
@@ -185,7 +184,11 @@ class Session:
         self.state = State.NEW
         self.user: Optional[str] = None
         self.decoder = Decoder(config.preauth_max_payload, config.max_header, config.max_args)
-        self.pending: Deque[Union[Message, Oversized, _Malformed]] = deque()
+        # Requests received but not answered yet: a list and the index of the
+        # next one (the decoder's own list, no copy, on the usual path; None
+        # when empty, so an idle session holds no container at all).
+        self._queue: Optional[List[Union[Message, Oversized, _Malformed]]] = None
+        self._next = 0
         self.waiting: Optional[Effect] = None
         self.trace = trace
 
@@ -197,11 +200,20 @@ class Session:
         try:
             items = self.decoder.feed(data)
         except ProtocolError as exc:
-            self.pending.extend(exc.messages)
-            self.pending.append(_Malformed(exc))
-            return
+            items = list(exc.messages)
+            items.append(_Malformed(exc))
         if items:
-            self.pending.extend(items)
+            queue = self._queue
+            if queue is None:
+                self._queue = items
+            else:
+                self._queue = queue[self._next:] + items
+            self._next = 0
+
+    @property
+    def pending(self) -> int:
+        """Requests received and not answered yet."""
+        return len(self._queue) - self._next if self._queue is not None else 0
 
     @property
     def in_frame(self) -> bool:
@@ -222,21 +234,33 @@ class Session:
         an effect is needed, the queue is empty or the session closes."""
         out: List[bytes] = []
         size = 0
-        pending = self.pending
-        while pending and self.waiting is None and self.state is not State.CLOSED \
-                and size < budget:
-            item = pending.popleft()
-            reply, close, effect = self._handle(item)
-            if reply:
-                out.append(reply)
-                size += len(reply)
-            if close:
-                self._close()
-                return Output(b"".join(out), True, None)
-            if effect is not None:
-                self.waiting = effect
-                return Output(b"".join(out), False, effect)
-        return Output(b"".join(out) if len(out) != 1 else out[0], False, None)
+        queue = self._queue
+        if queue is None or self.waiting is not None or self.state is State.CLOSED:
+            return Output()
+        i = self._next
+        n = len(queue)
+        effect = None
+        try:
+            while i < n and size < budget:
+                reply, close, effect = self._handle(queue[i])
+                i += 1
+                if reply:
+                    out.append(reply)
+                    size += len(reply)
+                if close:
+                    self._close()
+                    return Output(b"".join(out), True, None)
+                if effect is not None:
+                    self.waiting = effect
+                    break
+        finally:
+            if self._queue is queue:
+                if i >= n:
+                    self._queue = None
+                    self._next = 0
+                else:
+                    self._next = i
+        return Output(b"".join(out) if len(out) != 1 else out[0], False, effect)
 
     def feed(self, data: bytes, budget: int = 1 << 62) -> Output:
         """``receive`` then ``step``: convenient for tests and simple drivers."""
@@ -267,7 +291,8 @@ class Session:
 
     def _close(self) -> None:
         self.state = State.CLOSED
-        self.pending.clear()
+        self._queue = None
+        self._next = 0
         self.waiting = None
 
     # -- the state table ---------------------------------------------------

@@ -51,16 +51,8 @@ def _listen(host: str, port: int, reuseport: bool, listen: bool = True) -> socke
     reserves the port, ``--port 0`` included) and each worker binds and listens
     on its own socket: the kernel spreads new connections evenly over the
     workers.  Without it, the supervisor listens and the workers inherit it."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuseport:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    if listen:
-        sock.listen(4096)
-    sock.setblocking(False)
-    return sock
+    from .server import listening_socket
+    return listening_socket(host, port, reuseport, listen)
 
 
 class Worker:

@@ -1,0 +1,307 @@
+#!/usr/bin/env python3
+"""Benchmark of the directory against redis-server, in one run (not a test).
+
+    .venv/bin/python ci/bench_directory.py [--secs 5] [--idle 10000] [--quick]
+
+1. Throughput: ``../shared/bench/loadgen.c`` (compiled with gcc into a temp
+   dir) drives 200 authenticated sessions issuing ``QUERY 0 bob`` at depth 1
+   and 16 against ``--workers 1`` pinned to CPU 0, loadgen pinned to CPU 1
+   (``taskset``); then redis-server answering PING under the same pinning and
+   load.  Targets: QUERY >= 0.5x redis PING at depth 1, >= 0.3x at depth 16.
+2. Idle memory: 10,000 connections held open (directory sessions logged in),
+   bytes per connection from the server's RSS before/while holding them,
+   directory vs redis.  Target: <= 1.5x redis.
+3. ``--workers 4``, unpinned: QUERY throughput.
+4. The liveness checker: one round over 10,000 registrations whose peers
+   answer PING (a uvloop PONG server in another process).  Target: < 10 s.
+
+Accounts are created with ``EURECHAT_SCRYPT_N=16`` so that logging in 10,000
+sessions does not dominate the run (login is not what is measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOADGEN_C = os.path.join(ROOT, "..", "shared", "bench", "loadgen.c")
+READY = re.compile(r"listening on (.+):(\d+)")
+PY = sys.executable
+
+
+def raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def taskset(cpu) -> list:
+    if cpu is None or not shutil.which("taskset") or (os.cpu_count() or 1) < 2:
+        return []
+    return ["taskset", "-c", str(cpu)]
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def tree_rss_kib(pid: int) -> int:
+    """RSS of ``pid`` and its descendants (for --workers N)."""
+    total = rss_kib(pid)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                total += tree_rss_kib(int(entry))
+    return total
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Directory:
+    def __init__(self, data_dir: str, *args: str, cpu=None) -> None:
+        env = dict(os.environ, EURECHAT_SCRYPT_N="16", PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            taskset(cpu) + [PY, "-m", "eurechat.directory", "--port", "0", "--data-dir",
+                            data_dir, "--log-level", "warning", "--check-interval", "3600",
+                            "--max-connections", "12000", "--bind-policy", "any", *args],
+            stdout=subprocess.PIPE, text=True, env=env, start_new_session=True,
+            preexec_fn=raise_nofile)
+        line = self.proc.stdout.readline()
+        m = READY.search(line)
+        if not m:
+            raise SystemExit(f"directory did not start: {line!r}")
+        self.port = int(m.group(2))
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait()
+
+
+def framed(sock: socket.socket, data: bytes) -> bytes:
+    sock.sendall(data)
+    return sock.recv(65536)
+
+
+def prepare_accounts(data_dir: str) -> None:
+    env = dict(os.environ, EURECHAT_SCRYPT_N="16")
+    for name, pw in (("bench", "bench-password"), ("bob", "bob-password")):
+        subprocess.run([PY, "-m", "eurechat.directory", "useradd", name, "--password-stdin",
+                        "--data-dir", data_dir], input=f"{pw}\n", text=True, env=env,
+                       check=True, capture_output=True)
+
+
+def bind_bob(port: int, target_port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        for req in (b"USER 0 bob\n", b"PASS 0 bob-password\n",
+                    b"BIND 0 127.0.0.1 %d\n" % target_port):
+            reply = framed(s, req)
+            assert reply.startswith(b"ACK"), reply
+
+
+def loadgen(binary: str, port: int, *args: str, cpu=None) -> list:
+    out = subprocess.run(taskset(cpu) + [binary, "-p", str(port), *args],
+                         capture_output=True, text=True, preexec_fn=raise_nofile)
+    if out.returncode not in (0, 3):
+        raise SystemExit(f"loadgen failed ({out.returncode}): {out.stderr}")
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def idle_bytes(binary: str, port: int, pid_of, conns: int, extra: list) -> float:
+    """Open ``conns`` idle connections with loadgen -i, measure RSS growth."""
+    before = pid_of()
+    proc = subprocess.Popen([binary, "-i", "-p", str(port), "-c", str(conns), "-t", "4",
+                             "-R", "0", *extra], stdout=subprocess.PIPE, text=True,
+                            preexec_fn=raise_nofile)
+    first = json.loads(proc.stdout.readline())
+    if first.get("connected") != conns:
+        raise SystemExit(f"idle run: {first}")
+    during = pid_of()
+    proc.wait(60)
+    return (during - before) * 1024 / conns
+
+
+def pong_server_main(port: int) -> None:
+    """A process answering ``PING 0 <nonce>`` with ``PONG 0 <nonce>`` (like peers)."""
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+
+    class Pong(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.t = transport
+            self.buf = b""
+
+        def data_received(self, data):
+            self.buf += data
+            while b"\n" in self.buf:
+                line, self.buf = self.buf.split(b"\n", 1)
+                if line.startswith(b"PING 0"):
+                    self.t.write(b"PONG 0" + line[6:] + b"\n")
+
+    async def main():
+        server = await asyncio.get_running_loop().create_server(
+            Pong, "127.0.0.1", port, backlog=4096)
+        print("ready", flush=True)
+        await server.serve_forever()
+
+    asyncio.run(main())
+
+
+async def checker_round(n: int, port: int) -> tuple:
+    from eurechat.directory.checker import LivenessChecker
+    from eurechat.directory.interfaces import Registration
+    from eurechat.directory.registry import MemoryRegistry
+    registry = MemoryRegistry()
+    for i in range(n):
+        await registry.bind(Registration(f"peer{i:05d}", "127.0.0.1", port))
+    checker = LivenessChecker(registry, interval=3600, probe_timeout=5.0, concurrency=1000)
+    started = time.perf_counter()
+    probed, removed = await checker.check_round()
+    return time.perf_counter() - started, probed, len(removed)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--secs", default="5", help="measured seconds per phase (default 5)")
+    ap.add_argument("--idle", type=int, default=10000, help="idle connections (default 10000)")
+    ap.add_argument("--checker", type=int, default=10000, help="registrations for the checker")
+    ap.add_argument("--pong-server", type=int, help=argparse.SUPPRESS)
+    opts = ap.parse_args()
+    if opts.pong_server:
+        pong_server_main(opts.pong_server)
+        return 0
+    raise_nofile()
+    import eurechat.framing as framing
+    try:
+        import uvloop  # noqa: F401
+        loop_name = "uvloop"
+    except ImportError:
+        loop_name = "asyncio"
+    tmp = tempfile.mkdtemp(prefix="eurechat-bench-")
+    results = {}
+    try:
+        binary = os.path.join(tmp, "loadgen")
+        subprocess.run(["gcc", "-O2", "-o", binary, LOADGEN_C], check=True)
+        data_dir = os.path.join(tmp, "data")
+        prepare_accounts(data_dir)
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        target = listener.getsockname()[1]
+        query = ["-c", "200", "-d", "1,16", "-t", opts.secs, "-w", "1",
+                 "-q", r"QUERY 0 bob\n", "-L", "bench:bench-password"]
+        print(f"framing={framing.IMPLEMENTATION} loop={loop_name} cpus={os.cpu_count()}",
+              flush=True)
+
+        # 1. pinned throughput, directory --workers 1 vs redis PING
+        d = Directory(data_dir, cpu=0)
+        try:
+            bind_bob(d.port, target)
+            phases = loadgen(binary, d.port, *query, cpu=1)
+            results["query"] = {p["depth"]: p for p in phases}
+            results["idle_directory"] = idle_bytes(
+                binary, d.port, lambda: rss_kib(d.proc.pid), opts.idle,
+                ["-L", "bench:bench-password", "-B", "512"])
+        finally:
+            d.stop()
+        rport = free_port()
+        redis = subprocess.Popen(
+            taskset(0) + ["redis-server", "--port", str(rport), "--save", "",
+                          "--appendonly", "no", "--maxclients", str(opts.idle + 100),
+                          "--bind", "127.0.0.1"],
+            stdout=subprocess.PIPE, text=True, preexec_fn=raise_nofile)
+        try:
+            for line in redis.stdout:
+                if "Ready to accept connections" in line:
+                    break
+            phases = loadgen(binary, rport, "-r", "-c", "200", "-d", "1,16", "-t", opts.secs,
+                             "-w", "1", cpu=1)
+            results["redis"] = {p["depth"]: p for p in phases}
+            results["idle_redis"] = idle_bytes(binary, rport, lambda: rss_kib(redis.pid),
+                                               opts.idle, ["-r"])
+        finally:
+            redis.terminate()
+            redis.wait(10)
+
+        # 3. --workers 4, unpinned
+        d = Directory(data_dir, "--workers", "4")
+        try:
+            bind_bob(d.port, target)
+            phases = loadgen(binary, d.port, *query)
+            results["workers4"] = {p["depth"]: p for p in phases}
+        finally:
+            d.stop()
+
+        # 4. the liveness checker over 10,000 registrations
+        pport = free_port()
+        pong = subprocess.Popen([PY, os.path.abspath(__file__), "--pong-server", str(pport)],
+                                stdout=subprocess.PIPE, text=True, preexec_fn=raise_nofile)
+        try:
+            pong.stdout.readline()
+            results["checker"] = asyncio.run(checker_round(opts.checker, pport))
+        finally:
+            pong.terminate()
+            pong.wait(10)
+        listener.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    q, r, w = results["query"], results["redis"], results["workers4"]
+    print()
+    print("| measure | directory | redis-server | ratio | target |")
+    print("|---|---|---|---|---|")
+    for depth, target in ((1, 0.5), (16, 0.3)):
+        ratio = q[depth]["req_per_s"] / r[depth]["req_per_s"]
+        ok = "ok" if ratio >= target else "BELOW"
+        print(f"| QUERY 0 bob vs PING, 200 conns, depth {depth}, pinned (req/s) | "
+              f"{q[depth]['req_per_s']:.0f} (p99 {q[depth]['p99_us']} us) | "
+              f"{r[depth]['req_per_s']:.0f} (p99 {r[depth]['p99_us']} us) | "
+              f"{ratio:.2f}x | >= {target}x {ok} |")
+    ratio = results["idle_directory"] / results["idle_redis"]
+    print(f"| idle bytes per connection, {opts.idle} conns | {results['idle_directory']:.0f} | "
+          f"{results['idle_redis']:.0f} | {ratio:.2f}x | <= 1.5x "
+          f"{'ok' if ratio <= 1.5 else 'ABOVE'} |")
+    for depth in (1, 16):
+        print(f"| --workers 4 unpinned, depth {depth} (req/s) | {w[depth]['req_per_s']:.0f} | "
+              f"| | |")
+    secs, probed, removed = results["checker"]
+    print(f"| liveness round, {probed} registrations | {secs:.2f} s ({removed} removed) | | | "
+          f"< 10 s {'ok' if secs < 10 else 'ABOVE'} |")
+    errors = sum(p.get("errors", 0) + p.get("disconnects", 0)
+                 for group in (q, r, w) for p in group.values())
+    print(f"\nerrors+disconnects across runs: {errors}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
