@@ -196,6 +196,7 @@ class ManagerRegistry(Registry):
         self.authkey = authkey
         self.subscribe = subscribe
         self.view = LocalView()
+        self.query = self.view.query  # type: ignore[method-assign]  # hot path: no hop
         self._hub = None
         self._sub: Optional[int] = None
         self._pool = concurrent.futures.ThreadPoolExecutor(

@@ -66,6 +66,7 @@ class MemoryRegistry(Registry):
 
     def __init__(self) -> None:
         self.view = LocalView()
+        self.query = self.view.query  # type: ignore[method-assign]  # hot path: no hop
 
     async def bind(self, registration: Registration) -> None:
         self.view.put(registration)

@@ -41,8 +41,11 @@ from .session import (
     Result,
     Session,
     SessionConfig,
+    State,
     err,
 )
+
+CLOSED = State.CLOSED
 
 log = logging.getLogger("eurechat.directory.server")
 trace_log = logging.getLogger("eurechat.directory.trace")
@@ -184,10 +187,10 @@ class DirectoryProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         session = self.session
-        if session is None or session.closed:
+        if session is None or session.state is CLOSED:
             return
         session.receive(data)
-        if session.in_frame:
+        if session.decoder.in_frame:
             if not self.frame_since:
                 self.frame_since = time.monotonic()
                 self.server.in_frame.add(self)
@@ -205,7 +208,7 @@ class DirectoryProtocol(asyncio.Protocol):
         server.unauthenticated.pop(self, None)
         server.in_frame.discard(self)
         if self.session is not None:
-            self.session.state = self.session.state.CLOSED
+            self.session.state = CLOSED
         if self.task is not None and self.task.done() is False \
                 and isinstance(self.session and self.session.waiting, Authenticate):
             self.task.cancel()
@@ -236,26 +239,23 @@ class DirectoryProtocol(asyncio.Protocol):
         """Answer queued requests while the transport accepts output."""
         session = self.session
         budget = self.server.config.high_water
-        while session.pending and self.task is None and not self.write_paused \
-                and not session.closed:
-            if not self.apply(session.step(budget)):
+        while self.task is None and not self.write_paused:
+            data, close, effect = session.run(budget)
+            if not self.apply(data, close, effect) or not session._queue:
                 return
 
-    def apply(self, out) -> bool:
-        """Carry out one ``Output``; False once nothing more should be done now."""
+    def apply(self, data: bytes, close: bool, effect) -> bool:
+        """Carry out one step's output; False once nothing more should be done now."""
         transport = self.transport
-        session = self.session
-        if out.data:
+        if data:
             if self.server.config.trace:
-                trace_log.info("%s < %r", self.peer, out.data)
-            transport.write(out.data)
-        if out.close:
+                trace_log.info("%s < %r", self.peer, data)
+            transport.write(data)
+        if close:
             transport.close()
             return False
-        if session.state is session.state.READY:
-            self.server.unauthenticated.pop(self, None)
-        if out.effect is not None:
-            self.task = asyncio.ensure_future(self._effect(out.effect))
+        if effect is not None:
+            self.task = asyncio.ensure_future(self._effect(effect))
             self._update_reading()
             return False
         return True
@@ -266,7 +266,10 @@ class DirectoryProtocol(asyncio.Protocol):
         session = self.session
         if session.closed or self.transport.is_closing():
             return
-        if self.apply(session.resume(result, self.server.config.high_water)):
+        out = session.resume(result, self.server.config.high_water)
+        if session.state is State.READY:
+            self.server.unauthenticated.pop(self, None)
+        if self.apply(out.data, out.close, out.effect):
             self.pump()
         self._update_reading()
 

@@ -148,6 +148,11 @@ _AUTH_FAILED = "authentication failed"
 _THROTTLED = "too many failed attempts, retry later"
 _BAD_BIND = "invalid bind notification"
 
+# Reply frames of single-registration QUERYs, by value: a registration is
+# immutable, so its frame can be reused by every session until it changes.
+_FRAMES: dict = {}
+_FRAMES_MAX = 65536
+
 
 def _frame(type_: str, text: Union[str, bytes] = b"", args: Sequence[str] = ()) -> bytes:
     payload = text.encode("utf-8") if isinstance(text, str) else text
@@ -232,24 +237,38 @@ class Session:
     def step(self, budget: int = 1 << 62) -> Output:
         """Answer queued requests until ``budget`` bytes of output are produced,
         an effect is needed, the queue is empty or the session closes."""
-        out: List[bytes] = []
-        size = 0
+        return Output(*self.run(budget))
+
+    def run(self, budget: int = 1 << 62) -> tuple:
+        """``step`` as a plain ``(data, close, effect)`` tuple: the front end's hot path."""
         queue = self._queue
         if queue is None or self.waiting is not None or self.state is State.CLOSED:
-            return Output()
+            return b"", False, None
         i = self._next
         n = len(queue)
+        handle = self._handle
+        if n - i == 1:  # the usual case: one request in, one reply out
+            self._queue = None
+            self._next = 0
+            reply, close, effect = handle(queue[i])
+            if close:
+                self._close()
+            elif effect is not None:
+                self.waiting = effect
+            return reply, close, effect
+        out: List[bytes] = []
+        size = 0
         effect = None
         try:
             while i < n and size < budget:
-                reply, close, effect = self._handle(queue[i])
+                reply, close, effect = handle(queue[i])
                 i += 1
                 if reply:
                     out.append(reply)
                     size += len(reply)
                 if close:
                     self._close()
-                    return Output(b"".join(out), True, None)
+                    return b"".join(out), True, None
                 if effect is not None:
                     self.waiting = effect
                     break
@@ -260,7 +279,7 @@ class Session:
                     self._next = 0
                 else:
                     self._next = i
-        return Output(b"".join(out) if len(out) != 1 else out[0], False, effect)
+        return b"".join(out), False, effect
 
     def feed(self, data: bytes, budget: int = 1 << 62) -> Output:
         """``receive`` then ``step``: convenient for tests and simple drivers."""
@@ -352,7 +371,14 @@ class Session:
                 body = "\n".join([r.line() for r in regs[:limit]]).encode("utf-8")
                 return b"RESULT %d truncated\n%s" % (len(body), body), False, None
             if len(regs) == 1:
-                body = regs[0].line().encode("utf-8")
+                frame = _FRAMES.get(regs[0])
+                if frame is None:
+                    body = regs[0].line().encode("utf-8")
+                    frame = b"RESULT %d\n%s" % (len(body), body)
+                    if len(_FRAMES) >= _FRAMES_MAX:
+                        _FRAMES.clear()
+                    _FRAMES[regs[0]] = frame
+                return frame, False, None
             else:
                 body = "\n".join([r.line() for r in regs]).encode("utf-8")
             return b"RESULT %d\n%s" % (len(body), body), False, None
