@@ -45,6 +45,27 @@ def test_bind_query_remove_semantics(redis_url: str) -> None:
     run(main())
 
 
+def test_a_listing_never_changes_under_its_holder(redis_url: str) -> None:
+    """QUERY 0 gets the view's own sorted list (no copy per request); the next
+    change copies it first, so a listing already handed out stays as it was."""
+    async def main() -> None:
+        reg = RedisRegistry(redis_url)
+        await reg.start()
+        try:
+            await reg.bind(BOB)
+            listing = reg.query()
+            assert reg.query() is listing  # no change: the same object, no copy
+            await reg.bind(ALICE)
+            await reg.bind(Registration("bob", "127.0.0.1", 9999))
+            await reg.remove("bob")
+            assert list(listing) == [BOB]
+            assert list(reg.query()) == [ALICE]
+        finally:
+            await reg.close()
+
+    run(main())
+
+
 def test_registrations_outlive_the_instance(redis_url: str) -> None:
     """A registration is in Redis, not in the process that made it."""
     async def main() -> None:

@@ -124,7 +124,12 @@ class RedisRegistry(Registry):
         # name -> (seq, registration or None for a removal).
         self._pending: Dict[str, Tuple[int, Optional[Registration]]] = {}
         self.version = 0         # bumped on every change of the view
-        self._cache: Tuple[int, Optional[int], Sequence[Registration]] = (-1, None, ())
+        # Registrations in name order, parallel to _names.  QUERY 0 hands out
+        # this very list (no copy per request); it is copied before the next
+        # change once it has been lent (copy-on-write), so a caller never sees
+        # it change under it.
+        self._sorted: List[Registration] = []
+        self._lent = False
         self._changed: Optional[asyncio.Event] = None  # created on the loop, in start()
         self.resyncs = 0
 
@@ -209,15 +214,11 @@ class RedisRegistry(Registry):
             raise RegistryUnavailable("presence feed from Redis interrupted")
         if name is not None:
             reg = self._regs.get(name)
-            return [reg] if reg is not None else []
-        version, cached_limit, cached = self._cache
-        if version == self.version and cached_limit == limit:
-            return cached
-        names = self._names if limit is None else self._names[:limit]
-        regs = self._regs
-        result = tuple(regs[n] for n in names)
-        self._cache = (self.version, limit, result)
-        return result
+            return (reg,) if reg is not None else ()
+        if limit is not None and limit < len(self._sorted):
+            return self._sorted[:limit]
+        self._lent = True
+        return self._sorted
 
     async def snapshot(self) -> List[Registration]:
         if self._redis is None:
@@ -243,16 +244,26 @@ class RedisRegistry(Registry):
 
     # -- the read view -------------------------------------------------------
     def _set(self, name: str, reg: Optional[Registration]) -> None:
+        """Apply one change in O(log n) + a memmove: no re-sort, so a directory
+        of a million registrations under constant churn stays cheap."""
         regs = self._regs
+        if self._lent:
+            self._sorted = list(self._sorted)
+            self._lent = False
+        names = self._names
+        i = bisect.bisect_left(names, name)
+        present = i < len(names) and names[i] == name
         if reg is None:
-            if regs.pop(name, None) is not None:
-                names = self._names
-                i = bisect.bisect_left(names, name)
-                if i < len(names) and names[i] == name:
-                    del names[i]
+            if present:
+                del names[i]
+                del self._sorted[i]
+                del regs[name]
         else:
-            if name not in regs:
-                bisect.insort(self._names, name)
+            if present:
+                self._sorted[i] = reg
+            else:
+                names.insert(i, name)
+                self._sorted.insert(i, reg)
             regs[name] = reg
         self.version += 1
         if self._changed is not None:
@@ -312,6 +323,8 @@ class RedisRegistry(Registry):
                 del self._pending[name]
         self._regs = fresh
         self._names = sorted(fresh)
+        self._sorted = [fresh[n] for n in self._names]
+        self._lent = False
         self._seq = seq
         self._last_id = last_id
         self.version += 1

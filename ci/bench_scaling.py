@@ -1,0 +1,435 @@
+#!/usr/bin/env python3
+"""Benchmark of the distributed backends (not a test): the Redis registry beside
+the Manager registry under the same load in the same run, plus the
+per-operation costs that docs/scaling.md projects from.
+
+    .venv/bin/python ci/bench_scaling.py [--secs 3] [--regs 1000] [--big 100000]
+                                         [--probes 10000] [--quick]
+
+Pinning (2 cores): every server-side process (directory worker, its Manager
+hub, redis-server) on CPU 0; the load generator and the PONG peers on CPU 1.
+The directory runs ``--workers 1`` so one core's worth of QUERY/BIND is
+measured for each registry.
+
+1. QUERY throughput: ``../shared/bench/loadgen.c`` (gcc into a temp dir),
+   200 logged-in sessions sending ``QUERY 0 bob`` at depth 1 and 16; then 50
+   sessions sending ``QUERY 0`` on ``--regs`` registrations (the full list).
+2. BIND latency: 20 sessions re-BINDing at depth 1 (each BIND is verified by a
+   TCP connect to a live peer, then written to the registry); p50/p99 from
+   loadgen, and Redis's own cost per write (INFO commandstats).
+3. Redis per-operation costs (in process): BIND propagation to another
+   instance's read view (p50/p99), memory per registration in Redis and in a
+   read view, full resync (HSCAN) time for ``--big`` registrations.
+4. Accounts: scrypt verify at the production cost (2**14) and PostgreSQL
+   lookups (throwaway cluster, as in the tests).
+5. Liveness checker over ``--probes`` registrations held in Redis.
+
+Results: a human table and one JSON line (``BENCH_SCALING {...}``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # tests/support/servers.py: real servers
+
+from support.servers import PostgresCluster, RedisServer  # noqa: E402
+
+LOADGEN_C = os.path.join(ROOT, "..", "shared", "bench", "loadgen.c")
+READY = re.compile(r"listening on (.+):(\d+)")
+PY = sys.executable
+PW = "bench-password"
+
+
+def raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def taskset(cpu) -> list:
+    if cpu is None or not shutil.which("taskset") or (os.cpu_count() or 1) < 2:
+        return []
+    return ["taskset", "-c", str(cpu)]
+
+
+def pin(pid: int, cpu: int) -> None:
+    if shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
+        subprocess.run(["taskset", "-a", "-p", "-c", str(cpu), str(pid)],
+                       capture_output=True, check=False)
+
+
+def pct(values, q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else 0.0
+
+
+class Directory:
+    def __init__(self, data_dir: str, *args: str, cpu=None) -> None:
+        env = dict(os.environ, EURECHAT_SCRYPT_N="16", PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            taskset(cpu) + [PY, "-m", "eurechat.directory", "--port", "0", "--data-dir",
+                            data_dir, "--log-level", "warning", "--check-interval", "3600",
+                            *args],
+            stdout=subprocess.PIPE, text=True, env=env, start_new_session=True,
+            preexec_fn=raise_nofile)
+        line = self.proc.stdout.readline()
+        m = READY.search(line)
+        if not m:
+            self.stop()
+            raise SystemExit(f"directory did not start: {line!r}")
+        self.port = int(m.group(2))
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(self.proc.pid, 9)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+
+def request(sock: socket.socket, data: bytes) -> bytes:
+    sock.sendall(data)
+    reply = sock.recv(65536)
+    if not reply.startswith((b"ACK", b"RESULT")):
+        raise SystemExit(f"{data!r} -> {reply!r}")
+    return reply
+
+
+def populate(port: int, names, target_port: int) -> None:
+    """REGISTER, log in and BIND each name through the real protocol."""
+    for name in names:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            n = name.encode()
+            request(s, b"REGISTER 0 %s %s\n" % (n, PW.encode()))
+            request(s, b"USER 0 %s\n" % n)
+            request(s, b"PASS 0 %s\n" % PW.encode())
+            request(s, b"BIND 0 127.0.0.1 %d\n" % target_port)
+
+
+def loadgen(binary: str, port: int, *args: str) -> list:
+    out = subprocess.run(taskset(1) + [binary, "-p", str(port), *args],
+                         capture_output=True, text=True, preexec_fn=raise_nofile)
+    if out.returncode not in (0, 3):
+        raise SystemExit(f"loadgen failed ({out.returncode}): {out.stderr}")
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def pong_server_main(port: int) -> None:
+    """Peers: answer ``PING 0 <nonce>`` with ``PONG 0 <nonce>``; accept BIND probes."""
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+
+    class Pong(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.t = transport
+            self.buf = b""
+
+        def data_received(self, data):
+            self.buf += data
+            while b"\n" in self.buf:
+                line, self.buf = self.buf.split(b"\n", 1)
+                if line.startswith(b"PING 0"):
+                    self.t.write(b"PONG 0" + line[6:] + b"\n")
+
+    async def main():
+        server = await asyncio.get_running_loop().create_server(
+            Pong, "127.0.0.1", port, backlog=4096)
+        print("ready", flush=True)
+        await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def redis_stats(url: str) -> dict:
+    import redis
+    with redis.Redis.from_url(url) as r:
+        return r.info("commandstats")
+
+
+# -- 1 + 2: the directory under load, Manager vs Redis ---------------------------
+def directory_phase(binary: str, spec: str, regs: int, secs: str, pong_port: int,
+                    redis_url: str) -> dict:
+    import redis
+    with redis.Redis.from_url(redis_url) as r:
+        r.flushall()
+        r.config_resetstat()
+    data_dir = tempfile.mkdtemp(prefix="bench-scaling-")
+    d = Directory(data_dir, "--registry", spec, "--workers", "1", "--bind-policy", "any",
+                  "--max-connections", "12000", cpu=0)
+    try:
+        names = ["bob"] + [f"user{i:05d}" for i in range(regs - 1)]
+        populate(d.port, names, pong_port)
+        out = {}
+        one = loadgen(binary, d.port, "-c", "200", "-d", "1,16", "-t", secs, "-w", "1",
+                      "-q", r"QUERY 0 bob\n", "-L", f"bob:{PW}")
+        out["query_one_d1"], out["query_one_d16"] = one[0], one[1]
+        out["query_all"] = loadgen(binary, d.port, "-c", "50", "-d", "1", "-t", secs,
+                                   "-w", "1", "-q", r"QUERY 0\n", "-L", f"bob:{PW}")[0]
+        with redis.Redis.from_url(redis_url) as r:
+            r.config_resetstat()
+        out["bind"] = loadgen(binary, d.port, "-c", "20", "-d", "1", "-t", secs, "-w", "1",
+                              "-q", rf"BIND 0 127.0.0.1 {pong_port}\n", "-L", f"bob:{PW}")[0]
+        if spec.startswith("redis://"):
+            stats = redis_stats(redis_url)
+            out["redis_evalsha"] = stats.get("cmdstat_evalsha", {})
+            out["redis_xread"] = stats.get("cmdstat_xread", {})
+        return out
+    finally:
+        d.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+# -- 3: Redis per-operation costs ---------------------------------------------------
+async def redis_costs(url: str, big: int) -> dict:
+    import redis.asyncio as aredis
+
+    from eurechat.directory.interfaces import Registration
+    from eurechat.directory.redis_registry import _BIND, RedisRegistry
+
+    admin = aredis.Redis.from_url(url)
+    await admin.flushall()
+    a, b = RedisRegistry(url), RedisRegistry(url)
+    await a.start()
+    await b.start()
+    # Propagation: A writes, B's view shows it (B follows the stream).
+    writes, seen = [], []
+    for i in range(2000):
+        reg = Registration(f"prop{i:05d}", "127.0.0.1", 2000 + i % 60000)
+        t0 = time.perf_counter()
+        await a.bind(reg)
+        t1 = time.perf_counter()
+        while not b.query(reg.name):
+            await b.wait_changed(5)
+        t2 = time.perf_counter()
+        writes.append(t1 - t0)
+        seen.append(t2 - t0)
+    await a.close()
+    await b.close()
+
+    # Memory per registration in Redis (hash + change log entries), bulk-loaded
+    # through the same script, pipelined.
+    await admin.flushall()
+    before = (await admin.info("memory"))["used_memory"]
+    script = admin.register_script(_BIND)
+    t0 = time.perf_counter()
+    chunk = 2000
+    for start in range(0, big, chunk):
+        pipe = admin.pipeline(transaction=False)
+        for i in range(start, min(big, start + chunk)):
+            await script(keys=["eurechat:presence", "eurechat:presence:seq",
+                               "eurechat:presence:feed"],
+                         args=[f"u{i:07d}", f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255},40000",
+                               100_000], client=pipe)
+        await pipe.execute()
+    load_s = time.perf_counter() - t0
+    after = (await admin.info("memory"))["used_memory"]
+    hash_only = await admin.memory_usage("eurechat:presence", samples=0)
+    stream = await admin.memory_usage("eurechat:presence:feed", samples=0)
+
+    # A new instance's full read of Redis (start / resync after an outage).
+    tracemalloc.start()
+    c = RedisRegistry(url)
+    t0 = time.perf_counter()
+    await c.start()
+    resync_s = time.perf_counter() - t0
+    view_bytes = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    # QUERY 0 under churn: one change, then one QUERY 0 (the view is copied on
+    # write once a listing was handed out), unlimited and with the 10,000 limit.
+    t0 = time.perf_counter()
+    for i in range(20):
+        c._set(f"churn{i}", Registration(f"churn{i}", "127.0.0.1", 5000))
+        c.query()
+    full_list_ms = (time.perf_counter() - t0) / 20 * 1000
+    t0 = time.perf_counter()
+    for i in range(20):
+        c._set(f"churn{i}", Registration(f"churn{i}", "127.0.0.1", 5001))
+        c.query(limit=10_001)
+    limited_ms = (time.perf_counter() - t0) / 20 * 1000
+    await c.close()
+    await admin.flushall()
+    await admin.aclose()
+    return {
+        "bind_call_p50_us": pct(writes, 0.5) * 1e6, "bind_call_p99_us": pct(writes, 0.99) * 1e6,
+        "propagation_p50_us": pct(seen, 0.5) * 1e6, "propagation_p99_us": pct(seen, 0.99) * 1e6,
+        "bulk_load_per_s": big / load_s,
+        "redis_bytes_per_reg": (after - before) / big,
+        "redis_hash_bytes_per_reg": (hash_only or 0) / big,
+        "redis_stream_bytes_total": stream or 0,
+        "resync_s": resync_s, "resync_regs": big,
+        "view_bytes_per_reg": view_bytes / big,
+        "query_all_rebuild_ms": full_list_ms, "query_limited_rebuild_ms": limited_ms,
+    }
+
+
+# -- 4: accounts --------------------------------------------------------------------
+def scrypt_cost() -> float:
+    from eurechat.directory.accounts import check_password, hash_password
+    record = hash_password(b"some password", 1 << 14)
+    t0 = time.perf_counter()
+    for _ in range(10):
+        check_password(b"some password", record)
+    return (time.perf_counter() - t0) / 10
+
+
+async def pg_costs(dsn: str) -> dict:
+    os.environ["EURECHAT_SCRYPT_N"] = "16"  # isolate the database from the hash
+    from eurechat.directory.pg_accounts import PostgresAccounts
+    store = PostgresAccounts(dsn, pool_size=8)
+    await store.start()
+    await store.create("pgbench", b"pgbench-password")
+    lat = []
+    for _ in range(2000):
+        t0 = time.perf_counter()
+        await store._run("SELECT hash FROM eurechat_accounts WHERE name = %s", ("pgbench",),
+                         "one")
+        lat.append(time.perf_counter() - t0)
+
+    async def worker(n):
+        for _ in range(n):
+            await store._run("SELECT hash FROM eurechat_accounts WHERE name = %s",
+                             ("pgbench",), "one")
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(500) for _ in range(8)))
+    conc = 4000 / (time.perf_counter() - t0)
+    await store.close()
+    return {"pg_lookup_p50_us": pct(lat, 0.5) * 1e6, "pg_lookup_p99_us": pct(lat, 0.99) * 1e6,
+            "pg_lookups_per_s_8conns": conc}
+
+
+# -- 5: the checker -------------------------------------------------------------------
+async def checker_round(url: str, n: int, port: int) -> dict:
+    from eurechat.directory.checker import LivenessChecker
+    from eurechat.directory.interfaces import Registration
+    from eurechat.directory.redis_registry import RedisRegistry
+    reg = RedisRegistry(url)
+    await reg.start()
+    for i in range(n):
+        await reg.bind(Registration(f"peer{i:05d}", "127.0.0.1", port))
+    checker = LivenessChecker(reg, interval=3600, probe_timeout=5.0, concurrency=1000)
+    t0 = time.perf_counter()
+    probed, removed = await checker.check_round()
+    took = time.perf_counter() - t0
+    await reg.close()
+    return {"probed": probed, "removed": len(removed), "round_s": took,
+            "probes_per_s": probed / took}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--secs", default="3", help="measured seconds per loadgen phase")
+    ap.add_argument("--regs", type=int, default=1000, help="registrations for QUERY 0")
+    ap.add_argument("--big", type=int, default=100_000,
+                    help="registrations for memory and resync costs")
+    ap.add_argument("--probes", type=int, default=10_000, help="registrations for the checker")
+    ap.add_argument("--appendfsync", default="everysec", choices=("everysec", "always"),
+                    help="redis-server durability (always: fsync every write)")
+    ap.add_argument("--quick", action="store_true", help="small sizes, 1 s phases")
+    opts = ap.parse_args()
+    if opts.quick:
+        opts.secs, opts.regs, opts.big, opts.probes = "1", 200, 20_000, 2000
+    raise_nofile()
+    results: dict = {"cpus": os.cpu_count(), "appendfsync": opts.appendfsync}
+    with tempfile.TemporaryDirectory(prefix="bench-scaling-") as tmp:
+        binary = os.path.join(tmp, "loadgen")
+        subprocess.run(["gcc", "-O2", "-o", binary, LOADGEN_C], check=True)
+        pong_port = socket.socket()
+        pong_port.bind(("127.0.0.1", 0))
+        port = pong_port.getsockname()[1]
+        pong_port.close()
+        here = os.path.dirname(os.path.abspath(__file__))
+        code = (f"import sys; sys.path.insert(0, {here!r}); import bench_scaling as b; "
+                f"b.pong_server_main({port})")
+        pong = subprocess.Popen(taskset(1) + [PY, "-c", code],
+                                stdout=subprocess.PIPE, text=True, preexec_fn=raise_nofile)
+        assert pong.stdout.readline().strip() == "ready"
+        # Redis's default durability for an append-only file: fsync once a second.
+        server = RedisServer(appendfsync=opts.appendfsync).start()
+        pin(server._proc.proc.pid, 0)
+        try:
+            for name, spec in (("manager", "manager"), ("redis", server.url)):
+                print(f"== directory, --registry {name}", flush=True)
+                results[name] = directory_phase(binary, spec, opts.regs, opts.secs, port,
+                                                server.url)
+            print("== Redis per-operation costs", flush=True)
+            results["redis_costs"] = asyncio.run(redis_costs(server.url, opts.big))
+            print("== checker round", flush=True)
+            results["checker"] = asyncio.run(checker_round(server.url, opts.probes, port))
+        finally:
+            server.close()
+            pong.kill()
+            pong.wait()
+    print("== accounts", flush=True)
+    results["scrypt_verify_ms"] = scrypt_cost() * 1000
+    with PostgresCluster() as pg:
+        results["postgres"] = asyncio.run(pg_costs(pg.create_database()))
+
+    # -- report ---------------------------------------------------------------------
+    def row(label, m, r):
+        def f(x, k):
+            return x[k] if k in x else float("nan")
+        print(f"{label:<34}{f(m, 'req_per_s'):>12.0f}{f(r, 'req_per_s'):>12.0f}"
+              f"{f(r, 'req_per_s') / max(f(m, 'req_per_s'), 1):>8.2f}x"
+              f"   p50 {f(m, 'p50_us'):.0f}/{f(r, 'p50_us'):.0f} us"
+              f"   p99 {f(m, 'p99_us'):.0f}/{f(r, 'p99_us'):.0f} us")
+
+    m, r = results["manager"], results["redis"]
+    print()
+    print(f"{'per second, one worker on one core':<34}{'manager':>12}{'redis':>12}"
+          f"{'ratio':>9}   latency manager/redis")
+    row("QUERY 0 bob, 200 conns, depth 1", m["query_one_d1"], r["query_one_d1"])
+    row("QUERY 0 bob, 200 conns, depth 16", m["query_one_d16"], r["query_one_d16"])
+    row(f"QUERY 0 ({opts.regs} regs), 50 conns", m["query_all"], r["query_all"])
+    row("BIND (verified), 20 conns", m["bind"], r["bind"])
+    ev = r.get("redis_evalsha", {})
+    if ev:
+        print(f"Redis CPU per BIND write (EVALSHA): {ev.get('usec_per_call', 0):.1f} us "
+              f"({ev.get('calls', 0)} calls)")
+    c = results["redis_costs"]
+    print(f"RedisRegistry.bind() call: p50 {c['bind_call_p50_us']:.0f} us, "
+          f"p99 {c['bind_call_p99_us']:.0f} us")
+    print(f"BIND visible in another instance's view: p50 {c['propagation_p50_us']:.0f} us, "
+          f"p99 {c['propagation_p99_us']:.0f} us")
+    print(f"Redis memory per registration: {c['redis_bytes_per_reg']:.0f} B (hash alone "
+          f"{c['redis_hash_bytes_per_reg']:.0f} B; change log capped at ~100k entries, "
+          f"{c['redis_stream_bytes_total'] / 1e6:.1f} MB)")
+    print(f"read view per registration (Python): {c['view_bytes_per_reg']:.0f} B")
+    print(f"full resync of {c['resync_regs']} registrations: {c['resync_s']:.2f} s")
+    print(f"one change + QUERY 0 at {c['resync_regs']} regs: "
+          f"{c['query_all_rebuild_ms']:.1f} ms unlimited, {c['query_limited_rebuild_ms']:.2f} ms "
+          f"with the 10,000 limit")
+    k = results["checker"]
+    print(f"checker: {k['probed']} probes in {k['round_s']:.2f} s "
+          f"({k['probes_per_s']:.0f} probes/s, {k['removed']} removed)")
+    print(f"scrypt verify (N=2**14): {results['scrypt_verify_ms']:.1f} ms per login per core")
+    p = results["postgres"]
+    print(f"PostgreSQL account lookup: p50 {p['pg_lookup_p50_us']:.0f} us, "
+          f"p99 {p['pg_lookup_p99_us']:.0f} us; {p['pg_lookups_per_s_8conns']:.0f}/s "
+          f"over 8 connections")
+    print("BENCH_SCALING " + json.dumps(results, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
