@@ -236,3 +236,34 @@ def test_bad_options_exit_2(tmp_path):
         out = subprocess.run(directory_cmd() + args + ["--data-dir", str(tmp_path)],
                              capture_output=True, text=True, timeout=30, env=test_env())
         assert out.returncode == 2, args
+
+
+def test_acked_bind_is_visible_on_every_worker_at_once(users_dir):
+    """Read-your-writes across workers: after the ACK of a BIND or LEAVE on one
+    connection, QUERY on any connection (any worker) sees it -- no waiting."""
+    with run_directory("--workers", "3", data_dir=users_dir) as d, Responder() as peer:
+        clients = [FramedClient(*d.address) for _ in range(9)]
+        try:
+            for c in clients:
+                c.login("user4", USERS["user4"])
+            expected = Message("RESULT", (), f"user4,127.0.0.1,{peer.port}")
+            for i in range(12):
+                writer = clients[i % len(clients)]
+                assert writer.request("BIND", "127.0.0.1", str(peer.port)).type == "ACK"
+                assert all(c.request("QUERY", "user4") == expected for c in clients)
+                assert writer.request("LEAVE").type == "ACK"
+                assert all(c.request("QUERY", "user4") == Message("RESULT") for c in clients)
+        finally:
+            for c in clients:
+                c.close()
+
+
+def test_kill_9_of_the_supervisor_leaves_no_orphans(users_dir):
+    d = start_directory("--workers", "2", data_dir=users_dir)
+    try:
+        assert len(d.group_alive()) == 4  # supervisor, manager, 2 workers
+        os.kill(d.pid, signal.SIGKILL)
+        d.wait(5)
+        wait_for(lambda: not d.group_alive(), 10, "workers and manager gone after the supervisor")
+    finally:
+        d.kill_group()
