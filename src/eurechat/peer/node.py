@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import secrets
@@ -140,9 +141,22 @@ class PeerError(Exception):
     """A request of the API could not be served (bad recipient, no directory...)."""
 
 
-def new_msgid() -> str:
-    """16 URL-safe characters (96 random bits): unique without coordination."""
-    return secrets.token_urlsafe(12)
+class _MsgIds:
+    """Message ids: a random 72-bit prefix per process start plus a counter.
+
+    Unique without coordination (the receiver dedupes on (sender, msgid), so
+    an id only has to be unique per sender), and far cheaper than drawing
+    fresh random bytes for every message."""
+
+    def __init__(self) -> None:
+        self.prefix = secrets.token_urlsafe(9)
+        self.n = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self.prefix}{next(self.n):x}"
+
+
+new_msgid = _MsgIds()
 
 
 class _OutItem:
@@ -291,7 +305,7 @@ class _Route:
                 self.sent -= 1
             node._pending_del.append((self.name, done))
         node._schedule_flush()
-        self.pump()
+        node._to_pump.add(self)
 
     def connect_soon(self, delay: Optional[float] = None) -> None:
         """Dial after ``delay`` (None: the backoff for the current attempt)."""
@@ -409,6 +423,7 @@ class Peer:
         self._pending_out: list = []
         self._pending_in: list = []
         self._pending_del: list = []
+        self._to_pump: Set[_Route] = set()
         self._flush_handle: Optional[asyncio.Handle] = None
         self._pings: Dict[str, asyncio.Future] = {}
         self._inbox_q: Optional[asyncio.Queue] = None
@@ -518,14 +533,15 @@ class Peer:
             recipients = recipients.split(",")
         names: List[str] = []
         for name in recipients:
-            name = name.strip()
-            if not valid_name(name):
-                raise PeerError(f"invalid recipient name {name!r}")
+            if name not in self._routes:
+                name = name.strip()
+                if not valid_name(name):
+                    raise PeerError(f"invalid recipient name {name!r}")
             if name not in names:
                 names.append(name)
         if not names:
             raise PeerError("no recipient")
-        if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
+        if len(text) * 4 > MAX_TEXT_BYTES and len(text.encode("utf-8")) > MAX_TEXT_BYTES:
             raise PeerError(f"message too long (more than {MAX_TEXT_BYTES} bytes)")
         msgid = new_msgid()
         fut = self._loop.create_future()
@@ -719,7 +735,7 @@ class Peer:
         out_seqs: List[List[int]] = []
         in_seqs: List[Optional[int]] = []
         try:
-            with store.transaction():
+            with store.transaction(durable=bool(out or inc)):
                 if dels:
                     store.remove_outgoing([item.seq for _, item in dels])
                 for msgid, text, names, _fut in out:
@@ -838,6 +854,11 @@ class Peer:
                     conn.close()
         if incoming:
             self._schedule_flush()
+        if self._to_pump:
+            # ACKs open the window: refill it once per read, not once per ACK.
+            routes, self._to_pump = self._to_pump, set()
+            for route in routes:
+                route.pump()
 
     def _on_conn_lost(self, conn: _Conn) -> None:
         self._conns_all.discard(conn)

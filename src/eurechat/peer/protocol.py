@@ -17,6 +17,7 @@ directory verified that user's password and BIND address.
 from __future__ import annotations
 
 import logging
+import re
 from typing import List, NamedTuple, Optional, Union
 
 from ..errors import ProtocolError
@@ -66,11 +67,12 @@ class Violation(NamedTuple):
 Event = Union[MessageReceived, AckReceived, PingReceived, PongReceived, ErrReceived, Violation]
 
 
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
+
+
 def valid_name(name: str) -> bool:
     """A user name usable on the wire: 1-32 of [A-Za-z0-9_.-], not starting with . or -."""
-    if not name or len(name) > 32 or name[0] in ".-":
-        return False
-    return all(c.isascii() and (c.isalnum() or c in "_.-") for c in name)
+    return _NAME.fullmatch(name) is not None
 
 
 def encode_message(sender: str, msgid: Optional[str], text: Union[str, bytes]) -> bytes:

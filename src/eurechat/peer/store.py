@@ -101,11 +101,20 @@ class PeerStore:
         raw = os.pread(self._cursor_fd, 32, 0).strip(b"\0 \n")
         self.shown = int(raw) if raw.isdigit() else 0
         self._in_tx = False
+        self._durable = True
 
     # -- transactions -------------------------------------------------------
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One durable commit for everything done inside (group commit)."""
+    def transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One commit for everything done inside (group commit).
+
+        ``durable=False`` commits without waiting for the disk (no fsync): for
+        batches that only delete acknowledged outbox rows, whose loss in a
+        power cut costs a resend that the receiver dedupes, never a message.
+        The next durable commit makes them durable too (same WAL)."""
+        if durable != self._durable:
+            self.db.execute("PRAGMA synchronous=" + ("FULL" if durable else "NORMAL"))
+            self._durable = durable
         self.db.execute("BEGIN IMMEDIATE")
         self._in_tx = True
         try:
