@@ -1,0 +1,39 @@
+#!/usr/bin/env python3
+"""An echo bot on the asyncio API of eurechat.peer: answers every message.
+
+    export EURECHAT_PASSWORD='a long password'
+    python examples/echo_bot.py --user echobot --directory 127.0.0.1:8888
+
+Then, from any peer: ``/msg echobot hello`` -> ``echobot: echo: hello``.
+"""
+
+import argparse
+import asyncio
+import os
+
+from eurechat.peer import Peer
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--user", default="echobot")
+    ap.add_argument("--directory", default="127.0.0.1:8888", help="HOST:PORT")
+    ap.add_argument("--data-dir", default=None, help="outbox/inbox directory")
+    args = ap.parse_args()
+    host, port = args.directory.rsplit(":", 1)
+
+    async with Peer(args.user, os.environ["EURECHAT_PASSWORD"], directory=(host, int(port)),
+                    register=True, data_dir=args.data_dir) as peer:
+        print(f"{args.user} ready, listening on {peer.address[0]}:{peer.address[1]}", flush=True)
+        # Each incoming message exactly once, in order; the reply is queued
+        # durably and delivered even if the sender went offline meanwhile.
+        async for msg in peer.messages():
+            msgid = await peer.send([msg.sender], f"echo: {msg.text}")
+            print(f"{msg.sender}: {msg.text!r} -> replied ({msgid})", flush=True)
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
