@@ -117,12 +117,17 @@ class App:
         self.out = Output(args.json, tty=self.tty)
         self.peer = Peer(args.user, password, directory=args.directory, listen=args.listen,
                          data_dir=args.data_dir, register=args.register,
-                         on_messages=self.out.show_messages, on_event=self.out.event)
+                         on_messages=self._show, on_event=self.out.event)
         self.out.mark = self.peer.mark_shown
         self.last: List[str] = []
+        self.last_sender: Optional[str] = None
         self.quit = asyncio.Event()
         self.leave = True
         self.tasks: set = set()
+
+    def _show(self, msgs) -> None:
+        self.out.show_messages(msgs)
+        self.last_sender = msgs[-1].sender
 
     def error(self, text: str) -> None:
         self.out.event({"event": "error", "text": text})
@@ -181,10 +186,13 @@ class App:
         if not line:
             return False
         if not line.startswith("/"):
-            if not self.last:
+            # The last peer written to; before we wrote to anyone, whoever
+            # wrote to us last (so you can just answer).
+            to = self.last or ([self.last_sender] if self.last_sender else [])
+            if not to:
                 self.error("nobody to send to yet: start with /msg NAME TEXT")
                 return False
-            self.send(self.last, line)
+            self.send(to, line)
             return False
         cmd, _, rest = line.partition(" ")
         rest = rest.strip()
