@@ -63,6 +63,9 @@ def test_checker_removes_dead_keeps_alive(tmp_path, workers):
             assert "removed silent" in log and "no PONG within 0.5 s" in log
             assert "removed wrong" in log and "wrong token" in log
             assert "removed gone" in log
+            # One checker per directory: every round is logged by the same process.
+            rounds = [line for line in log.splitlines() if "liveness round" in line]
+            assert rounds and {line.split()[2] for line in rounds} == {str(d.pid)}
         finally:
             for r in responders.values():
                 r.close()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from eurechat.directory.interfaces import Registration
 from eurechat.directory.session import (
@@ -17,6 +19,7 @@ from eurechat.directory.session import (
     normalize_ip,
     valid_username,
 )
+from eurechat.framing import parse_all
 
 REGS = {
     "bob": Registration("bob", "127.0.0.1", 6000),
@@ -322,3 +325,28 @@ def test_helpers():
     assert not valid_username("é")
     assert normalize_ip("::ffff:10.0.0.1") == "10.0.0.1"
     assert normalize_ip("::1") == "::1" and normalize_ip("host") is None
+
+
+@given(st.lists(st.one_of(
+    st.binary(max_size=64),
+    st.sampled_from([b"USER 0 bob\n", b"PASS 0 pw\n", b"QUERY 0\n", b"PING 0 x\n",
+                     b"BIND 0 127.0.0.1 5555\n", b"LEAVE 0\n", b"REGISTER 0 a bbbbbbbb\n",
+                     b"QUERY 5000\n", b"\r\n", b"X" * 300])), max_size=30),
+    st.sampled_from(list(Result)))
+def test_any_input_never_raises_and_replies_are_frames(chunks, result):
+    """Bad input costs at most the session: the core never raises, and
+    whatever it writes is a sequence of well-formed frames."""
+    s = new(preauth_max_payload=64)
+    written = b""
+    for chunk in chunks:
+        out = s.feed(chunk)
+        while out.effect is not None:
+            written += out.data
+            out = s.resume(result)
+        written += out.data
+        if out.close:
+            assert s.closed
+            break
+    rest, frames = parse_all(written)
+    assert rest == b""
+    assert all(f.type in ("ACK", "ERR", "RESULT", "PONG") for f in frames)

@@ -197,7 +197,12 @@ class DirectoryProtocol(asyncio.Protocol):
         elif self.frame_since:
             self.frame_since = 0.0
             self.server.in_frame.discard(self)
-        self.pump()
+        try:
+            self.pump()
+        except Exception:  # a bug must cost one session, never the worker
+            log.exception("internal error on session from %s; closing it", self.peer)
+            session.state = CLOSED
+            self.transport.abort()
 
     def eof_received(self) -> bool:
         return False  # close our side too
