@@ -152,6 +152,7 @@ _BAD_BIND = "invalid bind notification"
 # immutable, so its frame can be reused by every session until it changes.
 _FRAMES: dict = {}
 _FRAMES_MAX = 65536
+_SOURCES: dict = {}
 
 
 def _frame(type_: str, text: Union[str, bytes] = b"", args: Sequence[str] = ()) -> bytes:
@@ -185,7 +186,9 @@ class Session:
                  trace: Optional[Callable[[str, bytes], None]] = None) -> None:
         self.config = config
         self.query = query
-        self.source = normalize_ip(source) or source
+        # Shared string per client address (many sessions come from one NAT
+        # address); normalised only when a BIND needs it.
+        self.source = _SOURCES.setdefault(source, source) if len(_SOURCES) < 65536 else source
         self.state = State.NEW
         self.user: Optional[str] = None
         self.decoder = Decoder(config.preauth_max_payload, config.max_header, config.max_args)
@@ -402,7 +405,8 @@ class Session:
         port = int(port_text)
         if not 1024 <= port <= 65535:
             return None
-        if self.config.bind_policy != "any" and address != self.source:
+        if self.config.bind_policy != "any" and address != (normalize_ip(self.source)
+                                                             or self.source):
             return None
         return Registration(self.user or "", address, port)
 
