@@ -3,6 +3,8 @@ stream-fed read view shared by several instances, and its fallbacks."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import redis
 from scaling_helpers import run, until
@@ -128,6 +130,25 @@ def test_many_registrations_sorted_and_limited(redis_url: str) -> None:
         finally:
             await a.close()
             await b.close()
+
+    run(main())
+
+
+def test_bursts_queue_for_a_connection(redis_url: str) -> None:
+    """A thousand concurrent writes (a checker round removing a crowd that went
+    away at once) wait for a pooled connection instead of failing."""
+    async def main() -> None:
+        reg = RedisRegistry(redis_url)
+        await reg.start()
+        try:
+            regs = [Registration(f"crowd{i:04d}", "127.0.0.1", 2000 + i) for i in range(1000)]
+            await asyncio.gather(*(reg.bind(r) for r in regs))
+            assert len(reg.query()) == 1000
+            removed = await asyncio.gather(*(reg.remove(r.name, r) for r in regs))
+            assert all(removed)
+            assert await reg.snapshot() == []
+        finally:
+            await reg.close()
 
     run(main())
 

@@ -33,7 +33,7 @@ import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -73,14 +73,20 @@ return seq
 
 
 def redis_client(url: str, *, socket_timeout: float = 5.0, retries: int = 1,
-                 **kwargs: object) -> Redis:
-    """A client that fails fast: one immediate retry (a pooled connection that
-    died with a restarted server), then the error.  Callers turn the error into
-    ``ERR directory unavailable, retry later``; waiting here would only hold
-    the session hostage."""
-    return Redis.from_url(url, decode_responses=True, socket_timeout=socket_timeout,
-                          socket_connect_timeout=2.0, retry=Retry(NoBackoff(), retries),
-                          health_check_interval=0, **kwargs)
+                 max_connections: int = 64) -> Redis:
+    """A client that fails fast on a dead server: one immediate retry (a pooled
+    connection that died with a restarted server), then the error.  Callers
+    turn the error into ``ERR directory unavailable, retry later``; waiting
+    here would only hold the session hostage.
+
+    The pool is a *blocking* one: a burst (a thousand removals from one
+    checker round, a login storm) queues for one of ``max_connections``
+    connections instead of failing or opening thousands of sockets."""
+    pool = BlockingConnectionPool.from_url(
+        url, decode_responses=True, socket_timeout=socket_timeout,
+        socket_connect_timeout=2.0, retry=Retry(NoBackoff(), retries),
+        health_check_interval=0, max_connections=max_connections, timeout=5.0)
+    return Redis.from_pool(pool)
 
 
 def _value(reg: Registration) -> str:
@@ -223,13 +229,24 @@ class RedisRegistry(Registry):
     async def snapshot(self) -> List[Registration]:
         if self._redis is None:
             raise RegistryUnavailable("registry not started")
+        # HSCAN in chunks, not HGETALL: one O(n) command on a million entries
+        # would stall Redis (and every other host) for a second.
+        out: List[Registration] = []
+        cursor = 0
         try:
-            raw = await self._redis.hgetall(self._hash)
+            while True:
+                cursor, chunk = await self._redis.hscan(self._hash, cursor, count=5000)
+                out.extend(r for r in (_parse(n, v) for n, v in chunk.items())
+                           if r is not None)
+                if not cursor:
+                    break
         except REDIS_DOWN as e:
             raise RegistryUnavailable(f"Redis unreachable: {e}") from e
-        out = [r for r in (_parse(n, v) for n, v in raw.items()) if r is not None]
-        out.sort(key=lambda r: r.name)
-        return out
+        except redis_errors.RedisError as e:
+            raise RegistryUnavailable(f"Redis error: {e}") from e
+        # HSCAN may return an entry twice (rehashing): keep one per name.
+        unique = {r.name: r for r in out}
+        return sorted(unique.values(), key=lambda r: r.name)
 
     async def wait_changed(self, timeout: Optional[float] = None) -> bool:
         """Wait until the read view changes or goes live/stale (or ``timeout``);
@@ -367,6 +384,8 @@ class RedisRegistry(Registry):
             except asyncio.CancelledError:
                 raise
             except (redis_errors.RedisError, OSError) as e:
+                if self._closing:
+                    return
                 if self._live:
                     self._live = False
                     if self._changed is not None:
