@@ -200,9 +200,13 @@ class DirectoryProtocol(asyncio.Protocol):
         try:
             self.pump()
         except Exception:  # a bug must cost one session, never the worker
-            log.exception("internal error on session from %s; closing it", self.peer)
-            session.state = CLOSED
-            self.transport.abort()
+            self._internal_error()
+
+    def _internal_error(self) -> None:
+        log.exception("internal error on session from %s; closing it", self.peer)
+        if self.session is not None:
+            self.session.state = CLOSED
+        self.transport.abort()
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -227,7 +231,10 @@ class DirectoryProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.write_paused = False
         self._update_reading()
-        self.pump()
+        try:
+            self.pump()
+        except Exception:
+            self._internal_error()
 
     # -- driving the session ----------------------------------------------
     def _update_reading(self) -> None:
@@ -271,12 +278,15 @@ class DirectoryProtocol(asyncio.Protocol):
         session = self.session
         if session.closed or self.transport.is_closing():
             return
-        out = session.resume(result, self.server.config.high_water)
-        if session.state is State.READY:
-            self.server.unauthenticated.pop(self, None)
-        if self.apply(out.data, out.close, out.effect):
-            self.pump()
-        self._update_reading()
+        try:
+            out = session.resume(result, self.server.config.high_water)
+            if session.state is State.READY:
+                self.server.unauthenticated.pop(self, None)
+            if self.apply(out.data, out.close, out.effect):
+                self.pump()
+            self._update_reading()
+        except Exception:
+            self._internal_error()
 
     def timed_out(self, what: str) -> None:
         out = self.session.timeout(what)
