@@ -34,6 +34,19 @@ FAST = {
 }
 
 
+#: The --json events of SPEC section 4 and their exact keys.
+SPEC_EVENTS = {
+    "ready": {"event", "user", "listen"},
+    "message": {"event", "from", "id", "text"},
+    "queued": {"event", "to", "id"},
+    "delivered": {"event", "to", "id"},
+    "who": {"event", "users"},
+    "pong": {"event", "from", "ms"},
+    "pending": {"event", "messages"},
+    "error": {"event", "text"},
+}
+
+
 def peer_cmd() -> List[str]:
     return [sys.executable, "-m", "eurechat.peer"]
 
@@ -56,6 +69,8 @@ class PeerProc:
                 e = json.loads(line)
             except ValueError:
                 raise AssertionError(f"not a JSON line on stdout: {line!r}") from None
+            keys = SPEC_EVENTS.get(e.get("event"))
+            assert keys is not None and set(e) == keys, f"not a SPEC section 4 event: {line!r}"
             if kind is None or e.get("event") == kind:
                 out.append(e)
         return out

@@ -53,6 +53,10 @@ def test_two_peers_chat_both_ways(cluster):
     assert texts(bob) == ["hello bob", "and again"]
     assert texts(alice) == ["hi alice", "second line"]
     assert alice.quit() == 0
+    # /quit sent LEAVE: alice is no longer listed.
+    bob.cmd("/who")
+    who = bob.wait_event("who", start=len(bob.events()) - 1)
+    assert [u["name"] for u in who["users"]] == ["bob"]
     assert bob.quit() == 0
 
 

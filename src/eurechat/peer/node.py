@@ -363,6 +363,10 @@ class _Route:
                 self.offline_reported = True
                 log.info("%s unreachable (%s); %d message(s) stay queued", self.name, exc,
                          len(self.queue))
+                # Not one of the --json events of the SPEC: the CLI shows it
+                # to humans only; programs may watch for it.
+                node._emit({"event": "unreachable", "to": self.name, "queued": len(self.queue),
+                            "reason": str(exc)})
             self.attempt += 1
             return False
         finally:

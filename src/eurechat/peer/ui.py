@@ -29,6 +29,9 @@ HELP = """commands:
 
 
 PIPE_BUF = 4096
+#: What --json prints: exactly the events of SPEC section 4.
+JSON_EVENTS = frozenset(
+    ["ready", "message", "queued", "delivered", "who", "pong", "pending", "error"])
 
 
 def _write_all(data: bytes) -> None:
@@ -57,7 +60,8 @@ class Output:
         if kind == "message":
             return  # shown through show_messages (which also advances the cursor)
         if self.json_mode:
-            self._write(json.dumps(event, ensure_ascii=False))
+            if kind in JSON_EVENTS:
+                self._write(json.dumps(event, ensure_ascii=False))
             return
         text = self.render(event)
         if text is not None:
@@ -108,7 +112,7 @@ class Output:
     def render(self, e: dict) -> Optional[str]:
         kind = e["event"]
         if kind == "ready":
-            return (f"* logged in as {e['user']}, listening on {e['listen']}. "
+            return (f"* you are {e['user']}, listening on {e['listen']}. "
                     "Type /help for commands.")
         if kind == "queued":
             return None  # every message is queued; "delivered" is the news
@@ -124,6 +128,9 @@ class Output:
             if not e["messages"]:
                 return "* nothing pending"
             return "\n".join(f"* to {m['to']} [{m['id']}]: {m['text']}" for m in e["messages"])
+        if kind == "unreachable":
+            return (f"  ({e['to']} is not reachable now; {e['queued']} message(s) queued, "
+                    "delivered when they are back)")
         if kind == "error":
             return f"! {e['text']}"
         if kind == "help":
