@@ -267,3 +267,29 @@ def test_kill_9_of_the_supervisor_leaves_no_orphans(users_dir):
         wait_for(lambda: not d.group_alive(), 10, "workers and manager gone after the supervisor")
     finally:
         d.kill_group()
+
+
+def test_ctrl_c_to_the_whole_process_group(users_dir):
+    """A terminal's Ctrl-C reaches every process of the group at once: the
+    supervisor orders the shutdown, workers and Manager do not die half-way."""
+    d = start_directory("--workers", "2", data_dir=users_dir)
+    try:
+        with FramedClient(*d.address) as c:
+            c.login("user5", USERS["user5"])
+            os.killpg(d.pid, signal.SIGINT)
+            assert d.wait(5) == 0
+            wait_for(lambda: not d.group_alive(), 5, "every process gone")
+            assert c.read_until_closed() == []
+        assert "Traceback" not in d.stderr()
+    finally:
+        d.kill_group()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ipv6_loopback(tmp_path, workers):
+    with run_directory("--host", "::1", "--workers", workers, data_dir=str(tmp_path)) as d, \
+            FramedClient(d.host, d.port) as c:
+        assert d.host == "::1"
+        assert c.request("REGISTER", "v6user", "v6-password").type == "ACK"
+        c.login("v6user", "v6-password")
+        assert c.request("QUERY") == Message("RESULT")
