@@ -49,11 +49,12 @@ cdef extern from *:
     static ec_tc_entry ec_tc[256];
 
     static PyObject *ec_type_str(const unsigned char *p, Py_ssize_t len) {
-        unsigned int h = 2166136261u;
-        Py_ssize_t i;
+        /* len >= 1; mixes length, first two, middle and last bytes: enough
+           to keep PING/PONG/ACK/MESSAGE/... apart; a collision only costs a decode. */
+        unsigned int h = (unsigned int)len * 131u + p[0] * 31u + p[len >> 1] * 7u
+                         + p[len - 1] * 3u + (len > 1 ? p[1] * 17u : 0u);
         ec_tc_entry *e;
         PyObject *s;
-        for (i = 0; i < len; i++) h = (h ^ p[i]) * 16777619u;
         e = &ec_tc[(h ^ (h >> 8)) & 255];
         if (e->s != NULL && e->len == len && memcmp(e->key, p, (size_t)len) == 0) {
             Py_INCREF(e->s);
@@ -69,6 +70,37 @@ cdef extern from *:
         return s;
     }
 
+    /* End of the arg starting at p[i]: the first byte that is not an arg
+       byte (a space, a control byte or DEL), at most e.  Eight bytes at a
+       time while they lie within the header line (limit = LF + 1), with the
+       exact "has a byte < n" / "has a zero byte" word tests; *hi collects
+       the high bits (non-ASCII seen). */
+    static inline Py_ssize_t ec_scan_arg(const unsigned char *p, Py_ssize_t i, Py_ssize_t e,
+                                         Py_ssize_t limit, unsigned int *hi) {
+        const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+        uint64_t x, y, bad;
+        int k;
+    #if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        while (i + 8 <= limit) {
+            memcpy(&x, p + i, 8);
+            y = x ^ (ones * 0x7f);
+            bad = ((x - ones * 0x21) & ~x & highs) | ((y - ones) & ~y & highs);
+            if (bad) {
+                k = __builtin_ctzll(bad) >> 3;           /* first bad byte (little endian) */
+                if (k) *hi |= (x & highs & ((1ULL << (8 * k)) - 1)) != 0;
+                i += k;
+                return i < e ? i : e;
+            }
+            *hi |= (x & highs) != 0;
+            i += 8;
+        }
+    #else
+        (void)ones; (void)highs; (void)x; (void)y; (void)bad; (void)k; (void)limit;
+    #endif
+        while (i < e && ec_arg_char[p[i]]) { *hi |= p[i] >> 7; i++; }
+        return i < e ? i : e;
+    }
+
     /* An ASCII-only arg: no decoder needed. */
     static PyObject *ec_ascii_str(const unsigned char *p, Py_ssize_t len) {
         PyObject *s = PyUnicode_New(len, 127);
@@ -80,12 +112,17 @@ cdef extern from *:
     /* Message and Oversized are tuple subclasses: allocate one with 3 slots
        through the type's tp_alloc and fill them, exactly as tuple.__new__
        does, without building an intermediate tuple. */
+    /* Both items hold only str, a tuple of str, and bytes or int: they can
+       never be part of a reference cycle, so they are untracked by the
+       cyclic GC at once (CPython does that lazily for exact tuples, never
+       for subclasses); collections then skip them. */
     static PyObject *ec_new3(PyObject *tp, PyObject *a, PyObject *b, PyObject *c) {
         PyObject *o = ((PyTypeObject *)tp)->tp_alloc((PyTypeObject *)tp, 3);
         if (o == NULL) return NULL;
         Py_INCREF(a); PyTuple_SET_ITEM(o, 0, a);
         Py_INCREF(b); PyTuple_SET_ITEM(o, 1, b);
         Py_INCREF(c); PyTuple_SET_ITEM(o, 2, c);
+        if (PyObject_GC_IsTracked(o)) PyObject_GC_UnTrack(o);
         return o;
     }
 
@@ -94,15 +131,21 @@ cdef extern from *:
         Py_INCREF(o);
         PyTuple_SET_ITEM(t, i, o);
     }
+    static void ec_untrack(PyObject *o) {
+        if (PyObject_GC_IsTracked(o)) PyObject_GC_UnTrack(o);
+    }
     """
     void ec_init_tables()
     const unsigned char ec_type_char[256]
     const unsigned char ec_arg_char[256]
     object ec_type_str(const unsigned char *p, Py_ssize_t len)
     object ec_ascii_str(const unsigned char *p, Py_ssize_t len)
+    Py_ssize_t ec_scan_arg(const unsigned char *p, Py_ssize_t i, Py_ssize_t e, Py_ssize_t limit,
+                           unsigned int *hi)
     object ec_new3(object tp, object a, object b, object c)
     object ec_tuple_new(Py_ssize_t n)
     void ec_tuple_set(object t, Py_ssize_t i, object o)
+    void ec_untrack(object o)
     object PyUnicode_DecodeUTF8(const char *s, Py_ssize_t size, const char *errors)
     object PyLong_FromSsize_t(Py_ssize_t v)
 
@@ -115,6 +158,9 @@ cdef Py_ssize_t _HUGE = 1 << 62
 # Above this capacity the tail buffer is released once it empties, so one
 # large message does not pin its memory for the rest of the connection.
 cdef Py_ssize_t _KEEP = 1 << 16
+# Arg boundaries noted by the first pass over a header (the default max_args).
+cdef enum:
+    _NBOUNDS = 64
 
 
 cdef inline Py_ssize_t _clamp(object value):
@@ -343,7 +389,8 @@ cdef class Decoder:
         cdef Py_ssize_t max_payload = self._max_payload
         cdef Py_ssize_t length
         cdef const unsigned char *lfp
-        cdef unsigned char hi
+        cdef unsigned int hi
+        cdef Py_ssize_t bounds[2 * _NBOUNDS]
         cdef object typ, args, s
         while pos < n and limit != 0:
             k = n - pos
@@ -362,15 +409,14 @@ cdef class Decoder:
             ds = q + 1
             # length: 1-10 ASCII digits; an 11th digit is rejected unread
             q = ds
+            length = 0
             while q < lf and <unsigned char>(p[q] - 48) <= 9:
+                length = length * 10 + (p[q] - 48)
                 q += 1
                 if q - ds > 10:
                     raise self._reject(p + pos, lf - pos, out)
             if q == ds:
                 raise self._reject(p + pos, lf - pos, out)
-            length = 0
-            for i in range(ds, q):
-                length = length * 10 + (p[i] - 48)
             # tolerated: trailing spaces and one CR before the LF
             e = lf
             if e > q and p[e - 1] == 13:
@@ -378,6 +424,9 @@ cdef class Decoder:
             while e > q and p[e - 1] == 32:
                 e -= 1
             # args: (SP 1*argchar)*
+            # One pass validates the args and notes where the first
+            # _NBOUNDS of them are; more than that (a max_args above the
+            # default) are found again by a second pass.
             nargs = 0
             hi = 0
             i = q
@@ -386,11 +435,12 @@ cdef class Decoder:
                     raise self._reject(p + pos, lf - pos, out)
                 i += 1
                 a0 = i
-                while i < e and ec_arg_char[p[i]]:
-                    hi |= p[i]
-                    i += 1
+                i = ec_scan_arg(p, i, e, lf + 1, &hi)
                 if i == a0:
                     raise self._reject(p + pos, lf - pos, out)
+                if nargs < _NBOUNDS:
+                    bounds[2 * nargs] = a0
+                    bounds[2 * nargs + 1] = i
                 nargs += 1
             if nargs > max_args:
                 raise self._reject(p + pos, lf - pos, out)
@@ -399,20 +449,27 @@ cdef class Decoder:
                 args = ()
             else:
                 args = ec_tuple_new(nargs)
-                i = q + 1
+                if nargs > _NBOUNDS:
+                    i = bounds[2 * _NBOUNDS - 1] + 1
                 for j in range(nargs):
-                    a0 = i
-                    while i < e and p[i] != 32:
+                    if j < _NBOUNDS:
+                        a0 = bounds[2 * j]
+                        k = bounds[2 * j + 1]
+                    else:
+                        a0 = i
+                        while i < e and p[i] != 32:
+                            i += 1
+                        k = i
                         i += 1
-                    if hi < 0x80:
-                        s = ec_ascii_str(p + a0, i - a0)
+                    if not hi:
+                        s = ec_ascii_str(p + a0, k - a0)
                     else:
                         try:
-                            s = PyUnicode_DecodeUTF8(<const char *>p + a0, i - a0, NULL)
+                            s = PyUnicode_DecodeUTF8(<const char *>p + a0, k - a0, NULL)
                         except UnicodeDecodeError:
                             raise self._reject(p + pos, lf - pos, out)
                     ec_tuple_set(args, j, s)
-                    i += 1
+                ec_untrack(args)
             start = lf + 1
             end = start + length
             if length > max_payload:

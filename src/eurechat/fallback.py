@@ -29,8 +29,12 @@ _HEADER = re.compile(
     rb"([A-Za-z0-9_]{1,32}) ([0-9]{1,10})((?: [\x21-\x7e\x80-\xff]+)*) *\r?")
 _fullmatch = _HEADER.fullmatch
 _new = tuple.__new__
-_TYPE_CACHE: dict = {}
-_TYPE_CACHE_MAX = 256
+# Types and lengths (as text) seen by the reference path, for the fast path.
+# Bounded: a peer inventing types only fills them up to the cap.
+_FAST_TYPES: dict = {}
+_FAST_TYPES_MAX = 256
+_FAST_LENGTHS: dict = {str(i): i for i in range(1024)}
+_FAST_LENGTHS_MAX = 8192
 
 
 class Decoder:
@@ -150,7 +154,8 @@ class Decoder:
         max_header = self._max_header
         max_payload = self._max_payload
         max_args = self._max_args
-        cache = _TYPE_CACHE
+        fast_type = _FAST_TYPES.get
+        fast_length = _FAST_LENGTHS.get
         n = len(buf)
         pos = 0
         while pos < n and limit:
@@ -159,17 +164,39 @@ class Decoder:
                 if n - pos >= max_header:
                     raise self._fail(header_too_long(max_header, out))
                 break
+            # Fast path: a header of printable text, single spaces, and a
+            # type and length already seen.  Whatever it accepts, the
+            # reference path below accepts too, with the same result; the
+            # rest (CR, trailing spaces, new types, oversized payloads,
+            # errors) is left to the reference path.
+            try:
+                line = buf[pos:lf].decode()
+                type, length, *args = line.split(" ")
+            except (UnicodeDecodeError, ValueError):
+                pass
+            else:
+                type = fast_type(type)
+                length = fast_length(length)
+                if (type is not None and length is not None and length <= max_payload
+                        and line.isprintable()
+                        and (not args or ("" not in args and len(args) <= max_args))):
+                    start = lf + 1
+                    end = start + length
+                    if end > n:
+                        self._need = end - pos
+                        break
+                    append(_new(Message, (type, tuple(args), buf[start:end])))
+                    limit -= 1
+                    pos = end
+                    continue
+            # Reference path: the grammar as a regex, then rules.diagnose_header.
             m = _fullmatch(buf, pos, lf)
             if m is None:
                 err = diagnose_header(buf[pos:lf], max_args)
                 err.messages = out
                 raise self._fail(err)
             type_b, length_b, args_b = m.groups()
-            type = cache.get(type_b)
-            if type is None:
-                type = type_b.decode("ascii")
-                if len(cache) < _TYPE_CACHE_MAX:
-                    cache[type_b] = type
+            type = type_b.decode("ascii")
             if args_b:
                 if args_b.count(b" ") > max_args:
                     err = diagnose_header(buf[pos:lf], max_args)
@@ -184,6 +211,10 @@ class Decoder:
             else:
                 args = ()
             length = int(length_b)
+            if len(_FAST_TYPES) < _FAST_TYPES_MAX:
+                _FAST_TYPES[type] = type
+            if len(_FAST_LENGTHS) < _FAST_LENGTHS_MAX:
+                _FAST_LENGTHS[length_b.decode("ascii")] = length
             start = lf + 1
             end = start + length
             if length > max_payload:
