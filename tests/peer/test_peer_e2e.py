@@ -218,6 +218,11 @@ def test_wrong_password_and_taken_name_exit_codes(cluster):
                     env=cluster.env(EURECHAT_PASSWORD="another password"))
     assert res.returncode == 4, res.stderr
     assert b"taken" in res.stderr
+    # --register of your own existing account is fine: it just logs in.
+    res = _run_peer(cluster, "erin", "--register")
+    assert res.returncode == 0, res.stderr
+    res = _run_peer(cluster, "erin", "--register")
+    assert res.returncode == 0, res.stderr
     # Same user twice on one data directory: refused, exit 5.
     res = _run_peer(cluster, "alice")
     assert res.returncode == 5, res.stderr

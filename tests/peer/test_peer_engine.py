@@ -174,6 +174,8 @@ def test_api_errors(tmp_path):
         await a.start()
         with pytest.raises(PeerError):
             a.send_nowait("-bad", "x")
+        with pytest.raises(PeerError, match="yourself"):
+            a.send_nowait("alice", "x")
         with pytest.raises(PeerError):
             a.send_nowait("bob", "x" * (1024 * 1024 + 1))
         with pytest.raises(StoreLocked):

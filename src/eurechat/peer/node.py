@@ -436,6 +436,7 @@ class Peer:
         self._idle_waiters: List[asyncio.Future] = []
         self._ready = False
         self._closing = False
+        self._store_closed = False
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
 
     # -- life cycle ---------------------------------------------------------
@@ -504,6 +505,8 @@ class Peer:
             route._cancel_timer()
             if route.connecting is not None:
                 route.connecting.cancel()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
         if self.store is not None:
             with contextlib.suppress(Exception):
                 self._flush()
@@ -521,6 +524,7 @@ class Peer:
             q.put_nowait(None)
         if self.store is not None:
             self.store.close()
+            self._store_closed = True
 
     # -- public API ---------------------------------------------------------
     def send_nowait(self, recipients: Union[str, Iterable[str]],
@@ -541,6 +545,8 @@ class Peer:
                 name = name.strip()
                 if not valid_name(name):
                     raise PeerError(f"invalid recipient name {name!r}")
+            if name == self.user:
+                raise PeerError("you cannot send a message to yourself")
             if name not in names:
                 names.append(name)
         if not names:
@@ -729,6 +735,8 @@ class Peer:
     def _flush(self) -> None:
         """Commit everything pending in one transaction, then act on it."""
         self._flush_handle = None
+        if self._store_closed:
+            return
         out, self._pending_out = self._pending_out, []
         inc, self._pending_in = self._pending_in, []
         dels, self._pending_del = self._pending_del, []
