@@ -3,6 +3,9 @@ through the real CLI on loopback (one single-worker directory per module)."""
 
 from __future__ import annotations
 
+import select
+import socket
+
 import pytest
 
 from eurechat.framing import Message
@@ -199,3 +202,33 @@ def test_connection_closed_helper_reports_eof(directory):
         c.recv()
         with pytest.raises(ConnectionClosed):
             c.recv()
+
+
+def test_bind_probe_does_not_block_other_sessions(directory, passwords):
+    """A BIND to an address that never completes the TCP handshake (a listener
+    whose accept queue is full, so SYNs are dropped) fails after the bind
+    timeout; meanwhile the same worker keeps answering everyone else."""
+    jammed = socket.socket()
+    jammed.bind(("127.0.0.1", 0))
+    jammed.listen(0)
+    port = jammed.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(3):  # fill the accept queue; never accepted
+            f = socket.socket()
+            f.setblocking(False)
+            f.connect_ex(("127.0.0.1", port))
+            fillers.append(f)
+        with FramedClient(*directory.address) as a, FramedClient(*directory.address) as b:
+            a.login("corrado", passwords["corrado"])
+            b.login("bob", passwords["bob"])
+            a.send("BIND", "127.0.0.1", str(port))
+            for i in range(5):
+                assert b.request("PING", str(i)) == Message("PONG", (str(i),))
+            # A's verdict is still pending while B was served.
+            assert select.select([a.sock], [], [], 0)[0] == []
+            closes_with(a, err("invalid bind notification"))
+    finally:
+        for f in fillers:
+            f.close()
+        jammed.close()
