@@ -106,6 +106,22 @@ def test_offline_recipient_gets_queued_messages_exactly_once(cluster):
     assert texts(bob) == [f"offline {i}" for i in range(5)] + ["online now"]
 
 
+def test_recipient_back_is_found_by_lookup_not_by_waiting_out_the_backoff(cluster):
+    """Dial backoff is long here (60 s base); lookups every 0.1 s still find bob
+    the moment he is back, at a new port."""
+    env = cluster.env(EURECHAT_RETRY_BASE="60", EURECHAT_RETRY_MAX="60",
+                      EURECHAT_LOOKUP_INTERVAL="0.1")
+    bob = cluster.peer("bob")
+    alice = cluster.peer("alice", env=env)
+    alice.cmd("/msg bob first")
+    bob.wait_event("message", text="first")
+    bob.kill9()                       # stale registration: alice's dial to it fails
+    alice.cmd("/msg bob while you were away")
+    alice.wait_event("queued", to="bob", start=len(alice.events()) - 1)
+    bob = cluster.peer("bob", register=False)
+    bob.wait_event("message", text="while you were away", timeout=20)
+
+
 def test_sender_killed_with_queued_messages_delivers_after_restart(cluster):
     bob = cluster.peer("bob")
     assert bob.quit() == 0

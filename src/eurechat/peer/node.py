@@ -108,6 +108,7 @@ class Timings:
     directory_retry_max: float = 30.0
     query_ttl: float = 2.0          #: how long a QUERY answer is trusted
     directory_wait: float = 3.0     #: a lookup waits this long for a reconnecting directory
+    lookup_interval: float = 3.0    #: look an unreachable recipient up at least this often
     connect_timeout: float = 5.0
     ping_timeout: float = 5.0
     window: int = 1024              #: unacknowledged messages in flight per recipient
@@ -123,6 +124,7 @@ class Timings:
                                            t.directory_retry_max)
         t.query_ttl = _env_float("EURECHAT_QUERY_TTL", t.query_ttl)
         t.directory_wait = _env_float("EURECHAT_DIRECTORY_WAIT", t.directory_wait)
+        t.lookup_interval = _env_float("EURECHAT_LOOKUP_INTERVAL", t.lookup_interval)
         t.connect_timeout = _env_float("EURECHAT_CONNECT_TIMEOUT", t.connect_timeout)
         t.window = int(_env_float("EURECHAT_WINDOW", t.window))
         return t
@@ -240,6 +242,8 @@ class _Route:
         self.timer: Optional[asyncio.TimerHandle] = None
         self.connecting: Optional[asyncio.Task] = None
         self.offline_reported = False
+        self.failed_addr: Optional[Tuple[str, int]] = None
+        self.dial_after = 0.0
 
     def enqueue(self, item: _OutItem) -> None:
         self.queue.append(item)
@@ -297,6 +301,7 @@ class _Route:
         item.acked = True
         self.attempt = 0
         self.offline_reported = False
+        self.failed_addr = None
         queue = self.queue
         node = self.node
         while queue and queue[0].acked:
@@ -315,6 +320,12 @@ class _Route:
         t = self.node.timings
         if delay is None:
             delay = backoff_delay(self.attempt - 1, t.retry_base, t.retry_max)
+            if self.node.directory is not None:
+                # Looking the recipient up is cheap; dialling a dead address is
+                # not: look up at least every lookup_interval, so a recipient
+                # coming back is seen quickly, and re-dial an address that
+                # failed only when its own backoff has run out (see _connect).
+                delay = min(delay, t.lookup_interval)
         if delay <= 0:
             self.connecting = asyncio.ensure_future(self._connect())
         else:
@@ -342,6 +353,10 @@ class _Route:
                 if addr is None:
                     raise ConnectionError(f"{self.name} is not online")
                 conn = node._live_conn(self.name)
+                if conn is None and addr == self.failed_addr and \
+                        node._loop.time() < self.dial_after:
+                    raise ConnectionError(f"{self.name} at {addr[0]}:{addr[1]} was unreachable; "
+                                          "waiting for its backoff or a new address")
                 if conn is None:
                     try:
                         _, conn = await asyncio.wait_for(node._loop.create_connection(
@@ -349,6 +364,10 @@ class _Route:
                             node.timings.connect_timeout)
                     except (OSError, asyncio.TimeoutError) as exc:
                         node._forget(self.name)
+                        t = node.timings
+                        self.failed_addr = addr
+                        self.dial_after = node._loop.time() + backoff_delay(
+                            self.attempt, t.retry_base, t.retry_max)
                         raise ConnectionError(f"{self.name} at {addr[0]}:{addr[1]}: "
                                               f"{exc or exc.__class__.__name__}") from None
                     log.debug("dialled %s at %s", self.name, addr)
