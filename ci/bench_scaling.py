@@ -359,13 +359,18 @@ async def pg_costs(dsn: str) -> dict:
 
 # -- 5: the checker -------------------------------------------------------------------
 async def checker_round(url: str, n: int, port: int) -> dict:
+    import redis.asyncio as aredis
+
     from eurechat.directory.checker import LivenessChecker
     from eurechat.directory.interfaces import Registration
     from eurechat.directory.redis_registry import RedisRegistry
-    reg = RedisRegistry(url)
+    admin = aredis.Redis.from_url(url)
+    await admin.flushall()
+    await admin.aclose()
+    reg = RedisRegistry(url, follow=False)  # as in the supervisor
     await reg.start()
-    for i in range(n):
-        await reg.bind(Registration(f"peer{i:05d}", "127.0.0.1", port))
+    await asyncio.gather(*(reg.bind(Registration(f"peer{i:05d}", "127.0.0.1", port))
+                           for i in range(n)))
     checker = LivenessChecker(reg, interval=3600, probe_timeout=5.0, concurrency=1000)
     t0 = time.perf_counter()
     probed, removed = await checker.check_round()

@@ -110,6 +110,30 @@ def test_change_feed_reaches_other_instances(redis_url: str) -> None:
     run(main())
 
 
+def test_writer_without_a_read_view(redis_url: str) -> None:
+    """The supervisor's checker client (follow=False) writes and snapshots but
+    keeps no view and reads no change log."""
+    async def main() -> None:
+        writer, follower = RedisRegistry(redis_url, follow=False), RedisRegistry(redis_url)
+        await writer.start()
+        await follower.start()
+        try:
+            await writer.bind(ALICE)
+            assert await writer.snapshot() == [ALICE]
+            with pytest.raises(RegistryUnavailable):
+                writer.query()
+            await until(lambda: list(follower.query()) == [ALICE], follower.wait_changed,
+                        what="alice on the follower")
+            assert await writer.remove("alice", ALICE)
+            await until(lambda: list(follower.query()) == [], follower.wait_changed,
+                        what="removal on the follower")
+        finally:
+            await writer.close()
+            await follower.close()
+
+    run(main())
+
+
 def test_many_registrations_sorted_and_limited(redis_url: str) -> None:
     async def main() -> None:
         a, b = RedisRegistry(redis_url), RedisRegistry(redis_url)

@@ -40,8 +40,8 @@ def is_distributed(spec: str) -> bool:
     return spec.startswith(("redis://", "rediss://", "unix://"))
 
 
-def make_registry(spec: str, *, manager_address=None, authkey: Optional[bytes] = None
-                  ) -> Registry:
+def make_registry(spec: str, *, manager_address=None, authkey: Optional[bytes] = None,
+                  follow: bool = True) -> Registry:
     """A registry client for this process.  ``manager`` needs the address and
     authkey of the supervisor's Manager (workers get them from the supervisor)."""
     if spec == "memory":
@@ -54,7 +54,7 @@ def make_registry(spec: str, *, manager_address=None, authkey: Optional[bytes] =
         return ManagerRegistry(manager_address, authkey)
     if is_distributed(spec):
         from .redis_registry import RedisRegistry
-        return RedisRegistry(spec)
+        return RedisRegistry(spec, follow=follow)
     raise ValueError(f"unknown registry {spec!r}: memory, manager or redis://HOST:PORT/DB")
 
 

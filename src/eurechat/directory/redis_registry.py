@@ -105,8 +105,12 @@ class RedisRegistry(Registry):
     """Presence in Redis with a local, stream-fed read view (see module doc)."""
 
     def __init__(self, url: str, *, prefix: str = "eurechat", feed_maxlen: int = 100_000,
-                 feed_block_ms: int = 5_000, max_backoff: float = 2.0) -> None:
+                 feed_block_ms: int = 5_000, max_backoff: float = 2.0,
+                 follow: bool = True) -> None:
         self.url = url
+        # follow=False: a writer/snapshot client without a read view (the
+        # supervisor's checker): no memory for the view, no change-log reader.
+        self.follow = follow
         self.prefix = prefix
         self._hash = f"{prefix}:presence"
         self._seq_key = f"{prefix}:presence:seq"
@@ -150,15 +154,19 @@ class RedisRegistry(Registry):
         self._remove_script = self._redis.register_script(_REMOVE)
         self._changed = asyncio.Event()
         try:
-            await self._resync()
+            if self.follow:
+                await self._resync()
+            else:
+                await self._redis.ping()
         except REDIS_DOWN as e:
             await self.close()
             raise RegistryUnavailable(f"cannot reach Redis at {self.url}: {e}") from e
         except redis_errors.RedisError as e:
             await self.close()
             raise RegistryUnavailable(f"Redis at {self.url} refused: {e}") from e
-        self._feed_task = asyncio.get_running_loop().create_task(self._follow())
-        log.info("presence in %s: %d registrations", self.url, len(self._names))
+        if self.follow:
+            self._feed_task = asyncio.get_running_loop().create_task(self._follow())
+            log.info("presence in %s: %d registrations", self.url, len(self._names))
 
     async def close(self) -> None:
         self._closing = True
@@ -217,7 +225,8 @@ class RedisRegistry(Registry):
     def query(self, name: Optional[str] = None,
               limit: Optional[int] = None) -> Sequence[Registration]:
         if not self._live:
-            raise RegistryUnavailable("presence feed from Redis interrupted")
+            raise RegistryUnavailable("presence feed from Redis interrupted"
+                                      if self.follow else "no read view (follow=False)")
         if name is not None:
             reg = self._regs.get(name)
             return (reg,) if reg is not None else ()
@@ -289,7 +298,7 @@ class RedisRegistry(Registry):
     def _apply_local(self, name: str, seq: int, reg: Optional[Registration]) -> None:
         """Read your own writes: the session that BINDs sees it in its next
         QUERY, even before the feed echoes it back."""
-        if seq <= self._seq:
+        if seq <= self._seq or not self.follow:
             return  # the feed already delivered this change (or a later one)
         self._pending[name] = (seq, reg)
         self._set(name, reg)

@@ -174,7 +174,7 @@ class Supervisor:
                 from .manager_registry import ManagerRegistry
                 self.registry = ManagerRegistry(self.address, self.authkey, subscribe=False)
             else:
-                self.registry = make_registry(self.opts.registry)
+                self.registry = make_registry(self.opts.registry, follow=False)
             try:
                 await self.registry.start()
             except RegistryUnavailable as exc:
