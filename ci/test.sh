@@ -38,6 +38,9 @@ PY
 echo "== ruff"
 "$VENV"/bin/ruff check src tests ci
 
+echo "== wheel and EURECHAT_BUILD_EXTENSION modes"
+EURECHAT_PYTHON="$ROOT/$VENV/bin/python" ci/check_wheel.sh
+
 # Run from outside the source tree so tests import the installed package.
 cd "$ROOT/tests"
 export EURECHAT_REQUIRE_EXTENSION=1
