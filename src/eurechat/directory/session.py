@@ -336,7 +336,8 @@ class Session:
             return self._ready(type_, args, payload)
         if state is State.NEW:
             if type_ in ("USER", "LOGIN") and len(args) == 1:
-                self.user = args[0]
+                name = args[0]
+                self.user = _SOURCES.setdefault(name, name) if len(_SOURCES) < 65536 else name
                 self.state = State.AUTH
                 return ack(f"hi {args[0]}, authentication required"), False, None
             if type_ == "REGISTER" and 1 <= len(args) <= 2:
