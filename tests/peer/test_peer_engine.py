@@ -212,3 +212,20 @@ def test_seed_peer_bare_ack_is_accepted(tmp_path):
             conn.close()
             await a.close()
         run(main())
+
+
+def test_a_frame_left_unfinished_is_cut_off(tmp_path):
+    async def main():
+        timings = Timings(frame_timeout=0.2)
+        b = Peer("bob", data_dir=tmp_path / "bob", timings=timings)
+        await b.start()
+        r, w = await asyncio.open_connection(*b.address)
+        w.write(b"MESSAGE 100 zed id1\nonly part of it")
+        assert await asyncio.wait_for(r.read(), 10) == b""   # closed by bob
+        # A connection that finishes its frames is not touched.
+        r, w = await asyncio.open_connection(*b.address)
+        w.write(b"PING 0 x\n")
+        assert await r.readexactly(9) == b"PONG 0 x\n"
+        w.close()
+        await b.close()
+    run(main())

@@ -112,6 +112,7 @@ class Timings:
     connect_timeout: float = 5.0
     ping_timeout: float = 5.0
     window: int = 1024              #: unacknowledged messages in flight per recipient
+    frame_timeout: float = 60.0     #: a frame once started must complete within this
 
     @classmethod
     def from_env(cls) -> Timings:
@@ -127,6 +128,7 @@ class Timings:
         t.lookup_interval = _env_float("EURECHAT_LOOKUP_INTERVAL", t.lookup_interval)
         t.connect_timeout = _env_float("EURECHAT_CONNECT_TIMEOUT", t.connect_timeout)
         t.window = int(_env_float("EURECHAT_WINDOW", t.window))
+        t.frame_timeout = _env_float("EURECHAT_FRAME_TIMEOUT", t.frame_timeout)
         return t
 
 
@@ -184,6 +186,7 @@ class _Conn(asyncio.Protocol):
         self.closed = False
         self.paused = False
         self.peername = None
+        self.frame_since = 0.0   # when the unfinished frame started (0: none)
 
     @property
     def remote(self) -> Optional[str]:
@@ -201,6 +204,11 @@ class _Conn(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         was = self.proto.remote
         events = self.proto.receive(data)
+        if self.proto.decoder.in_frame:
+            if not self.frame_since:
+                self.frame_since = time.monotonic()
+        else:
+            self.frame_since = 0.0
         if events:
             self.node._on_events(self, events, was)
 
@@ -456,6 +464,7 @@ class Peer:
         self._ready = False
         self._closing = False
         self._store_closed = False
+        self._sweeper: Optional[asyncio.Task] = None
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
 
     # -- life cycle ---------------------------------------------------------
@@ -486,6 +495,7 @@ class Peer:
                 lambda: _Conn(self), host or None, port, reuse_address=True)
             sockname = self._server.sockets[0].getsockname()
             self.address = (host or sockname[0], sockname[1])
+            self._sweeper = asyncio.ensure_future(self._sweep())
             if self.directory_address is not None:
                 self.directory = DirectoryClient(
                     self.directory_address[0], self.directory_address[1], self.user,
@@ -512,10 +522,25 @@ class Peer:
         persists: what is still queued is sent at the next start."""
         await self._shutdown(leave)
 
+    async def _sweep(self) -> None:
+        """Close connections stuck in the middle of a frame (SPEC: a frame once
+        started must complete within ``frame_timeout``), so a slow or stalled
+        sender cannot pin buffers forever."""
+        limit = self.timings.frame_timeout
+        while True:
+            await asyncio.sleep(min(10.0, limit / 2))
+            now = time.monotonic()
+            for conn in list(self._conns_all):
+                if conn.frame_since and now - conn.frame_since > limit:
+                    log.warning("%r: frame unfinished after %.0f s, closing", conn, limit)
+                    conn.close()
+
     async def _shutdown(self, leave: bool) -> None:
         if self._closing:
             return
         self._closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self.directory is not None:
             await self.directory.close(leave=leave)
         if self._server is not None:
