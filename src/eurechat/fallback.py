@@ -154,8 +154,8 @@ class Decoder:
         max_header = self._max_header
         max_payload = self._max_payload
         max_args = self._max_args
-        fast_type = _FAST_TYPES.get
-        fast_length = _FAST_LENGTHS.get
+        fast_types = _FAST_TYPES
+        fast_lengths = _FAST_LENGTHS
         n = len(buf)
         pos = 0
         while pos < n and limit:
@@ -172,13 +172,12 @@ class Decoder:
             try:
                 line = buf[pos:lf].decode()
                 type, length, *args = line.split(" ")
-            except (UnicodeDecodeError, ValueError):
+                type = fast_types[type]
+                length = fast_lengths[length]
+            except (UnicodeDecodeError, ValueError, KeyError):
                 pass
             else:
-                type = fast_type(type)
-                length = fast_length(length)
-                if (type is not None and length is not None and length <= max_payload
-                        and line.isprintable()
+                if (length <= max_payload and line.isprintable()
                         and (not args or ("" not in args and len(args) <= max_args))):
                     start = lf + 1
                     end = start + length
