@@ -262,6 +262,8 @@ cdef class Decoder:
         cdef Py_ssize_t want = self._have + n
         cdef Py_ssize_t cap
         cdef unsigned char *buf
+        if n <= 0:
+            return 0
         if want > self._cap:
             cap = self._cap * 2
             if cap < 256:
