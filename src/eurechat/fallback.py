@@ -177,8 +177,11 @@ class Decoder:
             except (UnicodeDecodeError, ValueError, KeyError):
                 pass
             else:
-                if (length <= max_payload and line.isprintable()
-                        and (not args or ("" not in args and len(args) <= max_args))):
+                # Without args the line is exactly "TYPE LEN", both checked by
+                # the lookups above; with args it must be printable text (no
+                # control byte) with no empty arg (no double or trailing space).
+                if length <= max_payload and (not args or (
+                        line.isprintable() and "" not in args and len(args) <= max_args)):
                     start = lf + 1
                     end = start + length
                     if end > n:
