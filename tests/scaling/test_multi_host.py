@@ -180,6 +180,36 @@ def test_one_liveness_checker_across_hosts_and_takeover(redis_url: str, pg_dsn: 
             b.stop()
 
 
+def test_account_commands_on_postgres(redis_url: str, pg_dsn: str, tmp_path) -> None:
+    """useradd/users/userdel --accounts postgresql://... manage the accounts every
+    host sees (the way to add users with --registration closed)."""
+    def cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "eurechat.directory", *args,
+                               "--accounts", pg_dsn, "--data-dir", str(tmp_path)],
+                              input=stdin, capture_output=True, text=True, timeout=60,
+                              env=test_env())
+
+    assert cli("useradd", "olga", "--password-stdin", stdin=PW + "\n").returncode == 0
+    assert cli("useradd", "olga", "--password-stdin", stdin=PW + "\n").returncode == 1
+    assert cli("useradd", "ivan", "--password-stdin", stdin=PW + "\n").returncode == 0
+    assert cli("users").stdout.split() == ["ivan", "olga"]
+    a = start_host(redis_url, pg_dsn, "--registration", "closed", "--check-interval", "3600")
+    try:
+        with FramedClient(*a.address) as c:
+            assert c.request("REGISTER", "mallory", PW) == \
+                Message("ERR", (), "registration is closed")
+            c.login("olga", PW)
+    finally:
+        a.stop()
+    assert cli("userdel", "ivan").returncode == 0
+    assert cli("users").stdout.split() == ["olga"]
+    down = subprocess.run([sys.executable, "-m", "eurechat.directory", "users", "--accounts",
+                           f"postgresql://postgres@127.0.0.1:{free_port()}/x"],
+                          capture_output=True, text=True, timeout=60, env=test_env())
+    assert down.returncode == 2
+    assert "cannot reach PostgreSQL" in down.stderr
+
+
 @pytest.mark.parametrize("which", ["redis", "postgres"])
 def test_unreachable_at_start_is_one_line_and_exit_2(which: str, tmp_path) -> None:
     port = free_port()

@@ -26,9 +26,9 @@ on (BIND) and look each other up (QUERY).  It prints
 exits 0 on SIGINT/SIGTERM.
 
 Other commands:
-  eurechat-directory useradd NAME [--password-stdin] [--data-dir DIR]
-  eurechat-directory userdel NAME [--data-dir DIR]
-  eurechat-directory users [--data-dir DIR]
+  eurechat-directory useradd NAME [--password-stdin] [--data-dir DIR] [--accounts URL]
+  eurechat-directory userdel NAME [--data-dir DIR] [--accounts URL]
+  eurechat-directory users [--data-dir DIR] [--accounts URL]
 """
 
 EPILOG = """\
@@ -170,6 +170,11 @@ def _serve(argv: List[str]) -> int:
 
 def _accounts(args: argparse.Namespace):
     from .accounts import SyncAccounts
+    if args.accounts and args.accounts.startswith(("postgresql://", "postgres://")):
+        from .pg_accounts import SyncPostgresAccounts
+        return SyncPostgresAccounts(args.accounts)
+    if args.accounts and args.accounts.startswith("sqlite:///"):
+        return SyncAccounts(args.accounts[len("sqlite://"):])
     data_dir = args.data_dir or default_data_dir()
     return SyncAccounts(os.path.join(data_dir, "directory.sqlite3"))
 
@@ -199,9 +204,16 @@ def _manage(argv: List[str]) -> int:
     _data_dir_arg(rm)
     ls = sub.add_parser("users", help="list account names")
     _data_dir_arg(ls)
+    for sp in (add, rm, ls):
+        sp.add_argument("--accounts", default=None, metavar="URL",
+                        help="the server's account store: sqlite:///PATH or postgresql://...")
     args = p.parse_args(argv)
-    from .interfaces import AccountExists
-    store = _accounts(args)
+    from .interfaces import AccountExists, AccountsUnavailable
+    try:
+        store = _accounts(args)
+    except AccountsUnavailable as exc:
+        print(f"eurechat-directory: {exc}", file=sys.stderr)
+        return 2
     try:
         if args.command == "useradd":
             password = _read_password(args.password_stdin)

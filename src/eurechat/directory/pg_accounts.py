@@ -28,7 +28,7 @@ from .session import MAX_PASSWORD, MIN_PASSWORD, valid_password, valid_username
 
 log = logging.getLogger("eurechat.directory.pg_accounts")
 
-__all__ = ["PostgresAccounts"]
+__all__ = ["PostgresAccounts", "SyncPostgresAccounts"]
 
 _SCHEMA_LOCK = 0x6575726563686174  # "eurechat": serialises concurrent first starts
 
@@ -180,3 +180,45 @@ class PostgresAccounts(AccountStore):
     async def names(self) -> List[str]:
         rows = await self._run("SELECT name FROM eurechat_accounts ORDER BY name COLLATE \"C\"", (), "all")
         return [r[0] for r in rows]
+
+
+class SyncPostgresAccounts:
+    """The blocking twin for ``eurechat-directory useradd/userdel/users
+    --accounts postgresql://...`` (the same shape as ``accounts.SyncAccounts``):
+    one connection, the same table and the same hash records."""
+
+    def __init__(self, dsn: str, connect_timeout: int = 5) -> None:
+        try:
+            self.db = psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout)
+            with self.db.transaction():
+                self.db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                self.db.execute(_SCHEMA)
+        except psycopg.Error as exc:
+            raise AccountsUnavailable(f"cannot reach PostgreSQL: {_one_line(exc)}") from exc
+
+    def close(self) -> None:
+        self.db.close()
+
+    def create(self, name: str, password: bytes) -> None:
+        if not valid_username(name):
+            raise ValueError("invalid username: 1-32 characters of [A-Za-z0-9_.-], "
+                             "not starting with '.' or '-'")
+        if not valid_password(password):
+            raise ValueError(f"invalid password: {MIN_PASSWORD} to {MAX_PASSWORD} bytes")
+        if self.db.execute("SELECT 1 FROM eurechat_accounts WHERE name = %s",
+                           (name,)).fetchone():
+            raise AccountExists(name)
+        row = self.db.execute(
+            "INSERT INTO eurechat_accounts (name, hash) VALUES (%s, %s) "
+            "ON CONFLICT (name) DO NOTHING RETURNING name",
+            (name, hash_password(password))).fetchone()
+        if row is None:
+            raise AccountExists(name)
+
+    def delete(self, name: str) -> bool:
+        return self.db.execute("DELETE FROM eurechat_accounts WHERE name = %s",
+                               (name,)).rowcount > 0
+
+    def names(self) -> List[str]:
+        return [r[0] for r in self.db.execute(
+            'SELECT name FROM eurechat_accounts ORDER BY name COLLATE "C"')]
