@@ -60,6 +60,17 @@ def test_two_peers_chat_both_ways(cluster):
     assert bob.quit() == 0
 
 
+def test_wildcard_listen_binds_the_address_the_directory_sees(cluster):
+    bob = cluster.peer("bob", "--listen", "0.0.0.0:0")
+    port = int(bob.events("ready")[0]["listen"].rsplit(":", 1)[1])
+    alice = cluster.peer("alice")
+    alice.cmd("/who bob")
+    assert alice.wait_event("who")["users"] == [{"name": "bob", "address": "127.0.0.1",
+                                                  "port": port}]
+    alice.cmd("/msg bob over the wildcard")
+    bob.wait_event("message", text="over the wildcard")
+
+
 def test_errors_are_events_and_the_peer_keeps_going(cluster):
     alice = cluster.peer("alice")
     alice.cmd("nobody yet", "/frobnicate", "/msg", "/msg -bad hi", "/ping")

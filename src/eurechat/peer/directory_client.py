@@ -137,8 +137,10 @@ class DirectoryClient:
             log.warning("directory %s:%s unreachable: %s; retrying in the background",
                         self.host, self.port, exc or exc.__class__.__name__)
             if self.on_error:
-                self.on_error(f"directory {self.host}:{self.port} unreachable "
-                              f"({exc or exc.__class__.__name__}); retrying")
+                why = exc if isinstance(exc, DirectoryError) else \
+                    f"unreachable ({exc or exc.__class__.__name__})"
+                self.on_error(f"directory {self.host}:{self.port}: {why}; retrying in the "
+                              "background (messages are queued meanwhile)")
             ok = False
         self._task = asyncio.ensure_future(self._run(connected=ok))
         return ok
