@@ -142,3 +142,19 @@ def test_factory():
     assert make_accounts("sqlite:///tmp/y.sqlite3", "/tmp/x").path == "/tmp/y.sqlite3"
     assert isinstance(make_throttle("memory", "/tmp/x"), MemoryThrottle)
     assert isinstance(make_throttle(None, "/tmp/x"), SqliteThrottle)
+
+
+def test_presence_hub_lagging_subscriber_gets_a_snapshot():
+    import collections
+    hub = PresenceHub()
+    hub._log = collections.deque(maxlen=2)  # a tiny log: easy to fall behind
+    sub, _, _ = hub.subscribe(os.getpid())
+    for port in (2000, 2001, 2002):
+        hub.bind(("bob", "127.0.0.1", port), wait=0)
+    hub.bind(("ann", "127.0.0.1", 3000), wait=0)
+    seq, changes, snap = hub.changes(sub, 0, timeout=0)
+    assert seq == 4 and changes is None
+    assert sorted(snap) == [("ann", "127.0.0.1", 3000), ("bob", "127.0.0.1", 2002)]
+    # Close enough to the head: the changes themselves.
+    seq, changes, snap = hub.changes(sub, 3, timeout=0)
+    assert snap is None and [c[0] for c in changes] == [4]

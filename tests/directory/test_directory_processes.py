@@ -293,3 +293,12 @@ def test_ipv6_loopback(tmp_path, workers):
         assert c.request("REGISTER", "v6user", "v6-password").type == "ACK"
         c.login("v6user", "v6-password")
         assert c.request("QUERY") == Message("RESULT")
+
+
+def test_accounts_url_option(tmp_path):
+    db = tmp_path / "elsewhere" / "accounts.sqlite3"
+    with run_directory("--accounts", f"sqlite:///{db}", data_dir=str(tmp_path / "data")) as d, \
+            FramedClient(*d.address) as c:
+        assert c.request("REGISTER", "ursula", "ursula-password").type == "ACK"
+        c.login("ursula", "ursula-password")
+    assert db.exists() and not (tmp_path / "data" / "directory.sqlite3").exists()
