@@ -283,6 +283,30 @@ def test_console_script(cluster):
     assert alice.quit() == 0
 
 
+def test_an_impostor_connection_does_not_receive_queued_messages(cluster):
+    bob = cluster.peer("bob")
+    assert bob.quit() == 0                      # LEAVE: bob is not registered now
+    alice = cluster.peer("alice")
+    alice.cmd("/msg bob for bob only")
+    alice.wait_event("queued", to="bob")
+    host, port = alice.events("ready")[0]["listen"].rsplit(":", 1)
+    with FramedClient(host, int(port)) as impostor:
+        # Claims to be bob: alice records what it says, but must not send
+        # bob's queue over this connection (bob is not registered from here).
+        assert impostor.request("MESSAGE", "bob", "fake1", payload="hi, I am bob") == \
+            Message("ACK", ("fake1",))
+        assert impostor.request("PING", "t") == Message("PONG", ("t",))
+        bob = cluster.peer("bob", register=False)
+        bob.wait_event("message", text="for bob only")
+        alice.wait_event("delivered", to="bob")
+        impostor.sock.setblocking(False)
+        try:
+            leaked = impostor.sock.recv(65536)
+        except BlockingIOError:
+            leaked = b""
+        assert b"for bob only" not in leaked
+
+
 def test_seed_style_peer_and_protocol_errors(cluster):
     alice = cluster.peer("alice")
     host, port = alice.events("ready")[0]["listen"].rsplit(":", 1)

@@ -26,7 +26,8 @@ accepted them.
 
 One connection per pair: either side dials when it has something to send
 and no connection; an incoming connection is identified by the sender of its
-first MESSAGE and then also used for sending back.  If both sides dialled at
+first MESSAGE and then also used for sending back, once the directory
+confirms that the claimed sender is registered at the connection's source IP.  If both sides dialled at
 once, the connection dialled by the peer whose name sorts first is kept and
 the other one closed (both sides apply the same rule, so they agree without
 talking about it); anything unacknowledged on the closed one is sent again.
@@ -143,6 +144,11 @@ class IncomingMessage(NamedTuple):
 
 class PeerError(Exception):
     """A request of the API could not be served (bad recipient, no directory...)."""
+
+
+def _plain_ip(ip: str) -> str:
+    """``::ffff:1.2.3.4`` (IPv4 seen through an IPv6 socket) -> ``1.2.3.4``."""
+    return ip[7:] if ip.startswith("::ffff:") else ip
 
 
 class _MsgIds:
@@ -465,6 +471,7 @@ class Peer:
         self._closing = False
         self._store_closed = False
         self._sweeper: Optional[asyncio.Task] = None
+        self._tasks: Set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
 
     # -- life cycle ---------------------------------------------------------
@@ -559,6 +566,8 @@ class Peer:
         for fut in self._pings.values():
             if not fut.done():
                 fut.cancel()
+        for task in list(self._tasks):
+            task.cancel()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
@@ -859,6 +868,32 @@ class Peer:
                 return conn
         return None
 
+    async def _verify_incoming(self, conn: _Conn) -> None:
+        """Use an incoming connection for sending only if it comes from where
+        the directory says its claimed sender lives.
+
+        Receiving on it needs no such check (the receiver records whatever a
+        connection sends, under the name it claimed).  Sending over it does:
+        otherwise anyone could connect, claim to be bob, and collect (and
+        ACK, so lose) everything queued for bob."""
+        name = conn.remote
+        assert name is not None
+        try:
+            addr = await self._resolve(name)
+        except (DirectoryError, asyncio.TimeoutError):
+            addr = None
+        if conn.closed or self._closing:
+            return
+        peer_ip = _plain_ip(conn.peername[0]) if conn.peername else None
+        if addr is not None and _plain_ip(addr[0]) == peer_ip:
+            self._identified(conn)
+        else:
+            log.info("%r claims to be %s, who is registered at %s: receiving only", conn, name,
+                     addr)
+            route = self._routes.get(name)
+            if route is not None:
+                route.wake()   # maybe online after all: dial the registered address
+
     def _identified(self, conn: _Conn) -> None:
         """``conn`` now speaks for ``conn.remote``: use it, or settle a duplicate."""
         name = conn.remote
@@ -882,7 +917,9 @@ class Peer:
 
     def _on_events(self, conn: _Conn, events: list, was: Optional[str]) -> None:
         if was is None and conn.remote is not None:
-            self._identified(conn)
+            task = asyncio.ensure_future(self._verify_incoming(conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         incoming = self._pending_in
         for ev in events:
             cls = ev.__class__
