@@ -10,8 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
 
 import pytest
 
@@ -48,17 +46,6 @@ def cmdline(pid: int) -> str:
 
 def worker_pids(supervisor: int):
     return sorted(p for p in children(supervisor) if "--worker-fd" in cmdline(p))
-
-
-def wait_for(predicate, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        threading.Event().wait(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -137,16 +124,18 @@ def test_kill_9_of_a_worker_loses_nothing(users_dir):
             assert c.request("BIND", "127.0.0.1", str(peer.port)).type == "ACK"
         before = worker_pids(d.pid)
         assert len(before) == 2
+        mark = len(d.err_lines)
         os.kill(before[0], signal.SIGKILL)
-        wait_for(lambda: (lambda now: len(now) == 2 and before[0] not in now)(
-            worker_pids(d.pid)), what="worker restarted")
+        d.wait_for_log(rf"worker \d \(pid {before[0]}\) exited with -9; restarting", start=mark)
+        new_pid = int(d.wait_for_log(r"worker \d serving \(pid (\d+)\)", start=mark).group(1))
+        assert new_pid not in before and sorted(worker_pids(d.pid)) == sorted(
+            [before[1], new_pid])
         # New connections are served (by both workers) and the registration survived.
         for _ in range(8):
             with FramedClient(*d.address) as c:
                 c.login("user2", USERS["user2"])
                 assert c.request("QUERY") == Message(
                     "RESULT", (), f"user1,127.0.0.1,{peer.port}")
-        assert "restarting" in d.stderr()
 
 
 @pytest.mark.parametrize("workers,sig", [("1", signal.SIGTERM), ("1", signal.SIGINT),
@@ -160,7 +149,7 @@ def test_signal_exits_zero_without_orphans(users_dir, workers, sig):
         assert len(group) >= (1 if workers == "1" else 2 + int(workers))
         d.send_signal(sig)
         assert d.wait(5) == 0
-        wait_for(lambda: not d.group_alive(), 5, "every process of the group gone")
+        assert d.wait_group_gone(5) == []
         for s in sessions:  # sessions were closed by the server
             assert s.read_until_closed() == []
             s.close()
@@ -224,7 +213,7 @@ def test_trace_logs_frames_with_password_masked(accounts_dir, passwords):
         with FramedClient(*d.address) as c:
             c.login("bob", passwords["bob"])
             c.request("PING", "traced")
-        wait_for(lambda: "PONG 0 traced" in d.stderr(), what="trace of the reply")
+        d.wait_for_log("PONG 0 traced")
         log = d.stderr()
         assert "PING 0 traced" in log and "PASS 0 *****" in log
         assert passwords["bob"] not in log
@@ -264,7 +253,7 @@ def test_kill_9_of_the_supervisor_leaves_no_orphans(users_dir):
         assert len(d.group_alive()) == 4  # supervisor, manager, 2 workers
         os.kill(d.pid, signal.SIGKILL)
         d.wait(5)
-        wait_for(lambda: not d.group_alive(), 10, "workers and manager gone after the supervisor")
+        assert d.wait_group_gone(10) == []  # workers and Manager follow the supervisor
     finally:
         d.kill_group()
 
@@ -278,7 +267,7 @@ def test_ctrl_c_to_the_whole_process_group(users_dir):
             c.login("user5", USERS["user5"])
             os.killpg(d.pid, signal.SIGINT)
             assert d.wait(5) == 0
-            wait_for(lambda: not d.group_alive(), 5, "every process gone")
+            assert d.wait_group_gone(5) == []
             assert c.read_until_closed() == []
         assert "Traceback" not in d.stderr()
     finally:

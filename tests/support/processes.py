@@ -19,6 +19,9 @@ Stable API (imported by the directory, peer and scaling tests):
 - ``test_env(**extra)``: os.environ plus ``EURECHAT_SCRYPT_N=16`` (cheap hashes
   for tests) and unbuffered output
 - ``directory_cmd()``: ``[sys.executable, "-m", "eurechat.directory"]``
+- ``Process.wait_for_line`` / ``wait_for_log`` (stdout / stderr lines, by
+  regex, from index ``start``), ``stderr()``, ``stop()``, ``kill_group()``,
+  ``group_alive()``, ``wait_group_gone(timeout)`` (pidfds, no polling)
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -65,17 +69,21 @@ class Process:
                  cwd: Optional[str] = None, stdin: Union[int, None] = subprocess.DEVNULL
                  ) -> None:
         self.argv = list(argv)
-        self._stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            self.argv, stdin=stdin, stdout=subprocess.PIPE, stderr=self._stderr,
+            self.argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env=env if env is not None else test_env(), cwd=cwd, start_new_session=True)
         self.pid = self.proc.pid
-        self.lines: List[str] = []
+        self.lines: List[str] = []       # stdout, line by line
+        self.err_lines: List[str] = []   # stderr (logs), line by line
         self._cond = threading.Condition()
         self._eof = False
+        self._err_eof = False
         self._reader = threading.Thread(target=self._read, daemon=True,
                                         name=f"stdout-{self.pid}")
         self._reader.start()
+        self._err_reader = threading.Thread(target=self._read_err, daemon=True,
+                                            name=f"stderr-{self.pid}")
+        self._err_reader.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -88,33 +96,56 @@ class Process:
             self._eof = True
             self._cond.notify_all()
 
+    def _read_err(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            with self._cond:
+                self.err_lines.append(line)
+                self._cond.notify_all()
+        with self._cond:
+            self._err_eof = True
+            self._cond.notify_all()
+
     # -- waiting -----------------------------------------------------------
     def wait_for_line(self, pattern: Union[str, Pattern[str]], timeout: float = DEFAULT_TIMEOUT,
                       start: int = 0) -> re.Match[str]:
         """Block until a stdout line (index >= ``start``) matches ``pattern``."""
+        return self._wait(self.lines, "stdout", pattern, timeout, start)
+
+    def wait_for_log(self, pattern: Union[str, Pattern[str]], timeout: float = DEFAULT_TIMEOUT,
+                     start: int = 0) -> re.Match[str]:
+        """Block until a stderr (log) line (index >= ``start``) matches ``pattern``.
+        ``len(p.err_lines)`` taken before an action is the ``start`` that
+        ignores what was logged earlier."""
+        return self._wait(self.err_lines, "stderr", pattern, timeout, start)
+
+    def _wait(self, lines: List[str], stream: str, pattern, timeout: float,
+              start: int) -> re.Match[str]:
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
         deadline = time.monotonic() + timeout
         index = start
         with self._cond:
             while True:
-                while index < len(self.lines):
-                    m = regex.search(self.lines[index])
+                while index < len(lines):
+                    m = regex.search(lines[index])
                     index += 1
                     if m:
                         return m
                 left = deadline - time.monotonic()
-                if self._eof or left <= 0:
+                eof = self._eof if stream == "stdout" else self._err_eof
+                if eof or left <= 0:
                     break
                 self._cond.wait(left)
-        why = "exited" if self._eof else f"no match within {timeout} s"
+        why = "stream closed" if eof else f"no match within {timeout} s"
         raise AssertionError(
-            f"{self.argv!r}: {why} waiting for {regex.pattern!r}\n"
+            f"{self.argv!r}: {why} waiting for {regex.pattern!r} on {stream}\n"
             f"--- stdout ---\n" + "\n".join(self.lines) + "\n--- stderr ---\n" + self.stderr())
 
     def stderr(self) -> str:
-        self._stderr.flush()
-        self._stderr.seek(0)
-        return self._stderr.read().decode("utf-8", "replace")
+        """Everything logged on stderr so far."""
+        with self._cond:
+            return "\n".join(self.err_lines) + ("\n" if self.err_lines else "")
 
     # -- stopping ----------------------------------------------------------
     def send_signal(self, sig: int) -> None:
@@ -144,6 +175,31 @@ class Process:
             self.proc.kill()
         self.proc.wait(10)
         self._reader.join(5)
+        self._err_reader.join(5)
+
+    def wait_group_gone(self, timeout: float = 10.0) -> List[int]:
+        """Wait (on pidfds: an event, not polling) until every process of the
+        group has exited; returns the PIDs still alive at the timeout."""
+        fds = {}
+        for pid in self.group_alive():
+            try:
+                fds[os.pidfd_open(pid)] = pid
+            except ProcessLookupError:
+                continue
+        deadline = time.monotonic() + timeout
+        try:
+            while fds:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                ready, _, _ = select.select(list(fds), [], [], left)
+                for fd in ready:
+                    os.close(fd)
+                    del fds[fd]
+            return sorted(fds.values())
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def group_alive(self) -> List[int]:
         """PIDs still in this process group (empty when everything is gone)."""
@@ -167,7 +223,6 @@ class Process:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-        self._stderr.close()
 
 
 def start_process(argv: Sequence[str], ready: Union[str, Pattern[str], None] = None,
@@ -234,7 +289,6 @@ def run_directory(*args: str, data_dir: Optional[str] = None,
         yield d
     finally:
         d.stop()
-        d._stderr.close()
 
 
 def useradd(data_dir: str, name: str, password: str,
