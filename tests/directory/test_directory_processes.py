@@ -95,8 +95,8 @@ async def _session(host, port, name, password, expected, gate: Gate, sem):
 
 
 def test_thousand_concurrent_sessions_across_four_workers(users_dir):
-    with run_directory("--workers", "4", "--bind-policy", "any", data_dir=users_dir) as d, \
-            Responder() as peer:
+    with run_directory("--workers", "4", "--bind-policy", "any", "--log-level", "debug",
+                       data_dir=users_dir) as d, Responder() as peer:
         assert len(worker_pids(d.pid)) == 4
         expected = {}
         for name, password in USERS.items():
@@ -113,8 +113,12 @@ def test_thousand_concurrent_sessions_across_four_workers(users_dir):
                                  expected, gate, sem) for i in range(1000)]
             return await asyncio.wait_for(asyncio.gather(*sessions), 60)
 
+        mark = len(d.err_lines)
         results = asyncio.run(main())
         assert results.count(True) == 1000
+        # ...and they really were spread over the four workers.
+        serving = {line.split()[2] for line in d.err_lines[mark:] if "connection from" in line}
+        assert serving == {str(p) for p in worker_pids(d.pid)}
 
 
 def test_kill_9_of_a_worker_loses_nothing(users_dir):
