@@ -4,6 +4,8 @@ stream-fed read view shared by several instances, and its fallbacks."""
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 
 import pytest
 import redis
@@ -177,9 +179,10 @@ def test_bursts_queue_for_a_connection(redis_url: str) -> None:
     run(main())
 
 
-def test_interrupted_feed_falls_back_to_reading_redis(redis_url: str) -> None:
+def test_interrupted_feed_resumes_from_its_cursor(redis_url: str) -> None:
     """Kill the follower's feed connection inside Redis and write meanwhile: the
-    follower notices, rereads Redis and misses nothing."""
+    follower notices, checks that Redis still has the last change it applied,
+    continues from there (no full reread) and misses nothing."""
     async def main() -> None:
         a, b = RedisRegistry(redis_url), RedisRegistry(redis_url)
         await a.start()
@@ -187,7 +190,7 @@ def test_interrupted_feed_falls_back_to_reading_redis(redis_url: str) -> None:
         try:
             await a.bind(ALICE)
             await until(lambda: bool(b.query("alice")), b.wait_changed, what="alice on b")
-            before = b.resyncs
+            before, resyncs = b.resumes, b.resyncs
             with redis.Redis.from_url(redis_url) as admin:
                 # The blocked XREAD of each follower; kill them all.
                 killed = 0
@@ -198,8 +201,9 @@ def test_interrupted_feed_falls_back_to_reading_redis(redis_url: str) -> None:
                 assert killed >= 1
             await a.bind(BOB)
             await a.remove("alice")
-            await until(lambda: b.resyncs > before and list(b.query()) == [BOB],
-                        b.wait_changed, what="b to resync")
+            await until(lambda: b.resumes > before and list(b.query()) == [BOB],
+                        b.wait_changed, what="b to resume")
+            assert b.resyncs == resyncs
         finally:
             await a.close()
             await b.close()
@@ -250,6 +254,7 @@ def test_redis_down_and_back(own_redis) -> None:
                 await reg.snapshot()
             own_redis.start()
             await until(lambda: reg.live, reg.wait_changed, timeout=15, what="feed back")
+            assert reg.resumes == 1, "Redis kept its log: the view continues from it"
             assert list(reg.query()) == [ALICE, BOB]
             await reg.bind(CAROL)
             assert list(reg.query()) == [ALICE, BOB, CAROL]
@@ -266,5 +271,32 @@ def test_unreachable_at_start() -> None:
         reg = RedisRegistry(f"redis://127.0.0.1:{free_port()}/0")
         with pytest.raises(RegistryUnavailable, match="cannot reach Redis"):
             await reg.start()
+
+    run(main())
+
+
+def test_redis_back_without_its_data_is_not_trusted(own_redis) -> None:
+    """Redis comes back empty (no persistence, a new server on the same
+    address): the view must not keep serving registrations Redis no longer
+    has -- its last applied change is not in the new log, so it rebuilds."""
+    async def main() -> None:
+        reg = RedisRegistry(own_redis.url, max_backoff=0.2)
+        await reg.start()
+        try:
+            await reg.bind(ALICE)
+            await reg.bind(BOB)
+            own_redis.kill()
+            for entry in os.listdir(own_redis.dir):
+                path = os.path.join(own_redis.dir, entry)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+            await until(lambda: not reg.live, reg.wait_changed, what="feed to notice")
+            own_redis.start()
+            await until(lambda: reg.live, reg.wait_changed, timeout=15, what="feed back")
+            assert reg.resumes == 0
+            assert list(reg.query()) == []
+            await reg.bind(CAROL)
+            assert list(reg.query()) == [CAROL]
+        finally:
+            await reg.close()
 
     run(main())

@@ -142,6 +142,7 @@ class RedisRegistry(Registry):
         self._lent = False
         self._changed: Optional[asyncio.Event] = None  # created on the loop, in start()
         self.resyncs = 0
+        self.resumes = 0
 
     # -- lifecycle ---------------------------------------------------------
     async def start(self) -> None:
@@ -359,20 +360,47 @@ class RedisRegistry(Registry):
         if self._changed is not None:
             self._changed.set()
 
+    async def _resume(self) -> bool:
+        """After a lost feed connection: can the view simply continue from its
+        cursor?  Yes when the last change it applied is still in Redis's log
+        under the same sequence number: the log is append-only and written in
+        the same script as the hash, so Redis then holds everything the view
+        holds, and every later change follows the cursor.  No after a restart
+        that lost data, a restore from an older file, a flush, or a log trimmed
+        past the cursor: then the view is rebuilt (O(n), while a resume is
+        O(1) -- which matters when hundreds of processes reconnect at once)."""
+        assert self._redis is not None
+        if self._last_id == "0-0":
+            return False
+        entries = await self._redis.xrange(self._stream, min=self._last_id,
+                                           max=self._last_id, count=1)
+        if not entries or int(entries[0][1].get("s", -1)) != self._seq:
+            return False
+        self._live = True
+        self.resumes += 1
+        if self._changed is not None:
+            self._changed.set()
+        return True
+
     async def _follow(self) -> None:
-        """Follow the change log forever; on any trouble, back off and resync."""
+        """Follow the change log forever; on trouble, back off, then resume from
+        the cursor when that is provably safe, else resync."""
         backoff = 0.05
         need_resync = False
+        reconnect = False
         down_since_logged = False
         while not self._closing:
             try:
+                if reconnect:
+                    need_resync = need_resync or not await self._resume()
+                    reconnect = False
                 if need_resync:
                     await self._resync()
                     need_resync = False
-                    if down_since_logged:
-                        log.warning("presence feed from Redis restored (%d registrations)",
-                                    len(self._names))
-                        down_since_logged = False
+                if down_since_logged:
+                    log.warning("presence feed from Redis restored (%d registrations)",
+                                len(self._names))
+                    down_since_logged = False
                 assert self._feed_redis is not None
                 reply = await self._feed_redis.xread({self._stream: self._last_id},
                                                      count=1000, block=self._block_ms)
@@ -399,7 +427,7 @@ class RedisRegistry(Registry):
                     self._live = False
                     if self._changed is not None:
                         self._changed.set()
-                need_resync = True
+                reconnect = True
                 if not down_since_logged:
                     log.warning("presence feed from Redis interrupted (%s); "
                                 "QUERY answers 'directory unavailable' until it is back", e)
