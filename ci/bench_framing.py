@@ -11,11 +11,15 @@ fixed seed), with, in one process:
 
 * ``cython``  -- ``eurechat._framing.Decoder`` (the compiled decoder)
 * ``python``  -- ``eurechat.fallback.Decoder`` (the pure-Python twin)
-* ``msgpack`` -- ``msgpack.Unpacker`` on the same messages packed as
-  ``[type, args, payload]`` (the same chunk sizes and cut seed)
+* ``msgpack`` -- ``msgpack.Unpacker(use_list=False)`` on the same messages
+  packed as ``[type, args, payload]`` (same chunk sizes and cut seed), taking
+  ``list(unpacker)`` after each chunk: the same shape as ``Decoder.feed``
+* ``msgpack-it`` -- the same, iterated (msgpack's streaming idiom); the
+  targets use the faster of the two
 * ``seed``    -- the seed lecture's regex parser: ``buf += chunk`` then
   ``parse_all``, which loops ``parse`` and re-slices ``buf = buf[end:]``
-  after every message (quadratic in the bytes buffered)
+  after every message (quadratic in the bytes buffered), returning
+  namedtuple ``Message`` objects
 
 and prints msgs/s (best of ``--repeat`` interleaved rounds, process CPU
 time), ratios and the project's targets:
@@ -92,13 +96,29 @@ def run_decoder(cls) -> Callable[[List[bytes]], int]:
 
 
 def run_msgpack(chunks: List[bytes]) -> int:
+    """Same shape as ``Decoder.feed``: a list of everything a chunk completed.
+    ``use_list=False`` (tuples, like our Messages) is msgpack's faster mode:
+    tuples of atomic values leave the GC's sight, lists never do."""
     import msgpack
-    unpacker = msgpack.Unpacker()
+    unpacker = msgpack.Unpacker(use_list=False)
     feed = unpacker.feed
     n = 0
     for chunk in chunks:
         feed(chunk)
         n += len(list(unpacker))
+    return n
+
+
+def run_msgpack_iter(chunks: List[bytes]) -> int:
+    """msgpack's streaming idiom: iterate the Unpacker, each object freed at once."""
+    import msgpack
+    unpacker = msgpack.Unpacker(use_list=False)
+    feed = unpacker.feed
+    n = 0
+    for chunk in chunks:
+        feed(chunk)
+        for _ in unpacker:
+            n += 1
     return n
 
 
@@ -155,7 +175,7 @@ def main(argv=None) -> int:
     ap.add_argument("--count", type=int, default=1_000_000, help="messages in the corpus")
     ap.add_argument("--corpus", help="corpus file (generated there if missing)")
     ap.add_argument("--repeat", type=int, default=3, help="best of R runs")
-    ap.add_argument("--only", default="cython,python,msgpack,seed")
+    ap.add_argument("--only", default="cython,python,msgpack,msgpack-it,seed")
     ap.add_argument("--no-check", action="store_true", help="do not fail on missed targets")
     args = ap.parse_args(argv)
 
@@ -168,6 +188,7 @@ def main(argv=None) -> int:
         "cython": run_decoder(_framing.Decoder),
         "python": run_decoder(fallback.Decoder),
         "msgpack": run_msgpack,
+        "msgpack-it": run_msgpack_iter,
         "seed": run_seed,
     }
     names = [n for n in args.only.split(",") if n]
@@ -183,7 +204,7 @@ def main(argv=None) -> int:
         # this process, not wall time: waiting for a core is not decoding.
         for _ in range(args.repeat):
             for name in names:
-                chunks = streams["msgpack" if name == "msgpack" else "wire"]
+                chunks = streams["msgpack" if name.startswith("msgpack") else "wire"]
                 gc.collect()
                 t0 = time.process_time()
                 n = runners[name](chunks)
@@ -193,24 +214,31 @@ def main(argv=None) -> int:
                     return 2
                 rate[mode, name] = max(rate.get((mode, name), 0.0), n / dt)
         for name in names:
-            chunks = streams["msgpack" if name == "msgpack" else "wire"]
+            chunks = streams["msgpack" if name.startswith("msgpack") else "wire"]
             r = rate[mode, name]
-            print(f"  {mode:12s} {name:8s} {r / 1e6:7.3f} M msgs/s"
+            print(f"  {mode:12s} {name:10s} {r / 1e6:7.3f} M msgs/s"
                   f"  ({1e9 / r:6.0f} ns/msg, {len(chunks):,} feeds)", flush=True)
 
     print()
-    header = f"{'':10s}" + "".join(f"{m:>14s}" for m in modes)
+    header = f"{'':14s}" + "".join(f"{m:>14s}" for m in modes)
     print(header)
     for name in names:
-        print(f"{name:10s}" + "".join(f"{rate[m, name] / 1e6:11.3f} M/s" for m in modes))
-    ratios = [("cython", "msgpack"), ("cython", "python"), ("python", "seed"),
-              ("cython", "seed"), ("msgpack", "seed")]
+        print(f"{name:14s}" + "".join(f"{rate[m, name] / 1e6:11.3f} M/s" for m in modes))
+    ratios = [("cython", "msgpack"), ("cython", "msgpack-it"), ("cython", "python"),
+              ("python", "seed"), ("cython", "seed"), ("msgpack", "seed")]
     for a, b in ratios:
         if a in names and b in names:
-            print(f"{a + ' / ' + b:18s}" + "".join(
+            print(f"{a + ' / ' + b:22s}" + "".join(
                 f"{rate[m, a] / rate[m, b]:9.2f}x    " for m in modes))
 
-    targets = [("cython", "msgpack", "64KiB", 1.0), ("cython", "msgpack", "TCP 1-1500B", 1.25),
+    # Targets are judged against the faster of the two ways of using msgpack.
+    mp = [m for m in ("msgpack", "msgpack-it") if m in names]
+    if mp:
+        for mode in modes:
+            rate[mode, "msgpack(best)"] = max(rate[mode, m] for m in mp)
+        names.append("msgpack(best)")
+    targets = [("cython", "msgpack(best)", "64KiB", 1.0),
+               ("cython", "msgpack(best)", "TCP 1-1500B", 1.25),
                ("python", "seed", "64KiB", 2.7)]
     failed = False
     print()
