@@ -350,3 +350,25 @@ def test_any_input_never_raises_and_replies_are_frames(chunks, result):
     rest, frames = parse_all(written)
     assert rest == b""
     assert all(f.type in ("ACK", "ERR", "RESULT", "PONG") for f in frames)
+
+
+def test_query_all_follows_a_real_view_across_changes():
+    """The QUERY 0 frame is reused only while the view's sequence is the same."""
+    import asyncio
+
+    from eurechat.directory.registry import MemoryRegistry
+    reg = MemoryRegistry()
+    s = Session(SessionConfig(query_limit=2), reg.query, "127.0.0.1")
+    s.feed(b"USER 0 c\n")
+    s.feed(b"PASS 0 p\n")
+    s.resume(Result.OK)
+    asyncio.run(reg.bind(Registration("b", "127.0.0.1", 2000)))
+    assert s.feed(b"QUERY 0\n").data == F(b"RESULT", b"b,127.0.0.1,2000")
+    assert s.feed(b"QUERY 0\n").data == F(b"RESULT", b"b,127.0.0.1,2000")
+    asyncio.run(reg.bind(Registration("a", "127.0.0.1", 1000)))
+    assert s.feed(b"QUERY 0\n").data == F(b"RESULT", b"a,127.0.0.1,1000\nb,127.0.0.1,2000")
+    asyncio.run(reg.bind(Registration("c", "127.0.0.1", 3000)))
+    body = b"a,127.0.0.1,1000\nb,127.0.0.1,2000"
+    assert s.feed(b"QUERY 0\n").data == b"RESULT %d truncated\n%s" % (len(body), body)
+    asyncio.run(reg.remove("a"))
+    assert s.feed(b"QUERY 0\n").data == F(b"RESULT", b"b,127.0.0.1,2000\nc,127.0.0.1,3000")

@@ -57,7 +57,9 @@ class Registry(abc.ABC):
     def query(self, name: Optional[str] = None,
               limit: Optional[int] = None) -> Sequence[Registration]:
         """Registrations sorted by name (one, or none, when ``name`` is given),
-        at most ``limit`` of them; served from the local read view."""
+        at most ``limit`` of them; served from the local read view.  A sequence
+        once returned is never mutated afterwards (views replace it on change),
+        so callers may cache what they derive from it by identity."""
 
     @abc.abstractmethod
     async def snapshot(self) -> List[Registration]:

@@ -153,6 +153,8 @@ _BAD_BIND = "invalid bind notification"
 _FRAMES: dict = {}
 _FRAMES_MAX = 65536
 _SOURCES: dict = {}
+# (sequence object, limit, frame) of the last QUERY 0 answered in this process.
+_LIST_FRAME: list = [None, 0, b""]
 
 
 def _frame(type_: str, text: Union[str, bytes] = b"", args: Sequence[str] = ()) -> bytes:
@@ -371,9 +373,8 @@ class Session:
                 return err(UNAVAILABLE_TEXT), False, None
             if not regs:
                 return b"RESULT 0\n", False, None
-            if len(regs) > limit:  # one request never builds an unbounded reply
-                body = "\n".join([r.line() for r in regs[:limit]]).encode("utf-8")
-                return b"RESULT %d truncated\n%s" % (len(body), body), False, None
+            if not args:
+                return self._list_frame(regs, limit), False, None
             if len(regs) == 1:
                 frame = _FRAMES.get(regs[0])
                 if frame is None:
@@ -394,6 +395,25 @@ class Session:
         if type_ == "LEAVE" and not args:
             return b"", False, Leave(self.user or "")
         return err(f"I did not understand the message {type_}"), True, None
+
+    @staticmethod
+    def _list_frame(regs: Sequence[Registration], limit: int) -> bytes:
+        """The ``QUERY 0`` reply.  Views hand out their sorted sequence and never
+        mutate one they have handed out (they replace it), so the frame built for
+        that very object can be reused until the view changes: on a large
+        directory a stream of ``QUERY 0`` costs a lookup, not a join of
+        thousands of lines each."""
+        cached = _LIST_FRAME
+        if cached[0] is regs and cached[1] == limit:
+            return cached[2]
+        if len(regs) > limit:  # one request never builds an unbounded reply
+            body = "\n".join([r.line() for r in regs[:limit]]).encode("utf-8")
+            frame = b"RESULT %d truncated\n%s" % (len(body), body)
+        else:
+            body = "\n".join([r.line() for r in regs]).encode("utf-8")
+            frame = b"RESULT %d\n%s" % (len(body), body)
+        cached[:] = [regs, limit, frame]
+        return frame
 
     def _check_bind(self, args: tuple) -> Optional[Registration]:
         if len(args) != 2:
