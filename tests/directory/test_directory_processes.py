@@ -295,3 +295,17 @@ def test_accounts_url_option(tmp_path):
         assert c.request("REGISTER", "ursula", "ursula-password").type == "ACK"
         c.login("ursula", "ursula-password")
     assert db.exists() and not (tmp_path / "data" / "directory.sqlite3").exists()
+
+
+@pytest.mark.parametrize("first,second", [("1", "1"), ("2", "2"), ("2", "1"), ("1", "2")])
+def test_port_in_use_is_a_clear_error(tmp_path, first, second):
+    """A second directory on a taken port exits 2 with a message (and, with
+    SO_REUSEPORT workers, never silently shares the port)."""
+    with run_directory("--workers", first, data_dir=str(tmp_path / "a")) as d:
+        out = subprocess.run(
+            directory_cmd() + ["--port", str(d.port), "--workers", second, "--data-dir",
+                               str(tmp_path / "b")],
+            capture_output=True, text=True, timeout=30, env=test_env())
+        assert out.returncode == 2
+        assert f"cannot listen on 127.0.0.1:{d.port}" in out.stderr
+        assert "Traceback" not in out.stderr

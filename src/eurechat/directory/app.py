@@ -80,7 +80,13 @@ async def serve(opts: argparse.Namespace, sock: Optional[socket.socket] = None,
         return 2
     server = DirectoryServer(server_config(opts),
                              Services(registry, accounts, throttle, opts.bind_timeout))
-    host, port = await server.start(opts.host, opts.port, sock)
+    try:
+        host, port = await server.start(opts.host, opts.port, sock)
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s", opts.host, opts.port, exc.strerror or exc)
+        for backend in reversed(started):
+            await backend.close()
+        return 2
     checker = None
     if run_checker:
         from .backends import make_election

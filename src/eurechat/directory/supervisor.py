@@ -52,6 +52,13 @@ def _listen(host: str, port: int, reuseport: bool, listen: bool = True) -> socke
     on its own socket: the kernel spreads new connections evenly over the
     workers.  Without it, the supervisor listens and the workers inherit it."""
     from .server import listening_socket
+    if reuseport:
+        # SO_REUSEPORT would let a second directory of the same user join this
+        # port silently and take half its connections: first make sure the
+        # port is free with a plain bind (which fails if anyone holds it).
+        probe = listening_socket(host, port, reuseport=False, listen=False)
+        port = probe.getsockname()[1]
+        probe.close()
     return listening_socket(host, port, reuseport, listen)
 
 
@@ -162,7 +169,13 @@ class Supervisor:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        self.sock = _listen(self.opts.host, self.opts.port, REUSEPORT, listen=not REUSEPORT)
+        try:
+            self.sock = _listen(self.opts.host, self.opts.port, REUSEPORT,
+                                listen=not REUSEPORT)
+        except OSError as exc:
+            log.error("cannot listen on %s:%s: %s", self.opts.host, self.opts.port,
+                      exc.strerror or exc)
+            return 2
         if not REUSEPORT:
             self.sock.set_inheritable(True)
         self.parent_r, self.parent_w = os.pipe()
@@ -262,7 +275,8 @@ def worker_main(opts: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if opts.worker_fd == "reuseport":
-        sock = _listen(opts.host, opts.port, True)
+        from .server import listening_socket
+        sock = listening_socket(opts.host, opts.port, reuseport=True)  # joins the group
     else:
         sock = socket.socket(fileno=int(opts.worker_fd))
         sock.setblocking(False)
