@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from eurechat.framing import Decoder, Message, encode
-from support.client import FramedClient, Responder
+from support.client import ConnectionClosed, FramedClient, Responder
 from support.processes import directory_cmd, run_directory, start_directory, test_env, useradd
 
 USERS = {f"user{i}": f"password-{i}" for i in range(10)}
@@ -128,12 +128,28 @@ def test_kill_9_of_a_worker_loses_nothing(users_dir):
             assert c.request("BIND", "127.0.0.1", str(peer.port)).type == "ACK"
         before = worker_pids(d.pid)
         assert len(before) == 2
+        sessions = [FramedClient(*d.address) for _ in range(20)]  # on both workers
+        for c in sessions:
+            c.login("user3", USERS["user3"])
         mark = len(d.err_lines)
         os.kill(before[0], signal.SIGKILL)
         d.wait_for_log(rf"worker \d \(pid {before[0]}\) exited with -9; restarting", start=mark)
         new_pid = int(d.wait_for_log(r"worker \d serving \(pid (\d+)\)", start=mark).group(1))
         assert new_pid not in before and sorted(worker_pids(d.pid)) == sorted(
             [before[1], new_pid])
+        # Sessions of the surviving worker noticed nothing; those of the dead
+        # one were disconnected (and would reconnect).
+        survivors = 0
+        for c in sessions:
+            try:
+                reply = c.request("PING", "alive")
+            except (ConnectionClosed, OSError):
+                continue
+            finally:
+                c.close()
+            assert reply == Message("PONG", ("alive",))
+            survivors += 1
+        assert 0 < survivors < 20
         # New connections are served (by both workers) and the registration survived.
         for _ in range(8):
             with FramedClient(*d.address) as c:
