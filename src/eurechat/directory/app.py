@@ -38,6 +38,27 @@ def install_uvloop(enabled: bool = True) -> str:
     return "asyncio"
 
 
+def raise_nofile(want: int) -> int:
+    """Raise this process's soft descriptor limit towards ``want`` (each session
+    is a descriptor); warn when the hard limit does not allow it."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return want
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(hard, want)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        except (ValueError, OSError):
+            pass
+        if soft < want:
+            log.warning("open-file limit is %d: fewer sessions than --max-connections "
+                        "can be served (raise ulimit -n)", soft)
+    return soft
+
+
 def server_config(opts: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         session=SessionConfig(
@@ -60,6 +81,7 @@ async def serve(opts: argparse.Namespace, sock: Optional[socket.socket] = None,
                 authkey: Optional[bytes] = None,
                 signals: tuple = (signal.SIGINT, signal.SIGTERM)) -> int:
     """Serve until one of ``signals``; returns the exit code."""
+    raise_nofile(opts.max_connections + 256)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in signals:
