@@ -31,13 +31,18 @@ MAX_TYPE_LEN = 32
 #: Most digits in the length field: ``int()`` never sees an 11-digit number.
 MAX_LENGTH_DIGITS = 10
 
+#: The whole header line (without its LF) as a regex: type, length, args,
+#: then the tolerated trailing spaces and CR.  The pure decoder's reference
+#: path matches it; limits (max_args) and UTF-8 are checked after it.
+HEADER_RE = re.compile(
+    rb"([A-Za-z0-9_]{1,32}) ([0-9]{1,10})((?: [\x21-\x7e\x80-\xff]+)*) *\r?")
 TYPE_RE = re.compile(r"[A-Za-z0-9_]{1,32}")
 # An arg, as text: no space, no C0 control, no DEL (bytes >= 0x80 are the
 # UTF-8 encoding of non-ASCII characters, which are all allowed).
 ARG_RE = re.compile(r"[^\x00-\x20\x7f]+")
 
 __all__ = [
-    "MAX_HEADER", "MAX_ARGS", "MAX_PAYLOAD", "MAX_TYPE_LEN", "MAX_LENGTH_DIGITS",
+    "MAX_HEADER", "MAX_ARGS", "MAX_PAYLOAD", "MAX_TYPE_LEN", "MAX_LENGTH_DIGITS", "HEADER_RE",
     "check_type", "check_args", "diagnose_header", "header_too_long",
     "check_limits",
 ]
