@@ -4,10 +4,13 @@ answering, answer wrongly or vanish are removed."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from support.client import FramedClient, Responder
-from support.processes import run_directory
+from support.processes import run_directory, test_env
 
 MODES = {"echo": "alive", "bare": "alive", "name": "alive",
          "silent": "dead", "wrong": "dead", "gone": "dead"}
@@ -50,3 +53,32 @@ def test_checker_removes_dead_keeps_alive(tmp_path, workers):
         finally:
             for r in responders.values():
                 r.close()
+
+
+CHECK_SCRIPT = r"""
+import asyncio, resource, sys
+from eurechat.directory.checker import LivenessChecker
+from eurechat.directory.interfaces import Registration
+from eurechat.directory.registry import MemoryRegistry
+resource.setrlimit(resource.RLIMIT_NOFILE, (48, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+async def main():
+    reg = MemoryRegistry()
+    for i in range(200):
+        await reg.bind(Registration(f"p{i:03d}", "127.0.0.1", int(sys.argv[1])))
+    probed, removed = await LivenessChecker(reg, concurrency=200).check_round()
+    print(probed, len(removed), len(reg.query()))
+
+asyncio.run(main())
+"""
+
+
+def test_checker_out_of_descriptors_removes_nobody():
+    """Probing 200 peers at once with 48 descriptors: the probes that cannot
+    even open a socket say nothing about the peer, so nobody is removed."""
+    with Responder("echo") as peer:
+        out = subprocess.run([sys.executable, "-c", CHECK_SCRIPT, str(peer.port)],
+                             capture_output=True, text=True, timeout=60, env=test_env())
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["200", "0", "200"]
+    assert "could not probe" in out.stderr  # the limit was really hit

@@ -81,7 +81,7 @@ async def serve(opts: argparse.Namespace, sock: Optional[socket.socket] = None,
                 authkey: Optional[bytes] = None,
                 signals: tuple = (signal.SIGINT, signal.SIGTERM)) -> int:
     """Serve until one of ``signals``; returns the exit code."""
-    raise_nofile(opts.max_connections + 256)
+    raise_nofile(opts.max_connections + opts.probe_concurrency + 256)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in signals:

@@ -19,6 +19,7 @@ and ``PONG 0 <username>`` (older peers).  Probes run concurrently, at most
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import time
@@ -29,6 +30,9 @@ from ..framing import Decoder, Message
 from .interfaces import Election, Registration, Registry, RegistryUnavailable
 
 log = logging.getLogger("eurechat.directory.checker")
+
+# Errors that say this process is short of resources, not that the peer is dead.
+_LOCAL_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 __all__ = ["LivenessChecker", "LocalElection", "probe_peer"]
 
@@ -50,6 +54,8 @@ async def probe_peer(reg: Registration, timeout: float) -> Optional[str]:
     except asyncio.TimeoutError:
         return f"no TCP connection within {timeout:g} s"
     except OSError as exc:
+        if exc.errno in _LOCAL_ERRORS:
+            raise  # our problem, not the peer's: never a reason to remove it
         return f"connect failed: {exc.strerror or exc}"
     try:
         writer.write(b"PING 0 " + nonce.encode() + b"\n")
@@ -126,7 +132,11 @@ class LivenessChecker:
 
         async def one(reg: Registration) -> None:
             async with sem:
-                why = await probe_peer(reg, self.probe_timeout)
+                try:
+                    why = await probe_peer(reg, self.probe_timeout)
+                except OSError as exc:
+                    log.warning("could not probe %s: %s (kept)", reg.name, exc)
+                    return
             if why is not None and await self.registry.remove(reg.name, expected=reg):
                 removed.append(reg)
                 log.info("removed %s (%s:%s): %s", reg.name, reg.address, reg.port, why)

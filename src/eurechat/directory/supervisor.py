@@ -261,6 +261,8 @@ class Supervisor:
 
 def supervise(opts: argparse.Namespace, argv: List[str]) -> int:
     """Run the multi-worker directory; returns the exit code."""
+    from .app import raise_nofile
+    raise_nofile(opts.probe_concurrency + 256)  # the checker's probes
     sup = Supervisor(opts, [a for a in argv if a != "serve"])
     sup.start_manager()  # first: before this process has any thread
     try:
