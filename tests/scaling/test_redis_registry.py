@@ -244,6 +244,8 @@ def test_redis_down_and_back(own_redis) -> None:
         try:
             await reg.bind(ALICE)
             await reg.bind(BOB)
+            # Both writes echoed by the log (so the view has a cursor to resume from).
+            await until(lambda: reg.applied_seq == 2, reg.wait_changed, what="the echo")
             own_redis.kill()
             await until(lambda: not reg.live, reg.wait_changed, what="feed to notice")
             with pytest.raises(RegistryUnavailable):
@@ -285,6 +287,8 @@ def test_redis_back_without_its_data_is_not_trusted(own_redis) -> None:
         try:
             await reg.bind(ALICE)
             await reg.bind(BOB)
+            await until(lambda: reg.applied_seq == 2, reg.wait_changed, what="the echo")
+            await reg.bind(Registration("dave", "127.0.0.1", 5004))  # maybe not echoed
             own_redis.kill()
             for entry in os.listdir(own_redis.dir):
                 path = os.path.join(own_redis.dir, entry)

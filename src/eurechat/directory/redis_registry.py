@@ -194,6 +194,11 @@ class RedisRegistry(Registry):
         self._redis = self._feed_redis = None
 
     @property
+    def applied_seq(self) -> int:
+        """Sequence number of the last change applied from Redis's log."""
+        return self._seq
+
+    @property
     def live(self) -> bool:
         """Whether the read view is following Redis right now."""
         return self._live
@@ -340,14 +345,11 @@ class RedisRegistry(Registry):
                     fresh[n] = reg
             if not cursor:
                 break
-        for name, (pseq, reg) in list(self._pending.items()):
-            if pseq > seq:
-                if reg is None:
-                    fresh.pop(name, None)
-                else:
-                    fresh[name] = reg
-            else:
-                del self._pending[name]
+        # Own writes not yet echoed are NOT carried over: after a Redis that
+        # lost data they would resurrect what Redis no longer has.  A write
+        # that raced with this rebuild is in the scan or after the cursor, so
+        # the feed brings it back within milliseconds.
+        self._pending.clear()
         self._regs = fresh
         self._names = sorted(fresh)
         self._sorted = [fresh[n] for n in self._names]
