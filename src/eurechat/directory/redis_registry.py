@@ -15,10 +15,11 @@ keeps a sorted local copy of the hash, fills it once (``HSCAN``) and then
 follows the stream with a blocking ``XREAD``: a QUERY is answered from memory,
 never with a round trip.  The sequence numbers let a follower notice any gap
 (a trimmed stream after a long stall, a Redis that lost data or was flushed);
-a gap, or a lost feed connection, makes it fall back to reading Redis again
-(a resync) -- and while the feed is down the view is not trusted:
-``query`` raises :class:`RegistryUnavailable` rather than serving presence of
-unknown age.
+a gap makes it fall back to reading Redis again (a resync).  After a lost feed
+connection it continues from its cursor only when Redis provably still holds
+the last change it applied (see ``_resume``), else it resyncs too.  While the
+feed is down the view is not trusted: ``query`` raises
+:class:`RegistryUnavailable` rather than serving presence of unknown age.
 
 Why a stream rather than pub/sub: pub/sub drops what is published while a
 subscriber reconnects, a stream keeps it, and the sequence numbers make the
