@@ -65,7 +65,8 @@ fi
 build_mode() {  # build_mode NAME [ENV...]: wheel into $WORK/NAME, log in $WORK/NAME.log
     local name=$1; shift
     rm -rf "$WORK/src-$name"; mkdir -p "$WORK/src-$name"
-    git ls-files -z | xargs -0 cp --parents -t "$WORK/src-$name"
+    git ls-files -z | while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done \
+        | xargs -0 cp --parents -t "$WORK/src-$name"
     [ -n "${BREAK_PYX:-}" ] && printf '%s\n' "$BREAK_PYX" >>"$WORK/src-$name/src/eurechat/_framing.pyx"
     (cd "$WORK/src-$name" && env "$@" "$PY" -m build --wheel --no-isolation \
         --outdir "$WORK/$name" . >"$WORK/$name.log" 2>&1)
