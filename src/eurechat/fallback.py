@@ -171,8 +171,10 @@ class Decoder:
         n = len(buf)
         pos = 0
         while pos < n and limit:
-            lf = find(b"\n", pos, pos + max_header)
-            if lf < 0:
+            # Unbounded search (one argument less to parse per message); an
+            # LF past max_header counts as none: the header is too long.
+            lf = find(b"\n", pos)
+            if lf < 0 or lf - pos >= max_header:
                 if n - pos >= max_header:
                     raise self._fail(header_too_long(max_header, out))
                 break
@@ -183,10 +185,11 @@ class Decoder:
             # errors) is left to the reference path.
             try:
                 line = buf[pos:lf].decode()
-                type, length, *args = line.split(" ")
-                type = fast_types[type]
-                length = fast_lengths[length]
-            except (UnicodeDecodeError, ValueError, KeyError):
+                fields = tuple(line.split(" "))
+                type = fast_types[fields[0]]
+                length = fast_lengths[fields[1]]
+                args = fields[2:]
+            except (UnicodeDecodeError, IndexError, KeyError):
                 pass
             else:
                 # Without args the line is exactly "TYPE LEN", both checked by
@@ -199,7 +202,7 @@ class Decoder:
                     if end > n:
                         self._need = end - pos
                         break
-                    append(_new(Message, (type, tuple(args), buf[start:end])))
+                    append(_new(Message, (type, args, buf[start:end])))
                     limit -= 1
                     pos = end
                     continue
