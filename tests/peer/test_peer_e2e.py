@@ -256,6 +256,29 @@ def _run_peer(cluster, name, *extra, env=None, cmd=None, data=None):
                           env=env or cluster.env())
 
 
+def test_closed_stdout_quits_and_keeps_unshown_messages(cluster):
+    """A reader that goes away (``| head -1``) ends the peer cleanly, and what
+    it could not show is shown at the next start."""
+    alice = cluster.peer("alice")
+    argv = peer_cmd() + ["--user", "bob", "--register", "--json", "--directory",
+                         cluster.hostport, "--data-dir", str(cluster.tmp / "peers" / "bob")]
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env=cluster.env(),
+                            start_new_session=True)
+    try:
+        assert b'"event": "ready"' in proc.stdout.readline()
+        proc.stdout.close()           # the reader is gone: bob's next write gets EPIPE
+        alice.cmd("/msg bob into the void")
+        alice.wait_event("delivered", to="bob")
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+        proc.wait(10)
+    bob = cluster.peer("bob", register=False)
+    bob.wait_event("message", text="into the void")
+
+
 def test_wrong_password_and_taken_name_exit_codes(cluster):
     alice = cluster.peer("alice")
     res = _run_peer(cluster, "alice", "--json", data="elsewhere",

@@ -119,6 +119,7 @@ class App:
                          data_dir=args.data_dir, register=args.register,
                          on_messages=self._show, on_event=self.out.event)
         self.out.mark = self.peer.mark_shown
+        self.out.on_gone = self._stdout_gone
         self.last: List[str] = []
         self.last_sender: Optional[str] = None
         self.quit = asyncio.Event()
@@ -164,6 +165,10 @@ class App:
             await reader
         await self.peer.close(leave=self.leave)
         return EXIT_OK
+
+    def _stdout_gone(self) -> None:
+        log.warning("stdout is closed (broken pipe): quitting")
+        self.quit.set()
 
     def _signalled(self) -> None:
         self.leave = False

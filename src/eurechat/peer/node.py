@@ -744,19 +744,23 @@ class Peer:
         for q in self._event_qs:
             q.put_nowait(event)
 
-    def mark_shown(self, seq: int) -> None:
+    def mark_shown(self, seq: int, rewind: bool = False) -> None:
         """Record that the message ``seq`` (and all before it) reached the user.
 
-        An ``on_messages`` callback calls this right after each write to the
-        screen; a message not marked is shown again at the next start."""
-        if self.store is not None:
-            self.store.mark_shown(seq)
+        An ``on_messages`` callback calls this next to each write to the
+        screen; a message not marked is shown again at the next start.
+        ``rewind=True`` moves the mark back (the write failed after all)."""
+        if self.store is not None and not self._store_closed:
+            self.store.mark_shown(seq, rewind)
 
     def _show_all(self, msgs: List[IncomingMessage]) -> None:
         if not msgs:
             return
         if self._on_messages is not None:
-            self._on_messages(msgs)
+            try:
+                self._on_messages(msgs)
+            except Exception:  # the display failed; delivery must go on
+                log.exception("on_messages callback failed")
             if self._event_qs:
                 for m in msgs:
                     self._emit_to_queues(m)

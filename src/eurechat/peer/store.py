@@ -162,9 +162,10 @@ class PeerStore:
             "SELECT seq, sender, msgid, text FROM inbox WHERE seq > ? ORDER BY seq",
             (self.shown,))]
 
-    def mark_shown(self, seq: int) -> None:
-        """Advance the display cursor: one pwrite, right after the screen write."""
-        if seq > self.shown:
+    def mark_shown(self, seq: int, rewind: bool = False) -> None:
+        """Advance the display cursor: one pwrite, next to the screen write.
+        ``rewind`` moves it back (a screen write that failed)."""
+        if seq > self.shown or (rewind and seq < self.shown):
             self.shown = seq
             os.pwrite(self._cursor_fd, b"%020d\n" % seq, 0)
 

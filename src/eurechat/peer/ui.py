@@ -47,13 +47,34 @@ class Output:
     def __init__(self, json_mode: bool, tty: bool = False) -> None:
         self.json_mode = json_mode
         self.tty = tty
-        #: called with an inbox seq right after that message reached stdout
-        self.mark: Callable[[int], None] = lambda seq: None
+        #: called with an inbox seq next to the write of that message to stdout
+        #: (``rewind=True``: move the mark back, the write failed)
+        self.mark: Callable[..., None] = lambda seq, rewind=False: None
+        #: called once when stdout is gone (broken pipe)
+        self.on_gone: Callable[[], None] = lambda: None
+        self.gone = False
 
     def _write(self, line: str) -> None:
-        out = sys.stdout
-        out.write(line + "\n")
-        out.flush()
+        if self.gone:
+            return
+        try:
+            out = sys.stdout
+            out.write(line + "\n")
+            out.flush()
+        except OSError:
+            self._stdout_gone()
+
+    def _stdout_gone(self) -> None:
+        """Whoever read our stdout is gone (EPIPE): stop writing, tell the app."""
+        if not self.gone:
+            self.gone = True
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())   # no noise at exit
+                os.close(devnull)
+            except (OSError, ValueError):
+                pass
+            self.on_gone()
 
     def event(self, event: dict) -> None:
         kind = event.get("event")
@@ -87,27 +108,42 @@ class Output:
         On a terminal (prompt_toolkit owns the screen) each message is written
         through it, then marked.
         """
+        if self.gone:
+            return
         if self.tty:
             for m in msgs:
                 self._write(self.format_message(m))
+                if self.gone:
+                    return
                 self.mark(m.seq)
             return
         sys.stdout.flush()
         chunk: List[bytes] = []
         size = 0
-        last = 0
+        first = last = 0
         for m in msgs:
             line = (self.format_message(m) + "\n").encode("utf-8")
             if chunk and size + len(line) > PIPE_BUF:
-                self.mark(last)
-                _write_all(b"".join(chunk))
+                if not self._emit_chunk(chunk, first, last):
+                    return
                 chunk, size = [], 0
+            if not chunk:
+                first = m.seq
             chunk.append(line)
             size += len(line)
             last = m.seq
         if chunk:
-            self.mark(last)
+            self._emit_chunk(chunk, first, last)
+
+    def _emit_chunk(self, chunk: List[bytes], first: int, last: int) -> bool:
+        self.mark(last)
+        try:
             _write_all(b"".join(chunk))
+        except OSError:
+            self.mark(first - 1, rewind=True)   # not shown after all: again next time
+            self._stdout_gone()
+            return False
+        return True
 
     def render(self, e: dict) -> Optional[str]:
         kind = e["event"]
