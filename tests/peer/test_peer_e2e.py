@@ -297,6 +297,11 @@ def test_wrong_password_and_taken_name_exit_codes(cluster):
     # Same user twice on one data directory: refused, exit 5.
     res = _run_peer(cluster, "alice")
     assert res.returncode == 5, res.stderr
+    # A --listen address that is taken (alice's own): exit 6.
+    res = _run_peer(cluster, "frank", "--register", "--listen",
+                    alice.events("ready")[0]["listen"])
+    assert res.returncode == 6, res.stderr
+    assert b"cannot listen" in res.stderr
     assert alice.quit() == 0
 
 
