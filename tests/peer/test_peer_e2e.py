@@ -98,6 +98,24 @@ def test_multi_recipient_one_id_tracked_per_recipient(cluster):
     carol.wait_event("message", text="to you two")
 
 
+def test_multi_recipient_one_offline_is_tracked_on_its_own(cluster):
+    carol = cluster.peer("carol")
+    assert carol.quit() == 0
+    alice = cluster.peer("alice")
+    bob = cluster.peer("bob")
+    alice.cmd("/msg bob,carol for both of you")
+    m = bob.wait_event("message", text="for both of you")
+    alice.wait_event("delivered", to="bob", id=m["id"])
+    alice.cmd("/pending")
+    pending = alice.wait_event("pending")["messages"]
+    assert pending == [{"to": "carol", "id": m["id"], "text": "for both of you"}]
+    carol = cluster.peer("carol", register=False)
+    mc = carol.wait_event("message", text="for both of you")
+    assert mc["id"] == m["id"]
+    alice.wait_event("delivered", to="carol", id=m["id"])
+    assert len(bob.events("message")) == 1
+
+
 def test_offline_recipient_gets_queued_messages_exactly_once(cluster):
     bob = cluster.peer("bob")
     assert bob.quit() == 0          # bob exists but is offline
