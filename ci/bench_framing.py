@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--count", type=int, default=1_000_000, help="messages in the corpus")
     ap.add_argument("--corpus", help="corpus file (generated there if missing)")
-    ap.add_argument("--repeat", type=int, default=3, help="best of R runs")
+    ap.add_argument("--repeat", type=int, default=5, help="best of R interleaved rounds")
     ap.add_argument("--only", default="cython,python,msgpack,msgpack-it,seed")
     ap.add_argument("--no-check", action="store_true", help="do not fail on missed targets")
     args = ap.parse_args(argv)
