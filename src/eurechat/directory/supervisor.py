@@ -52,10 +52,11 @@ def _listen(host: str, port: int, reuseport: bool, listen: bool = True) -> socke
     on its own socket: the kernel spreads new connections evenly over the
     workers.  Without it, the supervisor listens and the workers inherit it."""
     from .server import listening_socket
-    if reuseport:
+    if reuseport and port:
         # SO_REUSEPORT would let a second directory of the same user join this
         # port silently and take half its connections: first make sure the
         # port is free with a plain bind (which fails if anyone holds it).
+        # (Port 0 needs no check: the kernel picks a port nobody holds.)
         probe = listening_socket(host, port, reuseport=False, listen=False)
         port = probe.getsockname()[1]
         probe.close()
