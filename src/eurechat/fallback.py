@@ -202,7 +202,7 @@ class Decoder:
                     if end > n:
                         self._need = end - pos
                         break
-                    append(_new(Message, (type, args, buf[start:end])))
+                    append(_new(Message, (type, args, buf[start:end] if length else b"")))
                     limit -= 1
                     pos = end
                     continue
