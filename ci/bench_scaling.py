@@ -400,7 +400,8 @@ def main() -> int:
         opts.followers = [1, 8]
         opts.reps = 1
     raise_nofile()
-    results: dict = {"cpus": os.cpu_count(), "appendfsync": opts.appendfsync}
+    results: dict = {"cpus": os.cpu_count(), "appendfsync": opts.appendfsync,
+                     "loadavg_start": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="bench-scaling-") as tmp:
         binary = os.path.join(tmp, "loadgen")
         subprocess.run(["gcc", "-O2", "-o", binary, LOADGEN_C], check=True)
@@ -499,6 +500,9 @@ def main() -> int:
     print(f"PostgreSQL account lookup: p50 {p['pg_lookup_p50_us']:.0f} us, "
           f"p99 {p['pg_lookup_p99_us']:.0f} us; {p['pg_lookups_per_s_8conns']:.0f}/s "
           f"over 8 connections")
+    results["loadavg_end"] = os.getloadavg()
+    print(f"load average (1/5/15 min) at start {results['loadavg_start']}, "
+          f"at end {results['loadavg_end']}: other work on the machine skews the figures")
     print("BENCH_SCALING " + json.dumps(results, default=str))
     return 0
 
