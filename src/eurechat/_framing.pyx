@@ -56,9 +56,13 @@ cdef extern from *:
         ec_tc_entry *e;
         PyObject *s;
         e = &ec_tc[(h ^ (h >> 8)) & 255];
-        if (e->s != NULL && e->len == len && memcmp(e->key, p, (size_t)len) == 0) {
-            Py_INCREF(e->s);
-            return e->s;
+        if (e->s != NULL && e->len == len) {
+            Py_ssize_t i = 0;               /* a few bytes: no call to memcmp */
+            while (i < len && e->key[i] == p[i]) i++;
+            if (i == len) {
+                Py_INCREF(e->s);
+                return e->s;
+            }
         }
         s = PyUnicode_New(len, 127);
         if (s == NULL) return NULL;
@@ -122,7 +126,7 @@ cdef extern from *:
         Py_INCREF(a); PyTuple_SET_ITEM(o, 0, a);
         Py_INCREF(b); PyTuple_SET_ITEM(o, 1, b);
         Py_INCREF(c); PyTuple_SET_ITEM(o, 2, c);
-        if (PyObject_GC_IsTracked(o)) PyObject_GC_UnTrack(o);
+        PyObject_GC_UnTrack(o);            /* a no-op on an untracked object */
         return o;
     }
 
@@ -156,9 +160,7 @@ cdef extern from *:
         Py_INCREF(o);
         PyTuple_SET_ITEM(t, i, o);
     }
-    static void ec_untrack(PyObject *o) {
-        if (PyObject_GC_IsTracked(o)) PyObject_GC_UnTrack(o);
-    }
+    static void ec_untrack(PyObject *o) { PyObject_GC_UnTrack(o); }
     """
     void ec_init_tables()
     const unsigned char ec_type_char[256]
