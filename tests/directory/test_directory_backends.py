@@ -158,3 +158,33 @@ def test_presence_hub_lagging_subscriber_gets_a_snapshot():
     # Close enough to the head: the changes themselves.
     seq, changes, snap = hub.changes(sub, 3, timeout=0)
     assert snap is None and [c[0] for c in changes] == [4]
+
+
+def _open_at_once(path, barrier, results):
+    from eurechat.directory.accounts import SyncAccounts
+    from eurechat.directory.throttle import SqliteThrottle
+    barrier.wait(10)
+    try:
+        SyncAccounts(path).close()
+        SqliteThrottle(path)._open()
+        results.put("ok")
+    except Exception as exc:  # reported to the test, which fails on it
+        results.put(repr(exc))
+
+
+def test_many_processes_open_a_fresh_database_at_once(tmp_path):
+    """Workers start together and all create/open the same SQLite file: none
+    may fail with 'database is locked'."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("fork")
+    for attempt in range(3):
+        path = str(tmp_path / f"fresh{attempt}.sqlite3")
+        barrier, results = ctx.Barrier(8), ctx.Queue()
+        procs = [ctx.Process(target=_open_at_once, args=(path, barrier, results))
+                 for _ in range(8)]
+        for p in procs:
+            p.start()
+        outcomes = [results.get(timeout=30) for _ in procs]
+        for p in procs:
+            p.join(10)
+        assert outcomes == ["ok"] * 8

@@ -30,6 +30,7 @@ import contextlib
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -247,6 +248,16 @@ class Directory(Process):
     port: int
     data_dir: str
 
+    _owned_dir: Optional[str] = None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        """Stop it; a data directory that ``start_directory`` made up is removed."""
+        code = super().stop(sig, timeout)
+        if self._owned_dir:
+            shutil.rmtree(self._owned_dir, ignore_errors=True)
+            self._owned_dir = None
+        return code
+
     @property
     def address(self) -> tuple:
         return (self.host, self.port)
@@ -265,6 +276,7 @@ def start_directory(*args: str, data_dir: Optional[str] = None,
     """Start the directory (``--port 0`` unless ``port`` is given) and wait for
     its ready line.  ``args`` are extra CLI options; ``data_dir`` defaults to a
     fresh temporary directory.  The caller stops it (``.stop()``)."""
+    owned = data_dir is None
     if data_dir is None:
         data_dir = tempfile.mkdtemp(prefix="eurechat-dir-")
     argv = list(cmd or directory_cmd()) + ["--port", str(port), "--data-dir", data_dir,
@@ -276,6 +288,8 @@ def start_directory(*args: str, data_dir: Optional[str] = None,
         d.kill_group()
         raise
     d.host, d.port, d.data_dir = m["host"], int(m["port"]), data_dir
+    if owned:
+        d._owned_dir = data_dir
     return d
 
 

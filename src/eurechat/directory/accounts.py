@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import logging
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -74,6 +75,25 @@ def check_password(password: bytes, record: str) -> bool:
     return hmac.compare_digest(digest, expected)
 
 
+def init_db(db: sqlite3.Connection, statements, patience: float = 15.0) -> None:
+    """Run set-up statements, retrying while another process holds the lock.
+
+    Several workers open a fresh database at the same moment; switching to WAL
+    needs a lock that SQLite reports as busy *without* waiting on its busy
+    handler, so the retry is ours."""
+    deadline = time.monotonic() + patience
+    for statement in statements:
+        while True:
+            try:
+                db.execute(statement)
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) \
+                        or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01 + random.random() * 0.04)
+
+
 class SyncAccounts:
     """The blocking SQLite part, used directly by the ``useradd``-style commands
     and through one thread by ``SqliteAccounts``."""
@@ -84,12 +104,12 @@ class SyncAccounts:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self.db = sqlite3.connect(path, timeout=10.0, isolation_level=None,
                                   check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=10000")
-        self.db.execute(
+        init_db(self.db, (
+            "PRAGMA busy_timeout=10000",
+            "PRAGMA journal_mode=WAL",
+            "PRAGMA synchronous=NORMAL",
             "CREATE TABLE IF NOT EXISTS accounts ("
-            " name TEXT PRIMARY KEY, hash TEXT NOT NULL, created REAL NOT NULL)")
+            " name TEXT PRIMARY KEY, hash TEXT NOT NULL, created REAL NOT NULL)"))
 
     def close(self) -> None:
         self.db.close()

@@ -19,6 +19,7 @@ import sqlite3
 import time
 from typing import Dict, List, Optional, Sequence
 
+from .accounts import init_db
 from .interfaces import AccountsUnavailable, Throttle
 
 log = logging.getLogger("eurechat.directory.throttle")
@@ -65,11 +66,13 @@ class SqliteThrottle(Throttle):
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), mode=0o700, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
                              check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("CREATE TABLE IF NOT EXISTS throttle ("
-                   " key TEXT PRIMARY KEY, count INTEGER NOT NULL,"
-                   " start REAL NOT NULL, until REAL NOT NULL)")
+        init_db(db, (
+            "PRAGMA busy_timeout=10000",
+            "PRAGMA journal_mode=WAL",
+            "PRAGMA synchronous=NORMAL",
+            "CREATE TABLE IF NOT EXISTS throttle ("
+            " key TEXT PRIMARY KEY, count INTEGER NOT NULL,"
+            " start REAL NOT NULL, until REAL NOT NULL)"))
         self._db = db
 
     async def _run(self, fn, *args):
