@@ -279,3 +279,20 @@ def test_limits_validated(Decoder):
     assert (d.max_payload, d.max_header, d.max_args) == (7, 100, 2)
     with pytest.raises(AttributeError):
         d.max_header = 10
+
+
+def test_large_payload_in_small_chunks_is_held_as_received(Decoder):
+    """Memory follows the bytes received, not the length announced; the
+    message completes intact however small the chunks."""
+    size = 4 << 20
+    decoder = Decoder(max_payload=8 << 20)
+    header = b"BLOB %d x\n" % size
+    assert decoder.feed(header) == []
+    assert decoder.buffered == len(header) and decoder.in_frame
+    chunk = bytes(range(256)) * 4
+    for i in range(size // len(chunk) - 1):
+        assert decoder.feed(chunk) == []
+        assert decoder.buffered == len(header) + (i + 1) * len(chunk)
+    (msg,) = decoder.feed(chunk)
+    assert msg.type == "BLOB" and msg.args == ("x",) and msg.payload == chunk * (size // len(chunk))
+    assert decoder.buffered == 0 and not decoder.in_frame
