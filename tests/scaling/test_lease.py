@@ -84,3 +84,25 @@ def test_takeover_when_the_holder_is_killed(redis_url: str) -> None:
     finally:
         holder.kill()
         holder.wait(10)
+
+
+def test_leader_steps_down_without_redis_and_leads_again(own_redis) -> None:
+    """Redis lost: the holder cannot renew, so it stops leading once its lease
+    could have expired (never two checkers).  Redis back: a leader again."""
+    async def main() -> None:
+        changes: asyncio.Queue = asyncio.Queue()
+        lease = RedisLease(own_redis.url, lease=1.0, holder="solo",
+                           on_change=changes.put_nowait)
+        await lease.start()
+        try:
+            assert await lease.wait_leading(10)
+            assert await asyncio.wait_for(changes.get(), 10) is True
+            own_redis.kill()
+            assert await asyncio.wait_for(changes.get(), 10) is False
+            assert not lease.holds()
+            own_redis.start()
+            assert await lease.wait_leading(15)
+        finally:
+            await lease.close()
+
+    run(main())
