@@ -216,8 +216,10 @@ cdef class Decoder:
     cdef Py_ssize_t _need         # bytes the tail must reach (0: header incomplete)
     cdef Py_ssize_t _skip         # bytes of an oversized payload still to discard
     cdef object _failed
+    cdef bint _busy               # inside feed(): the tail must not be touched
 
     def __cinit__(self):
+        self._busy = False
         self._tail = NULL
         self._have = self._cap = self._need = self._skip = 0
         self._failed = None
@@ -334,9 +336,18 @@ cdef class Decoder:
                 release = True
                 p = <const unsigned char *>view.buf
                 n = view.len
+        # Python code can run inside a feed (diagnose_header, a finalizer
+        # woken by an allocation); should it feed this same decoder, the tail
+        # buffer could move under our feet: refuse instead.
+        if self._busy:
+            if release:
+                PyBuffer_Release(&view)
+            raise RuntimeError("Decoder.feed() re-entered from inside a feed() call")
+        self._busy = True
         try:
             return self._feed(p, n)
         finally:
+            self._busy = False
             if release:
                 PyBuffer_Release(&view)
 
@@ -402,10 +413,14 @@ cdef class Decoder:
         cdef Py_buffer view
         cdef list out = []
         cdef Py_ssize_t pos
+        if self._busy:
+            raise RuntimeError("Decoder._drain() re-entered from inside a feed() call")
         PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+        self._busy = True
         try:
             pos = self._drain_c(<const unsigned char *>view.buf, view.len, limit, out)
         finally:
+            self._busy = False
             PyBuffer_Release(&view)
         return out, pos
 

@@ -61,7 +61,7 @@ class Decoder:
     """
 
     __slots__ = ("_max_payload", "_max_header", "_max_args", "_chunks", "_have",
-                 "_need", "_skip", "_failed")
+                 "_need", "_skip", "_failed", "_busy")
 
     def __init__(self, max_payload: int = MAX_PAYLOAD, max_header: int = MAX_HEADER,
                  max_args: int = MAX_ARGS) -> None:
@@ -74,6 +74,7 @@ class Decoder:
         self._need = 0            # bytes the tail must reach (0: header incomplete)
         self._skip = 0            # bytes of an oversized payload still to discard
         self._failed: ProtocolError | None = None
+        self._busy = False
 
     @property
     def max_payload(self) -> int:
@@ -124,36 +125,44 @@ class Decoder:
             raise err.__class__(str(err))
         if data.__class__ is not bytes:
             data = bytes(memoryview(data))  # any buffer; never bytes(int)
-        if self._skip:
-            if len(data) <= self._skip:
-                self._skip -= len(data)
-                return []
-            data = data[self._skip:]
-            self._skip = 0
-        if self._chunks:
-            if self._need:
-                self._chunks.append(data)
-                self._have += len(data)
-                if self._have < self._need:
+        # Like the compiled twin (where it protects memory), refuse to be fed
+        # from code that runs inside a feed() of this same decoder.
+        if self._busy:
+            raise RuntimeError("Decoder.feed() re-entered from inside a feed() call")
+        self._busy = True
+        try:
+            if self._skip:
+                if len(data) <= self._skip:
+                    self._skip -= len(data)
                     return []
-            else:
-                room = self._max_header - self._have
-                if data.find(b"\n", 0, room) < 0:
-                    if len(data) >= room:
-                        raise self._fail(header_too_long(self._max_header))
+                data = data[self._skip:]
+                self._skip = 0
+            if self._chunks:
+                if self._need:
                     self._chunks.append(data)
                     self._have += len(data)
-                    return []
-                self._chunks.append(data)
-            data = b"".join(self._chunks)
-            self._chunks = []
-            self._have = self._need = 0
-        items, pos = self._drain(data, -1)
-        if pos < len(data):
-            tail = data[pos:]
-            self._chunks.append(tail)
-            self._have = len(tail)
-        return items
+                    if self._have < self._need:
+                        return []
+                else:
+                    room = self._max_header - self._have
+                    if data.find(b"\n", 0, room) < 0:
+                        if len(data) >= room:
+                            raise self._fail(header_too_long(self._max_header))
+                        self._chunks.append(data)
+                        self._have += len(data)
+                        return []
+                    self._chunks.append(data)
+                data = b"".join(self._chunks)
+                self._chunks = []
+                self._have = self._need = 0
+            items, pos = self._drain(data, -1)
+            if pos < len(data):
+                tail = data[pos:]
+                self._chunks.append(tail)
+                self._have = len(tail)
+            return items
+        finally:
+            self._busy = False
 
     def _drain(self, buf: bytes, limit: int) -> Tuple[List[Item], int]:
         """Decode up to ``limit`` items (all if < 0) from ``buf``; return them

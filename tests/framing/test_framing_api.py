@@ -202,3 +202,29 @@ def test_compiled_module_has_a_stub():
     from eurechat import _framing
     stub = os.path.join(os.path.dirname(_framing.__file__), "_framing.pyi")
     assert os.path.exists(stub)
+
+
+def test_feed_refuses_reentrance(Decoder, monkeypatch):
+    """Code that runs inside feed() (here: the diagnosis of a bad header)
+    cannot feed the same decoder: the compiled one would have its tail
+    buffer moved under it.  Both twins refuse alike."""
+    import sys
+
+    from eurechat.errors import InvalidLength
+
+    module = sys.modules[Decoder.__module__]
+    real = module.diagnose_header
+    decoder = Decoder()
+    seen = []
+
+    def reentrant(line, max_args):
+        with pytest.raises(RuntimeError, match="re-entered"):
+            decoder.feed(b"PING 0\n")
+        seen.append(bytes(line))
+        return real(line, max_args)
+
+    monkeypatch.setattr(module, "diagnose_header", reentrant)
+    with pytest.raises(InvalidLength):
+        decoder.feed(b"PING 0\nPING x\n")
+    assert seen == [b"PING x"]
+    assert decoder.failed
