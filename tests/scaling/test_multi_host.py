@@ -242,3 +242,14 @@ def test_console_script_with_workers_and_unreachable_redis(tmp_path) -> None:
     assert "cannot reach Redis" in res.stderr
     assert "Traceback" not in res.stderr
 
+
+def test_workers_and_unreachable_postgres_is_one_error_and_exit_2(tmp_path) -> None:
+    """With --workers N the supervisor checks the account database itself
+    instead of letting N workers fail one by one."""
+    res = subprocess.run([sys.executable, "-m", "eurechat.directory", "--port", "0",
+                          "--workers", "2", "--data-dir", str(tmp_path), "--accounts",
+                          f"postgresql://postgres@127.0.0.1:{free_port()}/eurechat"],
+                         capture_output=True, text=True, timeout=60, env=test_env())
+    assert res.returncode == 2, res.stderr
+    errors = [line for line in res.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "cannot reach PostgreSQL" in errors[0], res.stderr
