@@ -83,7 +83,13 @@ build_mode unset-nocc -u EURECHAT_BUILD_EXTENSION CC=/bin/false \
     || { tail -30 "$WORK/unset-nocc.log"; fail "fallback build"; }
 grep -q "WARNING: eurechat's compiled framing extension was NOT built" "$WORK/unset-nocc.log" \
     || fail "no visible warning in the build output"
-unzip -l "$WORK"/unset-nocc/*.whl | grep -qE "_framing[^ ]*\.(so|pyd)" && fail "fallback wheel has a _framing module"
+# No pipe into grep -q: with pipefail, an early grep exit (SIGPIPE to unzip)
+# would make a match look like no match.
+listing=$(unzip -l "$WORK"/unset-nocc/*.whl)
+if grep -qE "_framing[^ ]*\.(so|pyd)" <<<"$listing"; then
+    fail "fallback wheel has a compiled _framing module"
+fi
+grep -q "eurechat/fallback.py" <<<"$listing" || fail "fallback wheel lacks the pure decoder"
 echo "   built pure, warning shown"
 
 echo "== EURECHAT_BUILD_EXTENSION=no -> pure wheel, no compiler needed"
