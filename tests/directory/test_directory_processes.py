@@ -325,3 +325,38 @@ def test_port_in_use_is_a_clear_error(tmp_path, first, second):
         assert out.returncode == 2
         assert f"cannot listen on 127.0.0.1:{d.port}" in out.stderr
         assert "Traceback" not in out.stderr
+
+
+def test_sigterm_to_the_whole_process_group(users_dir):
+    """``kill -TERM -<pgid>`` (what a service manager does) reaches the Manager
+    too: it leaves the shutdown to the supervisor, which exits 0 (not taking the
+    Manager's death for a crash)."""
+    d = start_directory("--workers", "2", data_dir=users_dir)
+    try:
+        with FramedClient(*d.address) as c:
+            c.login("user6", USERS["user6"])
+            os.killpg(d.pid, signal.SIGTERM)
+            assert d.wait(5) == 0
+            assert d.wait_group_gone(5) == []
+            assert c.read_until_closed() == []
+        assert "Traceback" not in d.stderr()
+        assert "presence manager" not in d.stderr().split("shutting down", 1)[1]
+    finally:
+        d.kill_group()
+
+
+def test_kill_9_of_the_presence_manager_stops_the_directory(users_dir):
+    """Presence lives in the Manager: when it dies, the directory does not go on
+    refusing every BIND forever; it says why and exits 1 (for the service
+    manager to restart it), leaving no process behind."""
+    d = start_directory("--workers", "2", data_dir=users_dir)
+    try:
+        manager = int(d.wait_for_log(r"presence manager started \(pid (\d+)\)").group(1))
+        assert manager in d.group_alive()
+        os.kill(manager, signal.SIGKILL)
+        assert d.wait(10) == 1
+        assert d.wait_group_gone(5) == []
+        d.wait_for_log(rf"presence manager \(pid {manager}\) died: registrations lost")
+        assert "Traceback" not in d.stderr()
+    finally:
+        d.kill_group()

@@ -162,10 +162,13 @@ HubManager.register("get_hub", callable=_get_hub)
 
 
 def _manager_init() -> None:
-    """In the Manager process: Ctrl-C is the supervisor's business, and the
+    """In the Manager process: Ctrl-C and a SIGTERM sent to the whole process
+    group are the supervisor's business (it shuts the Manager down last; were
+    the Manager first to go, the supervisor would take it for a crash), and the
     Manager must not outlive the supervisor even after a kill -9."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)

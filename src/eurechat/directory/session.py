@@ -339,7 +339,11 @@ class Session:
         if state is State.NEW:
             if type_ in ("USER", "LOGIN") and len(args) == 1:
                 name = args[0]
-                self.user = _SOURCES.setdefault(name, name) if len(_SOURCES) < 65536 else name
+                # Interned only when it can be an account name (at most 32
+                # characters): the name is client-chosen, and interning 4 KiB
+                # junk names would grow this process-wide table by 256 MiB.
+                self.user = _SOURCES.setdefault(name, name) \
+                    if len(_SOURCES) < 65536 and valid_username(name) else name
                 self.state = State.AUTH
                 return ack(f"hi {args[0]}, authentication required"), False, None
             if type_ == "REGISTER" and 1 <= len(args) <= 2:

@@ -220,8 +220,17 @@ class Supervisor:
                                       self.opts.probe_timeout, self.opts.probe_concurrency)
             checker.start()
             host, port = self.sock.getsockname()[:2]
+            manager_lost = self._watch_manager(loop, stop)
             announce(host, port)
             await stop.wait()
+            if manager_lost.is_set():
+                # Presence lived in that process: it is gone for good, and every
+                # BIND would now fail.  Serving on half-alive would hide it; a
+                # clean exit 1 lets the service manager restart the directory,
+                # after which peers log in and BIND again on their own.
+                log.error("presence manager (pid %s) died: registrations lost; "
+                          "stopping the directory (exit 1)", self.manager._process.pid)
+                return 1
             log.info("shutting down")
             return 0
         finally:
@@ -240,6 +249,23 @@ class Supervisor:
             self.sock.close()
             os.close(self.parent_w)
             os.close(self.parent_r)
+
+    def _watch_manager(self, loop: asyncio.AbstractEventLoop,
+                       stop: asyncio.Event) -> asyncio.Event:
+        """An event set (together with ``stop``) when the Manager process dies."""
+        lost = asyncio.Event()
+        if self.manager is None:
+            return lost
+        sentinel = self.manager._process.sentinel
+
+        def gone() -> None:
+            loop.remove_reader(sentinel)
+            if not self.stopping and not stop.is_set():
+                lost.set()
+                stop.set()
+
+        loop.add_reader(sentinel, gone)
+        return lost
 
     async def _stop_workers(self) -> None:
         procs = [w.proc for w in self.workers if w.proc is not None
