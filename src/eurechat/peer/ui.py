@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import sys
 import threading
 from typing import AsyncIterator, Callable, List, Optional
@@ -32,6 +33,15 @@ PIPE_BUF = 4096
 #: What --json prints: exactly the events of SPEC section 4.
 JSON_EVENTS = frozenset(
     ["ready", "message", "queued", "delivered", "who", "pong", "pending", "error"])
+
+
+def _wait_writable(fd: int) -> None:
+    """Block until ``fd`` takes a write of up to PIPE_BUF bytes without blocking
+    (or is broken: the write then fails at once).  Regular files always can."""
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    while not poller.poll():
+        pass
 
 
 def _write_all(data: bytes) -> None:
@@ -98,15 +108,29 @@ class Output:
         """Show messages, advancing the display cursor just before each write.
 
         "Shown exactly once" across a ``kill -9`` hinges on the gap between
-        the cursor update and the write to stdout: here they are two
-        back-to-back system calls (``pwrite`` of the cursor, then one
-        ``os.write`` of at most PIPE_BUF bytes, so a kill never leaves half a
-        line in a pipe).  The cursor goes first on purpose: whoever reads our
-        output (and might kill us on seeing it) is woken by the write, and the
-        scheduler often switches to it right there; with the cursor already
-        written, a process killed at that point has nothing to show twice.
+        the cursor update and the write to stdout; two system calls cannot be
+        made atomic, so we choose the order and make the gap as small as we
+        can:
+
+        * The chunk (at most PIPE_BUF bytes, whole lines) is encoded first,
+          then we wait until stdout can take it *without blocking* (poll
+          POLLOUT: a pipe then has room for PIPE_BUF bytes), then ``pwrite``
+          the cursor, then ``os.write`` the chunk.  The gap is two adjacent
+          system calls, the second one known not to block.  Waiting before
+          the mark matters: a reader that falls behind fills the pipe, and a
+          write that blocks *after* the mark would leave a whole chunk marked
+          but unshown for as long as the reader stalls (a kill then loses
+          its display for good).  A kill while we wait loses nothing: the
+          chunk is neither marked nor written, and comes at the next start.
+        * The cursor goes before the write, not after, because whoever reads
+          our output (and might kill us on seeing it) is woken by the write:
+          by then the cursor is already consistent, so what it saw is never
+          shown again.  The residual risk is a kill landing exactly between
+          the two calls, which loses the display (never the message: it stays
+          in the inbox).
+
         On a terminal (prompt_toolkit owns the screen) each message is written
-        through it, then marked.
+        through it, then marked (a human does not kill within microseconds).
         """
         if self.gone:
             return
@@ -124,7 +148,7 @@ class Output:
         for m in msgs:
             line = (self.format_message(m) + "\n").encode("utf-8")
             if chunk and size + len(line) > PIPE_BUF:
-                if not self._emit_chunk(chunk, first, last):
+                if not self._emit_chunk(b"".join(chunk), first, last):
                     return
                 chunk, size = [], 0
             if not chunk:
@@ -133,12 +157,18 @@ class Output:
             size += len(line)
             last = m.seq
         if chunk:
-            self._emit_chunk(chunk, first, last)
+            self._emit_chunk(b"".join(chunk), first, last)
 
-    def _emit_chunk(self, chunk: List[bytes], first: int, last: int) -> bool:
+    def _emit_chunk(self, data: bytes, first: int, last: int) -> bool:
+        try:
+            fd = sys.stdout.fileno()
+            _wait_writable(fd)
+        except (OSError, ValueError):
+            self._stdout_gone()
+            return False
         self.mark(last)
         try:
-            _write_all(b"".join(chunk))
+            _write_all(data)
         except OSError:
             self.mark(first - 1, rewind=True)   # not shown after all: again next time
             self._stdout_gone()

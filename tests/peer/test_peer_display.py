@@ -1,0 +1,83 @@
+""""Shown exactly once" where stdout is the hard part: a reader that falls behind.
+
+The receiver records a message, ACKs it, then shows it and advances its
+display cursor.  When whoever reads its stdout stops reading, the pipe fills
+and the peer waits for room.  A ``kill -9`` at that moment must not lose the
+display of anything: what was not written is shown at the next start, what
+was written is not shown again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+from peer_helpers import peer_cmd
+
+BLOCKED_ON_STDOUT = ("pipe_write", "poll_schedule_timeout")
+
+
+def _wait_blocked_on_stdout(pid: int, timeout: float = 30.0) -> str:
+    """Wait until the process's main thread sleeps writing to (or waiting for
+    room in) its stdout pipe, as the kernel reports it in /proc."""
+    deadline = time.monotonic() + timeout
+    wchan = ""
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/wchan") as f:
+            wchan = f.read()
+        if any(w in wchan for w in BLOCKED_ON_STDOUT):
+            return wchan
+        time.sleep(0.01)   # polling the kernel's view of an event we cannot be told about
+    raise AssertionError(f"the peer never blocked on its stdout (wchan {wchan!r})")
+
+
+def _read_lines(fd: int) -> list:
+    data = b""
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    assert data.endswith(b"\n") or not data, "a partial line reached the reader"
+    return [json.loads(line) for line in data.splitlines()]
+
+
+def test_kill_while_stdout_is_full_loses_no_display_and_repeats_none(cluster):
+    n = 200
+    alice = cluster.peer("alice")
+    cluster.peer("bob").quit()     # bob's account exists; bob is offline
+    r, w = os.pipe()
+    argv = peer_cmd() + ["--user", "bob", "--json", "--directory", cluster.hostport,
+                         "--data-dir", str(cluster.tmp / "peers" / "bob")]
+    bob = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=w, stderr=subprocess.DEVNULL,
+                           env=cluster.env(), start_new_session=True)
+    os.close(w)
+    try:
+        first = b""
+        while b"\n" not in first:
+            chunk = os.read(r, 1)       # only the ready line: the rest stays in the pipe
+            assert chunk, "bob exited before it was ready"
+            first += chunk
+        assert json.loads(first)["event"] == "ready"
+        pad = "x" * 1000                # 200 lines of 1 KB: far more than a pipe holds
+        alice.cmd(*[f"/msg bob m{i} {pad}" for i in range(n)])
+        alice.count("queued", n)
+        _wait_blocked_on_stdout(bob.pid)
+        os.killpg(bob.pid, signal.SIGKILL)
+        bob.wait(10)
+        seen = [e for e in _read_lines(r) if e["event"] == "message"]
+    finally:
+        if bob.poll() is None:
+            os.killpg(bob.pid, signal.SIGKILL)
+            bob.wait(10)
+        os.close(r)
+    assert 0 < len(seen) < n
+    bob2 = cluster.peer("bob", register=False)
+    rest = bob2.count("message", n - len(seen), timeout=60)
+    shown = [e["text"].split()[0] for e in seen + rest]
+    assert len(shown) == len(set(shown)), "a message was shown twice"
+    assert shown == [f"m{i}" for i in range(n)]
+    alice.count("delivered", n)
