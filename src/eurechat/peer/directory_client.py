@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 from collections import deque
 from typing import Awaitable, Callable, List, Optional, Tuple
 
@@ -193,6 +194,10 @@ class DirectoryClient:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(self.host, self.port), self.request_timeout)
         self._writer = writer
+        sock = writer.get_extra_info("socket")
+        if sock is not None:   # notice a directory host that vanished without a FIN
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         self._reader_task = asyncio.ensure_future(self._read(reader))
         try:
             if self.register:
@@ -261,14 +266,18 @@ class DirectoryClient:
             self._drop("directory closed the connection")
 
     def _resolve(self, item: Optional[Message]) -> None:
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                if item is None:
-                    fut.set_exception(DirectoryError("oversized reply"))
-                else:
-                    fut.set_result(item)
-                return
+        """Hand one reply to the oldest request.  Exactly one waiter per reply,
+        even one that gave up waiting: skipping it would hand this reply to
+        the next request and shift every later answer by one."""
+        if not self._waiters:
+            log.warning("unsolicited reply from the directory: %r", item)
+            return
+        fut = self._waiters.popleft()
+        if not fut.done():
+            if item is None:
+                fut.set_exception(DirectoryError("oversized reply"))
+            else:
+                fut.set_result(item)
 
     def _drop(self, why: str) -> None:
         self._ready = False
@@ -289,7 +298,20 @@ class DirectoryClient:
         fut = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         self._writer.write(bytes(msg))
-        return asyncio.wait_for(fut, self.request_timeout)
+        return self._reply(fut, self._writer)
+
+    async def _reply(self, fut: asyncio.Future, writer: asyncio.StreamWriter) -> Message:
+        try:
+            return await asyncio.wait_for(fut, self.request_timeout)
+        except asyncio.TimeoutError:
+            # A directory that does not answer within request_timeout (hung,
+            # or a half-open TCP connection after its host went away) is
+            # treated as gone: drop the session so that _run reconnects.
+            if self._writer is writer:
+                log.warning("no reply from the directory within %.0f s: reconnecting",
+                            self.request_timeout)
+                self._drop("request timed out")
+            raise
 
     async def query(self, name: Optional[str] = None) -> List[Registration]:
         """QUERY; while a reconnect is under way, wait up to ``wait_online`` for it."""

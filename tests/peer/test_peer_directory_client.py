@@ -1,0 +1,115 @@
+"""The peer's directory client against a scripted directory on a real socket:
+the failure modes a healthy directory never shows."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import List
+
+from eurechat.framing import Decoder, Message
+from eurechat.peer.directory_client import DirectoryClient, DirectoryError
+
+
+class ScriptedDirectory:
+    """Answers LOGIN/PASS/BIND; answers QUERY only on sessions listed in
+    ``answer_queries_on`` (0-based session number), stays silent otherwise.
+    ``hold``: the answer to a QUERY is held back until the next request arrives."""
+
+    def __init__(self, answer_queries_on: set, hold: bool = False) -> None:
+        self.answer_queries_on = answer_queries_on
+        self.hold = hold
+        self.sessions = 0
+        self.requests: List[tuple] = []
+        self.server = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader, writer) -> None:
+        n = self.sessions
+        self.sessions += 1
+        dec = Decoder()
+        held = b""
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    return
+                for m in dec.feed(data):
+                    self.requests.append((n, m.type))
+                    if held:
+                        writer.write(held)
+                        held = b""
+                    if m.type == "QUERY":
+                        if n in self.answer_queries_on:
+                            reply = bytes(Message("RESULT", (), f"bob,127.0.0.1,{5000 + n}"))
+                            if self.hold:
+                                held = reply
+                            else:
+                                writer.write(reply)
+                    else:
+                        writer.write(bytes(Message("ACK", (), "ok")))
+        finally:
+            writer.close()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_a_request_that_times_out_drops_the_session_and_replies_stay_matched():
+    """A directory that stops answering is treated as gone: the session is
+    dropped and re-established, and the next QUERY gets its own answer (not
+    the late answer to an earlier request)."""
+    async def main() -> None:
+        fake = ScriptedDirectory(answer_queries_on={1})
+        port = await fake.start()
+        client = DirectoryClient("127.0.0.1", port, "alice", "password123",
+                                 listen=lambda: ("127.0.0.1", 4000), request_timeout=0.5,
+                                 retry_base=0.01, retry_max=0.05, wait_online=5.0)
+        try:
+            assert await client.start() is True
+            try:
+                await client.query("bob")
+            except (asyncio.TimeoutError, DirectoryError):
+                pass
+            else:
+                raise AssertionError("the silent directory answered")
+            regs = await asyncio.wait_for(client.query("bob"), 10)
+            assert [tuple(r) for r in regs] == [("bob", "127.0.0.1", 5001)]
+            assert fake.sessions == 2
+            assert [t for n, t in fake.requests if n == 1] == ["LOGIN", "PASS", "BIND", "QUERY"]
+        finally:
+            await client.close()
+            fake.close()
+
+    asyncio.run(main())
+
+
+def test_one_reply_per_request_even_for_a_request_given_up_on():
+    """Replies are matched to requests strictly in order: a reply to a
+    request whose caller stopped waiting is consumed by that request."""
+    async def main() -> None:
+        fake = ScriptedDirectory(answer_queries_on={0}, hold=True)
+        port = await fake.start()
+        client = DirectoryClient("127.0.0.1", port, "alice", "password123",
+                                 listen=lambda: ("127.0.0.1", 4000), request_timeout=10)
+        try:
+            assert await client.start() is True
+            # The caller gives up on a QUERY before its reply (held back by
+            # the directory until the next request) arrives.
+            task = asyncio.ensure_future(client.request(Message("QUERY", ("bob",))))
+            await asyncio.sleep(0)          # let it start waiting
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            second = await asyncio.wait_for(client.request(Message("PING", ("tok",))), 10)
+            # The QUERY's RESULT went to the abandoned request, the PING got its ACK.
+            assert second.type == "ACK"
+        finally:
+            await client.close()
+            fake.close()
+
+    asyncio.run(main())
