@@ -405,3 +405,93 @@ def test_seed_style_peer_and_protocol_errors(cluster):
     shown = alice.events("message")
     assert [(e["from"], e["id"], e["text"]) for e in shown] == [
         ("zed", None, "hi from a seed peer"), ("zed", "id-1", "with an id")]
+
+
+def test_quit_keeps_the_queue_for_the_next_start(cluster):
+    bob = cluster.peer("bob")
+    assert bob.quit() == 0
+    alice = cluster.peer("alice")
+    alice.cmd("/msg bob kept across /quit")
+    q = alice.wait_event("queued", to="bob")
+    assert alice.quit() == 0                  # LEAVE, exit 0, the queue persists
+    bob = cluster.peer("bob", register=False)
+    alice = cluster.peer("alice", register=False)
+    alice.cmd("/pending")
+    assert alice.wait_event("pending")["messages"] in (
+        [{"to": "bob", "id": q["id"], "text": "kept across /quit"}], [])
+    m = bob.wait_event("message", text="kept across /quit")
+    assert m["id"] == q["id"]
+    alice.wait_event("delivered", to="bob", id=q["id"])
+
+
+def test_directory_down_at_start_then_the_peer_logs_in_and_binds(cluster):
+    alice_reg = cluster.peer("alice")
+    assert alice_reg.quit() == 0
+    cluster.stop_directory()
+    alice = cluster.peer("alice", register=False)
+    alice.wait_event("error")
+    cluster.restart_directory()
+    bob = cluster.peer("bob")
+    # alice logged in and BOUND on her own once the directory was up: bob finds her.
+    ready = alice.events("ready")[0]
+    for _ in range(300):
+        mark = len(bob.events())
+        bob.cmd("/who alice")
+        who = bob.wait_event("who", start=mark)
+        if who["users"]:
+            break
+    host, port = ready["listen"].rsplit(":", 1)
+    assert who["users"] == [{"name": "alice", "address": host, "port": int(port)}]
+    bob.cmd("/msg alice found you")
+    alice.wait_event("message", text="found you")
+
+
+def test_idle_connections_are_closed_and_the_pair_reconnects(cluster):
+    env = cluster.env(EURECHAT_IDLE_TIMEOUT="0.3")
+    alice = cluster.peer("alice", "--log-level", "INFO", env=env)
+    bob = cluster.peer("bob")
+    host, port = alice.events("ready")[0]["listen"].rsplit(":", 1)
+    with FramedClient(host, int(port)) as idle:
+        assert idle.request("PING", "x") == Message("PONG", ("x",))
+        assert idle.read_until_closed(timeout=20) == []      # closed by alice, not by us
+    mark = len(alice.p.err_lines)
+    alice.cmd("/msg bob one")
+    bob.wait_event("message", text="one")
+    alice.p.wait_for_log(r"<conn to bob .*idle for", start=mark)
+    alice.cmd("/msg bob two")
+    bob.wait_event("message", text="two")
+    alice.count("delivered", 2)
+    assert texts(bob) == ["one", "two"]
+
+
+def test_liveness_probes_answered_and_a_recipient_back_at_the_same_address(cluster):
+    """The directory's liveness checker probes the peers (PING 0 <nonce>) and
+    keeps them; a recipient killed, then removed by the checker, and back at
+    the very address that failed, is dialled as soon as it is registered
+    again, not after that address's (here 60 s) backoff."""
+    from support.client import closed_port
+    from support.processes import start_directory, test_env
+
+    d = start_directory("--check-interval", "0.2", "--log-level", "info",
+                        data_dir=str(cluster.tmp / "dir2"), env=test_env())
+    cluster.procs.append(d)
+    env = cluster.env(EURECHAT_RETRY_BASE="60", EURECHAT_RETRY_MAX="60",
+                      EURECHAT_LOOKUP_INTERVAL="0.1")
+    bob_listen = f"127.0.0.1:{closed_port()}"
+    bob = cluster.peer("bob", "--listen", bob_listen, directory=d.hostport)
+    alice = cluster.peer("alice", "--log-level", "DEBUG", env=env, directory=d.hostport)
+    d.wait_for_log(r"liveness round \d+: 2 probed, 0 removed")
+    mark = len(d.err_lines)
+    d.wait_for_log(r"liveness round \d+: 2 probed, 0 removed", start=mark)
+    alice.cmd("/msg bob first")
+    bob.wait_event("message", text="first")
+    bob.kill9()
+    mark = len(alice.p.err_lines)
+    alice.cmd("/msg bob while you were away")
+    alice.p.wait_for_log(r"cannot reach bob: bob at 127\.0\.0\.1:\d+", start=mark)
+    d.wait_for_log(r"removed bob ")
+    mark = len(alice.p.err_lines)
+    alice.p.wait_for_log(r"cannot reach bob: bob is not online", start=mark)
+    bob = cluster.peer("bob", "--listen", bob_listen, register=False, directory=d.hostport)
+    bob.wait_event("message", text="while you were away", timeout=20)
+    alice.wait_event("delivered", to="bob", id=bob.events("message")[0]["id"])

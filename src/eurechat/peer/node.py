@@ -114,6 +114,7 @@ class Timings:
     ping_timeout: float = 5.0
     window: int = 1024              #: unacknowledged messages in flight per recipient
     frame_timeout: float = 60.0     #: a frame once started must complete within this
+    idle_timeout: float = 300.0     #: close a connection that sent nothing for this long
 
     @classmethod
     def from_env(cls) -> Timings:
@@ -130,6 +131,7 @@ class Timings:
         t.connect_timeout = _env_float("EURECHAT_CONNECT_TIMEOUT", t.connect_timeout)
         t.window = int(_env_float("EURECHAT_WINDOW", t.window))
         t.frame_timeout = _env_float("EURECHAT_FRAME_TIMEOUT", t.frame_timeout)
+        t.idle_timeout = _env_float("EURECHAT_IDLE_TIMEOUT", t.idle_timeout)
         return t
 
 
@@ -170,15 +172,24 @@ new_msgid = _MsgIds()
 
 
 class _OutItem:
-    __slots__ = ("seq", "msgid", "text", "frame", "acked", "created")
+    """One (recipient, message) of the outbox, held until the recipient ACKs it.
 
-    def __init__(self, seq: int, msgid: str, text: str, frame: bytes, created: float) -> None:
+    Only the wire frame is kept (shared by all recipients of one message);
+    the text is decoded from it when ``/pending`` asks, so a large outbox
+    costs its bytes once, not twice."""
+
+    __slots__ = ("seq", "msgid", "frame", "acked", "created")
+
+    def __init__(self, seq: int, msgid: str, frame: bytes, created: float) -> None:
         self.seq = seq
         self.msgid = msgid
-        self.text = text
         self.frame = frame
         self.acked = False
         self.created = created
+
+    @property
+    def text(self) -> str:
+        return self.frame[self.frame.index(b"\n") + 1:].decode("utf-8")
 
 
 class _Conn(asyncio.Protocol):
@@ -193,6 +204,7 @@ class _Conn(asyncio.Protocol):
         self.paused = False
         self.peername = None
         self.frame_since = 0.0   # when the unfinished frame started (0: none)
+        self.last_rx = time.monotonic()   # when the remote last sent us anything
 
     @property
     def remote(self) -> Optional[str]:
@@ -209,6 +221,7 @@ class _Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         was = self.proto.remote
+        self.last_rx = time.monotonic()
         events = self.proto.receive(data)
         if self.proto.decoder.in_frame:
             if not self.frame_since:
@@ -495,8 +508,8 @@ class Peer:
         try:
             for row in self.store.load_outbox():
                 self._route(row.recipient).enqueue(_OutItem(
-                    row.seq, row.msgid, row.text,
-                    encode_message(self.user, row.msgid, row.text), time.monotonic()))
+                    row.seq, row.msgid, encode_message(self.user, row.msgid, row.text),
+                    time.monotonic()))
             host, port = self.listen_address
             self._server = await self._loop.create_server(
                 lambda: _Conn(self), host or None, port, reuse_address=True)
@@ -532,14 +545,22 @@ class Peer:
     async def _sweep(self) -> None:
         """Close connections stuck in the middle of a frame (SPEC: a frame once
         started must complete within ``frame_timeout``), so a slow or stalled
-        sender cannot pin buffers forever."""
+        sender cannot pin buffers forever; and connections on which the
+        remote sent nothing for ``idle_timeout`` (not even the ACK of what we
+        sent), so idle or abandoned connections do not pin file descriptors
+        forever.  Closing an idle pair connection costs nothing: the next
+        message dials again, and anything unacknowledged is sent again."""
         limit = self.timings.frame_timeout
+        idle = self.timings.idle_timeout
         while True:
-            await asyncio.sleep(min(10.0, limit / 2))
+            await asyncio.sleep(max(0.05, min(10.0, limit / 2, idle / 2)))
             now = time.monotonic()
             for conn in list(self._conns_all):
                 if conn.frame_since and now - conn.frame_since > limit:
                     log.warning("%r: frame unfinished after %.0f s, closing", conn, limit)
+                    conn.close()
+                elif now - conn.last_rx > idle:
+                    log.info("%r: idle for %.0f s, closing", conn, now - conn.last_rx)
                     conn.close()
 
     async def _shutdown(self, leave: bool) -> None:
@@ -838,7 +859,7 @@ class Peer:
             frame = encode_message(self.user, msgid, text)
             for name, seq in zip(names, seqs):
                 route = self._route(name)
-                route.enqueue(_OutItem(seq, msgid, text, frame, mono))
+                route.enqueue(_OutItem(seq, msgid, frame, mono))
                 touched.add(route)
                 if emit:
                     emit({"event": "queued", "to": name, "id": msgid})
@@ -1015,6 +1036,12 @@ class Peer:
                     route.wake()
         if complete_for is not None and complete_for not in seen:
             self._cache[complete_for] = (now, None)
+            route = self._routes.get(complete_for)
+            if route is not None:
+                # Not registered: when it is registered again, that is a new
+                # registration (a restart, maybe at the very address that
+                # failed before): dial it at once, not after that address's backoff.
+                route.failed_addr = None
 
     def _forget(self, name: str) -> None:
         self._cache.pop(name, None)
