@@ -7,7 +7,7 @@ import asyncio
 from typing import List
 
 from eurechat.framing import Decoder, Message
-from eurechat.peer.directory_client import DirectoryClient, DirectoryError
+from eurechat.peer.directory_client import DirectoryClient, DirectoryError, backoff_delay
 
 
 class ScriptedDirectory:
@@ -113,3 +113,67 @@ def test_one_reply_per_request_even_for_a_request_given_up_on():
             fake.close()
 
     asyncio.run(main())
+
+
+def test_directory_replies_up_to_64_mib_oversized_beyond_and_the_session_goes_on():
+    """From the directory the peer accepts payloads up to 64 MiB (a QUERY on a
+    huge directory), far above the 1 MiB it accepts from peers; a larger
+    reply is skipped as it streams by, that request fails, the session stays."""
+    big_lines = "\n".join(f"user{i:07d},127.0.0.1,{1024 + i % 60000}" for i in range(80_000))
+    assert 2 * 1024 * 1024 < len(big_lines) < 64 * 1024 * 1024
+
+    async def serve(reader, writer):
+        dec = Decoder()
+        queries = 0
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                return
+            for m in dec.feed(data):
+                if m.type != "QUERY":
+                    writer.write(bytes(Message("ACK", (), "ok")))
+                    continue
+                queries += 1
+                if queries == 1:
+                    writer.write(bytes(Message("RESULT", (), big_lines)))
+                elif queries == 2:
+                    n = 64 * 1024 * 1024 + 1
+                    writer.write(b"RESULT %d\n" % n)
+                    chunk = b"x" * (1024 * 1024)
+                    for _ in range(64):
+                        writer.write(chunk)
+                        await writer.drain()
+                    writer.write(b"x")
+                else:
+                    writer.write(bytes(Message("RESULT", (), "bob,127.0.0.1,5555")))
+
+    async def main() -> None:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = DirectoryClient("127.0.0.1", port, "alice", "password123",
+                                 listen=lambda: ("127.0.0.1", 4000), request_timeout=30)
+        try:
+            assert await client.start() is True
+            regs = await client.query()
+            assert len(regs) == 80_000 and regs[0] == ("user0000000", "127.0.0.1", 1024)
+            try:
+                await client.query()
+            except DirectoryError as exc:
+                assert "oversized" in str(exc)
+            else:
+                raise AssertionError("a reply over 64 MiB was accepted")
+            assert client.online
+            assert await client.query("bob") == [("bob", "127.0.0.1", 5555)]
+        finally:
+            await client.close()
+            server.close()
+
+    asyncio.run(main())
+
+
+def test_backoff_is_capped_and_jittered():
+    delays = [backoff_delay(a, 0.25, 30.0) for a in range(200)]
+    assert max(delays) <= 30.0
+    assert min(delays[20:]) >= 15.0          # at the cap, jitter keeps it in [cap/2, cap]
+    assert 0.125 <= delays[0] <= 0.25
+    assert len(set(delays[20:])) > 1

@@ -41,9 +41,9 @@ def test_two_peers_chat_both_ways(cluster):
     assert set(names) == {"alice", "bob"}
     ready = bob.events("ready")[0]
     assert f"{names['bob']['address']}:{names['bob']['port']}" == ready["listen"]
+    mark = len(alice.events())
     alice.cmd("/who bob")
-    assert [u["name"] for u in alice.wait_event("who", start=len(alice.events()) - 1)["users"]] \
-        in (["bob"], ["alice", "bob"])
+    assert alice.wait_event("who", start=mark)["users"] == [names["bob"]]
     alice.cmd("/ping bob")
     pong = alice.wait_event("pong")
     assert pong["from"] == "bob" and pong["ms"] >= 0
@@ -495,3 +495,15 @@ def test_liveness_probes_answered_and_a_recipient_back_at_the_same_address(clust
     bob = cluster.peer("bob", "--listen", bob_listen, register=False, directory=d.hostport)
     bob.wait_event("message", text="while you were away", timeout=20)
     alice.wait_event("delivered", to="bob", id=bob.events("message")[0]["id"])
+
+
+def test_json_event_is_one_line_for_every_reader(cluster):
+    """Text with characters some readers split lines on (U+2028, U+2029,
+    U+0085) still comes as one line, and decodes to the very text sent."""
+    alice = cluster.peer("alice")
+    bob = cluster.peer("bob")
+    text = "one\u2028two\u2029three\x85four \u00e9\u4e2d \t tab"
+    alice.cmd(f"/msg bob {text}")
+    m = bob.wait_event("message", text=text)
+    raw = [line for line in bob.lines if m["id"] in line]
+    assert len(raw) == 1 and len(raw[0].splitlines()) == 1

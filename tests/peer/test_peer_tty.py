@@ -105,3 +105,25 @@ def test_terminal_keeps_the_typed_line_while_messages_arrive(cluster):
         assert term.proc.wait(20) == 0
     finally:
         term.close()
+
+
+def test_password_prompt_on_the_terminal(cluster):
+    """No EURECHAT_PASSWORD, no --password-file: the peer asks on the terminal
+    (without echoing what is typed) and logs in with the answer."""
+    env = cluster.env(TERM="xterm", COLUMNS="100", LINES="30")
+    del env["EURECHAT_PASSWORD"]
+    term = Pty(peer_cmd() + ["--user", "carol", "--register", "--directory", cluster.hostport,
+                             "--data-dir", str(cluster.tmp / "peers" / "carol")], env)
+    try:
+        pos = term.wait_for("password for carol:")
+        term.type("a secret typed here\r")
+        pos = term.wait_for("you are carol, listening on", pos)
+        assert "a secret typed here" not in term.text()
+        term.type("/quit\r")
+        assert term.proc.wait(20) == 0
+    finally:
+        term.close()
+    # The account was created with the typed password: it logs in with it.
+    bob = cluster.peer("carol", register=False,
+                       env=cluster.env(EURECHAT_PASSWORD="a secret typed here"))
+    assert bob.events("ready")

@@ -88,10 +88,7 @@ def read_password(args: argparse.Namespace) -> str:
         if not pw:
             raise SystemExit(_usage(f"--password-file {args.password_file} is empty"))
         return pw
-    try:
-        with open("/dev/tty"):
-            pass
-    except OSError:
+    if not _can_prompt():
         raise SystemExit(_usage("no password: set EURECHAT_PASSWORD, use --password-file, "
                                 "or run on a terminal to be asked"))
     try:
@@ -101,6 +98,21 @@ def read_password(args: argparse.Namespace) -> str:
     if not pw:
         raise SystemExit(_usage("empty password"))
     return pw
+
+
+def _can_prompt() -> bool:
+    """A terminal to ask on: the controlling one (``/dev/tty``, what getpass
+    prefers, so piped stdin still works), else stdin if it is a terminal
+    (a session without a controlling terminal, e.g. under ``setsid``)."""
+    try:
+        with open("/dev/tty"):
+            return True
+    except OSError:
+        pass
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except ValueError:
+        return False
 
 
 def _usage(text: str) -> int:

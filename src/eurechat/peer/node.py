@@ -840,6 +840,11 @@ class Peer:
                 if not fut.done():
                     fut.set_exception(PeerError(f"could not queue the message: {exc}"))
             self._pending_del[:0] = dels
+            # Nothing received in this batch was recorded, so none of it is
+            # ACKed: close those connections, and their senders send it all
+            # again when they reconnect (a window never waits on lost ACKs).
+            for conn in {c for c, _s, _m, _t in inc}:
+                conn.close()
             self._emit({"event": "error", "text": f"storage failure: {exc}"})
             return
         # 1. ACK what we recorded (and duplicates), per connection, in order.

@@ -35,6 +35,18 @@ JSON_EVENTS = frozenset(
     ["ready", "message", "queued", "delivered", "who", "pong", "pending", "error"])
 
 
+def _json_line(event: dict) -> str:
+    """One event as one line of JSON.  ``ensure_ascii=False`` keeps text
+    readable; the characters that line-splitting readers other than ``\\n``
+    treat as line breaks (U+0085, U+2028, U+2029: Python's ``splitlines``,
+    JavaScript) are escaped, so one event is one line for every reader."""
+    text = json.dumps(event, ensure_ascii=False)
+    if "\x85" in text or "\u2028" in text or "\u2029" in text:
+        text = text.replace("\x85", "\\u0085").replace("\u2028", "\\u2028") \
+            .replace("\u2029", "\\u2029")
+    return text
+
+
 def _wait_writable(fd: int) -> None:
     """Block until ``fd`` takes a write of up to PIPE_BUF bytes without blocking
     (or is broken: the write then fails at once).  Regular files always can."""
@@ -92,7 +104,7 @@ class Output:
             return  # shown through show_messages (which also advances the cursor)
         if self.json_mode:
             if kind in JSON_EVENTS:
-                self._write(json.dumps(event, ensure_ascii=False))
+                self._write(_json_line(event))
             return
         text = self.render(event)
         if text is not None:
@@ -100,8 +112,8 @@ class Output:
 
     def format_message(self, m: IncomingMessage) -> str:
         if self.json_mode:
-            return json.dumps({"event": "message", "from": m.sender, "id": m.msgid,
-                               "text": m.text}, ensure_ascii=False)
+            return _json_line({"event": "message", "from": m.sender, "id": m.msgid,
+                               "text": m.text})
         return f"{m.sender}: {m.text}"
 
     def show_messages(self, msgs: List[IncomingMessage]) -> None:
