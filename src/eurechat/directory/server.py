@@ -190,17 +190,23 @@ class DirectoryProtocol(asyncio.Protocol):
         if session is None or session.state is CLOSED:
             return
         session.receive(data)
-        if session.decoder.in_frame:
+        try:
+            self.pump()
+        except Exception:  # a bug must cost one session, never the worker
+            self._internal_error()
+            return
+        self.track_frame()
+
+    def track_frame(self) -> None:
+        """Start or stop the frame timer from the session's settled state (after
+        the queue was worked on: a large read is decoded slice by slice)."""
+        if self.session.in_frame:
             if not self.frame_since:
                 self.frame_since = time.monotonic()
                 self.server.in_frame.add(self)
         elif self.frame_since:
             self.frame_since = 0.0
             self.server.in_frame.discard(self)
-        try:
-            self.pump()
-        except Exception:  # a bug must cost one session, never the worker
-            self._internal_error()
 
     def _internal_error(self) -> None:
         log.exception("internal error on session from %s; closing it", self.peer)
@@ -235,6 +241,9 @@ class DirectoryProtocol(asyncio.Protocol):
             self.pump()
         except Exception:
             self._internal_error()
+            return
+        if self.session is not None:
+            self.track_frame()
 
     # -- driving the session ----------------------------------------------
     def _update_reading(self) -> None:
@@ -253,7 +262,7 @@ class DirectoryProtocol(asyncio.Protocol):
         budget = self.server.config.high_water
         while self.task is None and not self.write_paused:
             data, close, effect = session.run(budget)
-            if not self.apply(data, close, effect) or not session._queue:
+            if not self.apply(data, close, effect) or not session.has_input or not data:
                 return
 
     def apply(self, data: bytes, close: bool, effect) -> bool:
@@ -285,6 +294,7 @@ class DirectoryProtocol(asyncio.Protocol):
             if self.apply(out.data, out.close, out.effect):
                 self.pump()
             self._update_reading()
+            self.track_frame()
         except Exception:
             self._internal_error()
 
@@ -362,7 +372,10 @@ class DirectoryServer:
                 for proto in [p for p in self.in_frame
                               if p.frame_since and p.frame_since < limit and not p.read_paused]:
                     self.in_frame.discard(proto)
-                    proto.timed_out("frame")
+                    if proto.session.in_frame:
+                        proto.timed_out("frame")
+                    else:  # finished since (answered from held input): no timeout
+                        proto.frame_since = 0.0
 
     async def close(self, timeout: float = 2.0) -> None:
         """Stop accepting, close every session, wait briefly for them to go."""

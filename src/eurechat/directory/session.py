@@ -12,6 +12,11 @@ Flow control is explicit so the front end can apply backpressure: ``receive``
 only decodes; requests are answered by ``step(budget)``, which stops once it
 has produced ``budget`` bytes of output, when an effect is pending, or when
 the session closes.  Requests already received simply wait in ``pending``.
+A large read is decoded ``DECODE_SLICE`` bytes at a time, the next slice only
+once the requests of the previous one are answered: decoded requests cost
+about ten times their wire size in objects, so a client that pipelines a
+256 KiB read of tiny requests and then stops reading holds a few hundred
+kilobytes of the server's memory as raw bytes, not megabytes of objects.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ __all__ = [
     "UNAVAILABLE_TEXT",
 ]
 
+DECODE_SLICE = 16 * 1024
 USERNAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
 MIN_PASSWORD, MAX_PASSWORD = 8, 1024
 UNAVAILABLE_TEXT = "directory unavailable, retry later"
@@ -182,7 +188,7 @@ class Session:
     """
 
     __slots__ = ("config", "query", "source", "state", "user", "decoder", "_queue",
-                 "_next", "waiting", "trace")
+                 "_next", "waiting", "trace", "_inbox", "_pos")
 
     def __init__(self, config: SessionConfig, query: Query, source: str = "",
                  trace: Optional[Callable[[str, bytes], None]] = None) -> None:
@@ -201,12 +207,43 @@ class Session:
         self._next = 0
         self.waiting: Optional[Effect] = None
         self.trace = trace
+        # Bytes received but not decoded yet (see DECODE_SLICE), from ``_pos``.
+        self._inbox: Optional[bytes] = None
+        self._pos = 0
 
     # -- input -------------------------------------------------------------
     def receive(self, data: bytes) -> None:
-        """Decode ``data`` into the queue of pending requests (no replies yet)."""
+        """Decode ``data`` into the queue of pending requests (no replies yet);
+        beyond ``DECODE_SLICE`` bytes, keep the rest to decode when the queue
+        has been answered."""
         if self.state is State.CLOSED or self.decoder.failed:
             return
+        if self._inbox is not None:  # order: behind what is still undecoded
+            self._inbox = self._inbox[self._pos:] + bytes(data)
+            self._pos = 0
+            return
+        if len(data) > DECODE_SLICE:
+            self._inbox = bytes(data)
+            self._pos = 0
+            self._decode_slice()
+            return
+        self._decode(data)
+
+    def _decode_slice(self) -> None:
+        """Decode the next ``DECODE_SLICE`` bytes of the inbox."""
+        inbox, pos = self._inbox, self._pos
+        end = pos + DECODE_SLICE
+        if end >= len(inbox):
+            self._inbox = None
+            self._pos = 0
+        else:
+            self._pos = end
+        self._decode(memoryview(inbox)[pos:end])
+        if self.decoder.failed:
+            self._inbox = None
+            self._pos = 0
+
+    def _decode(self, data) -> None:
         try:
             items = self.decoder.feed(data)
         except ProtocolError as exc:
@@ -222,13 +259,20 @@ class Session:
 
     @property
     def pending(self) -> int:
-        """Requests received and not answered yet."""
+        """Requests decoded and not answered yet (not counting undecoded bytes)."""
         return len(self._queue) - self._next if self._queue is not None else 0
 
     @property
+    def has_input(self) -> bool:
+        """Something received is not answered yet (decoded or not)."""
+        return self._queue is not None or self._inbox is not None
+
+    @property
     def in_frame(self) -> bool:
-        """A frame has started but not finished (for the frame timeout)."""
-        return self.decoder.in_frame
+        """The client started a frame and has not finished it (for the frame
+        timeout).  While undecoded input is held, the decoder's state says
+        nothing about the client (a slice may end mid-frame): not counted."""
+        return self._inbox is None and self.decoder.in_frame
 
     @property
     def authenticated(self) -> bool:
@@ -242,13 +286,28 @@ class Session:
     def step(self, budget: int = 1 << 62) -> Output:
         """Answer queued requests until ``budget`` bytes of output are produced,
         an effect is needed, the queue is empty or the session closes."""
-        return Output(*self.run(budget))
+        data, close, effect = self.run(budget)
+        if self._inbox is None or close or effect is not None:
+            return Output(data, close, effect)
+        parts, size = [data], len(data)
+        while data and self.has_input and size < budget and self.waiting is None \
+                and self.state is not State.CLOSED:
+            data, close, effect = self.run(budget - size)  # the next slice
+            parts.append(data)
+            size += len(data)
+        return Output(b"".join(parts), close, effect)
 
     def run(self, budget: int = 1 << 62) -> tuple:
         """``step`` as a plain ``(data, close, effect)`` tuple: the front end's hot path."""
         queue = self._queue
-        if queue is None or self.waiting is not None or self.state is State.CLOSED:
+        if self.waiting is not None or self.state is State.CLOSED:
             return b"", False, None
+        if queue is None:
+            while self._inbox is not None and self._queue is None:
+                self._decode_slice()
+            queue = self._queue
+            if queue is None:
+                return b"", False, None
         i = self._next
         n = len(queue)
         handle = self._handle
@@ -317,6 +376,8 @@ class Session:
         self.state = State.CLOSED
         self._queue = None
         self._next = 0
+        self._inbox = None
+        self._pos = 0
         self.waiting = None
 
     # -- the state table ---------------------------------------------------
