@@ -507,3 +507,35 @@ def test_json_event_is_one_line_for_every_reader(cluster):
     m = bob.wait_event("message", text=text)
     raw = [line for line in bob.lines if m["id"] in line]
     assert len(raw) == 1 and len(raw[0].splitlines()) == 1
+
+
+def test_a_peer_dropped_by_a_failed_liveness_probe_binds_again(cluster):
+    """The directory removes a peer whose probe fails (here: the peer is
+    stopped for a while) but keeps its session; the peer notices that it is
+    no longer listed and BINDs again on its own, so it can be found."""
+    import signal
+
+    from support.processes import start_directory, test_env
+
+    d = start_directory("--check-interval", "0.2", "--probe-timeout", "0.3",
+                        "--log-level", "info", data_dir=str(cluster.tmp / "dir2"),
+                        env=test_env())
+    cluster.procs.append(d)
+    bob = cluster.peer("bob", env=cluster.env(EURECHAT_REBIND_CHECK="0.2"),
+                       directory=d.hostport)
+    alice = cluster.peer("alice", directory=d.hostport)
+    os.kill(bob.p.pid, signal.SIGSTOP)
+    try:
+        d.wait_for_log(r"removed bob ")
+    finally:
+        os.kill(bob.p.pid, signal.SIGCONT)
+    bob.p.wait_for_log(r"no longer lists us")
+    for _ in range(300):
+        mark = len(alice.events())
+        alice.cmd("/who bob")
+        who = alice.wait_event("who", start=mark)
+        if who["users"]:
+            break
+    assert [u["name"] for u in who["users"]] == ["bob"]
+    alice.cmd("/msg bob you are back")
+    bob.wait_event("message", text="you are back")

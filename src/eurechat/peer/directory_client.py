@@ -102,7 +102,8 @@ class DirectoryClient:
                  retry_base: float = 0.2, retry_max: float = 30.0,
                  request_timeout: float = 10.0, wait_online: float = 3.0,
                  on_online: Optional[Callable[[], None]] = None,
-                 on_error: Optional[Callable[[str], None]] = None) -> None:
+                 on_error: Optional[Callable[[str], None]] = None,
+                 recheck: float = 30.0) -> None:
         self.host, self.port = host, port
         self.user, self.password = user, password
         self.register = register
@@ -110,6 +111,7 @@ class DirectoryClient:
         self.retry_base, self.retry_max = retry_base, retry_max
         self.request_timeout = request_timeout
         self.wait_online = wait_online
+        self.recheck = recheck
         self._online = asyncio.Event()
         self.on_online = on_online
         self.on_error = on_error
@@ -162,7 +164,7 @@ class DirectoryClient:
         while not self._closing:
             if connected:
                 attempt = 0
-                await self._reader_task_done()
+                await self._watch_session()
                 if self._closing:
                     return
                 log.warning("lost the directory session; reconnecting")
@@ -183,10 +185,43 @@ class DirectoryClient:
                 connected = False
                 log.debug("directory reconnect failed: %r", exc)
 
-    async def _reader_task_done(self) -> None:
-        if self._reader_task is not None:
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(self._reader_task)
+    async def _watch_session(self) -> None:
+        """Wait for the session to end; meanwhile, every ``recheck`` seconds,
+        make sure we are still registered.
+
+        The directory may drop our registration while the session lives on:
+        its liveness probe failed (we were stopped, busy, or briefly
+        unreachable from it).  Nobody tells us; without this check we would
+        stay invisible, and everybody's messages for us queued, until a
+        restart.  One small QUERY per interval finds it, and we BIND again."""
+        task = self._reader_task
+        if task is None:
+            return
+        while not task.done():
+            await asyncio.wait([task], timeout=self.recheck)
+            if task.done() or self._closing or not self._ready:
+                return
+            try:
+                await self._check_registration()
+            except (OSError, asyncio.TimeoutError, DirectoryError, ProtocolError) as exc:
+                log.debug("registration check failed: %r", exc)
+
+    async def _check_registration(self) -> None:
+        if self.bound is None:
+            return
+        reply = await self.request(Message("QUERY", (self.user,)))
+        if reply.type != "RESULT":
+            return
+        host, port = self.bound
+        if Registration(self.user, host, port) in parse_result(reply.payload):
+            return
+        log.warning("the directory no longer lists us at %s:%s (a failed liveness probe?): "
+                    "binding again", host, port)
+        reply = await self.request(Message("BIND", (host, str(port))))
+        if reply.type != "ACK":
+            raise DirectoryError(f"BIND {host}:{port} refused: {reply.text}")
+        if self.on_online:
+            self.on_online()
 
     # -- one session --------------------------------------------------------
     async def _session(self) -> None:

@@ -115,6 +115,7 @@ class Timings:
     window: int = 1024              #: unacknowledged messages in flight per recipient
     frame_timeout: float = 60.0     #: a frame once started must complete within this
     idle_timeout: float = 300.0     #: close a connection that sent nothing for this long
+    rebind_check: float = 30.0      #: check our own registration (and BIND again) this often
 
     @classmethod
     def from_env(cls) -> Timings:
@@ -132,6 +133,7 @@ class Timings:
         t.window = int(_env_float("EURECHAT_WINDOW", t.window))
         t.frame_timeout = _env_float("EURECHAT_FRAME_TIMEOUT", t.frame_timeout)
         t.idle_timeout = _env_float("EURECHAT_IDLE_TIMEOUT", t.idle_timeout)
+        t.rebind_check = _env_float("EURECHAT_REBIND_CHECK", t.rebind_check)
         return t
 
 
@@ -524,7 +526,8 @@ class Peer:
                     retry_max=self.timings.directory_retry_max,
                     wait_online=self.timings.directory_wait,
                     on_online=self._on_directory_online,
-                    on_error=lambda text: self._emit({"event": "error", "text": text}))
+                    on_error=lambda text: self._emit({"event": "error", "text": text}),
+                    recheck=self.timings.rebind_check)
                 await self.directory.start()
         except BaseException:
             await self._shutdown(leave=False)
