@@ -11,9 +11,10 @@ section 4 rest on lives here:
   is recognised across restarts and only ACKed again.  Rows are ordered by
   ``seq``: the display order.
 * the display cursor: the ``seq`` of the last inbox row shown to the user,
-  kept in a tiny side file and advanced with one ``pwrite`` right after the
-  message was written to the screen.  A row above the cursor at start-up was
-  recorded but never shown, so it is shown then.
+  kept in a tiny side file and advanced with one ``pwrite`` next to the
+  write of the message to the screen (the order, and its residual window,
+  are explained in ``ui.Output.show_messages`` and docs/peer.md).  A row above
+  the cursor at start-up was recorded but never shown, so it is shown then.
 
 SQLite runs in WAL mode with ``synchronous=FULL``; callers group many
 operations into one transaction (``transaction()``), which is what makes a
