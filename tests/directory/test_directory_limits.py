@@ -140,3 +140,21 @@ def test_backpressure_client_that_stops_reading(tmp_path):
             assert grown * 1024 < count * reply_size // 3, (grown, count * reply_size)
             for i in range(count):
                 assert c.recv() == expected, i
+
+
+def test_a_large_pipelined_read_does_not_start_the_frame_timer(limited, passwords):
+    """A big read is decoded slice by slice; a slice ending mid-frame is not a
+    frame the client left unfinished.  Session A sends ~200 KiB of pipelined
+    requests, gets every reply and idles; session B really leaves a frame
+    unfinished.  When B is closed for it, A (whose bytes all came earlier) is
+    still served."""
+    with FramedClient(*limited.address) as a, FramedClient(*limited.address) as b:
+        a.login("bob", passwords["bob"])
+        b.login("corrado", passwords["corrado"])
+        count = 15_000
+        a.send_raw(b"".join(b"PING 0 %d\n" % i for i in range(count)))
+        for i in range(count):
+            assert a.recv() == Message("PONG", (str(i),))
+        b.send_raw(b"QUERY 10\nabc")
+        assert b.read_until_closed() == [err("frame not completed in time, closing")]
+        assert a.request("PING", "alive") == Message("PONG", ("alive",))

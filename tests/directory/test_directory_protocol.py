@@ -232,3 +232,19 @@ def test_bind_probe_does_not_block_other_sessions(directory, passwords):
         for f in fillers:
             f.close()
         jammed.close()
+
+
+def test_dual_stack_listener_binds_ipv4_clients(accounts_dir, passwords):
+    """On ``--host ::`` an IPv4 client's source address is IPv4-mapped
+    (``::ffff:127.0.0.1``): its BIND of 127.0.0.1, or of the mapped form, is its
+    own address, and is stored and listed as plain IPv4."""
+    with run_directory("--host", "::", data_dir=accounts_dir) as d, Responder() as peer, \
+            FramedClient("127.0.0.1", d.port) as c:
+        c.login("bob", passwords["bob"])
+        for address in ("127.0.0.1", "::ffff:127.0.0.1"):
+            assert c.request("BIND", address, str(peer.port)) == \
+                ack(f"bound successfully to 127.0.0.1:{peer.port}")
+            assert c.request("QUERY", "bob") == \
+                Message("RESULT", (), f"bob,127.0.0.1,{peer.port}")
+        c.send("BIND", "127.0.0.2", str(peer.port))
+        closes_with(c, err("invalid bind notification"))
