@@ -363,6 +363,12 @@ def test_an_impostor_connection_does_not_receive_queued_messages(cluster):
         assert impostor.request("MESSAGE", "bob", "fake1", payload="hi, I am bob") == \
             Message("ACK", ("fake1",))
         assert impostor.request("PING", "t") == Message("PONG", ("t",))
+        # Nor may it acknowledge (and so delete) what is queued for bob.
+        impostor.send_raw(b"ACK 0\nACK 0\nACK 0 " + alice.events("queued")[0]["id"].encode()
+                          + b"\n")
+        assert impostor.request("PING", "u") == Message("PONG", ("u",))
+        alice.cmd("/pending")
+        assert [m["text"] for m in alice.wait_event("pending")["messages"]] == ["for bob only"]
         bob = cluster.peer("bob", register=False)
         bob.wait_event("message", text="for bob only")
         alice.wait_event("delivered", to="bob")

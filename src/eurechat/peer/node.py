@@ -318,8 +318,18 @@ class _Route:
             conn.write(b"".join(frames))
 
     def on_ack(self, msgid: Optional[str], conn: _Conn) -> None:
+        """An ACK arrived on ``conn``.  Only the connection we send over can
+        acknowledge: an ACK on any other connection claiming this recipient's
+        name (an impostor we never sent to) would delete messages the
+        recipient never got."""
+        if conn is not self.conn:
+            log.debug("ignoring an ACK from %r: not the connection we send to %s over",
+                      conn, self.name)
+            return
         if msgid is None:  # a seed peer's bare "ACK 0": the oldest unacked we sent it
-            item = next((it for it in self.queue if not it.acked), None)
+            queue = self.queue
+            item = next((queue[i] for i in range(min(self.sent, len(queue)))
+                         if not queue[i].acked), None)
             if item is None:
                 return
             self.by_id.pop(item.msgid, None)
