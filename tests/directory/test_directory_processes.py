@@ -239,12 +239,35 @@ def test_trace_logs_frames_with_password_masked(accounts_dir, passwords):
         assert passwords["bob"] not in log
 
 
+BAD_OPTIONS = [
+    ["--workers", "0"], ["--workers", "2", "--registry", "memory"],
+    ["--registry", "ftp://x"], ["--bind-policy", "maybe"],
+    ["--port", "70000"], ["--port", "-1"], ["--port", "http"],
+    ["--accounts", "mysql://db"], ["--throttle", "bogus"],
+    ["--probe-concurrency", "0"], ["--query-limit", "0"], ["--query-limit", "-1"],
+    ["--throttle-limit", "0"], ["--high-water", "-5"], ["--preauth-max-payload", "-1"],
+    ["--max-payload", "-1"], ["--max-connections", "0"], ["--check-interval", "0"],
+    ["useradd", "x", "--accounts", "mysql://db"],
+]
+
+
 def test_bad_options_exit_2(tmp_path):
-    for args in (["--workers", "0"], ["--workers", "2", "--registry", "memory"],
-                 ["--registry", "ftp://x"], ["--bind-policy", "maybe"]):
-        out = subprocess.run(directory_cmd() + args + ["--data-dir", str(tmp_path)],
-                             capture_output=True, text=True, timeout=30, env=test_env())
-        assert out.returncode == 2, args
+    """Every bad value is a usage error (exit 2, the option named), never a
+    traceback nor a server that starts and misbehaves (a checker with no probe
+    slot, a negative query limit dropping the last registration...)."""
+    procs = [(args, subprocess.Popen(
+        directory_cmd() + args + ["--data-dir", str(tmp_path)], stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=test_env()))
+        for args in BAD_OPTIONS]
+    for args, proc in procs:
+        try:
+            out, errors = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+        assert proc.returncode == 2, (args, errors)
+        assert "Traceback" not in errors and "listening" not in out, args
+        option = next(a for a in args if a.startswith("--"))
+        assert option in errors, (args, errors)
 
 
 def test_acked_bind_is_visible_on_every_worker_at_once(users_dir):

@@ -141,7 +141,16 @@ class LivenessChecker:
                 removed.append(reg)
                 log.info("removed %s (%s:%s): %s", reg.name, reg.address, reg.port, why)
 
-        await asyncio.gather(*(one(r) for r in regs))
+        # return_exceptions: one failed removal (registry lost mid-round) must
+        # neither abandon the other probes nor leave their errors unretrieved.
+        failures = [r for r in await asyncio.gather(*(one(r) for r in regs),
+                                                    return_exceptions=True)
+                    if isinstance(r, BaseException)]
+        for exc in failures:
+            if isinstance(exc, asyncio.CancelledError):
+                raise exc
+        if failures:
+            raise failures[0]
         self.rounds += 1
         log.info("liveness round %d: %d probed, %d removed in %.2f s", self.rounds,
                  len(regs), len(removed), time.monotonic() - started)

@@ -44,6 +44,43 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _int_at_least(minimum: int):
+    """An argparse type: an integer >= ``minimum`` (a clear usage error, never
+    a traceback or a server that silently misbehaves, e.g. a checker with 0
+    probe slots that never finishes a round)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}")
+        return value
+    return parse
+
+
+def _port(text: str) -> int:
+    value = _int_at_least(0)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError("must be 0-65535")
+    return value
+
+
+ACCOUNT_URLS = ("sqlite:///", "postgresql://", "postgres://")
+
+
+def _accounts_url(text: str) -> str:
+    if text and not text.startswith(ACCOUNT_URLS):
+        raise argparse.ArgumentTypeError("expected sqlite:///PATH or postgresql://...")
+    return text
+
+
+def _throttle_url(text: str) -> str:
+    if text != "memory" and not text.startswith(("redis://", "rediss://", "unix://")):
+        raise argparse.ArgumentTypeError("expected memory or redis://HOST:PORT/DB")
+    return text
+
+
 def _data_dir_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir", default=None, metavar="DIR",
@@ -58,9 +95,9 @@ def build_serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; 0.0.0.0 or :: for every interface "
                         "(default: %(default)s)")
-    p.add_argument("--port", type=int, default=8888,
+    p.add_argument("--port", type=_port, default=8888,
                    help="TCP port; 0 picks a free one and prints it (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
+    p.add_argument("--workers", type=_int_at_least(1), default=1, metavar="N",
                    help="worker processes sharing the port, each one event loop; with N>1 a "
                         "supervisor restarts dead workers and runs the checker (default: 1)")
     _data_dir_arg(p)
@@ -68,10 +105,10 @@ def build_serve_parser() -> argparse.ArgumentParser:
                    help="where presence lives: in process (default with one worker), a "
                         "multiprocessing Manager shared by the workers (default with N>1), or "
                         "Redis shared by several directory hosts")
-    p.add_argument("--accounts", default=None, metavar="URL",
+    p.add_argument("--accounts", type=_accounts_url, default=None, metavar="URL",
                    help="account store: SQLite in the data directory (default), "
                         "sqlite:///PATH, or postgresql://USER@HOST/DB")
-    p.add_argument("--throttle", default=None, metavar="URL",
+    p.add_argument("--throttle", type=_throttle_url, default=None, metavar="URL",
                    help="failed-login counters: SQLite in the data directory, shared by the "
                         "workers (default; the --registry Redis when that is redis://), "
                         "memory, or redis://...")
@@ -83,10 +120,10 @@ def build_serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--check-interval", type=_positive_float, default=30.0, metavar="S",
                    help="seconds between liveness rounds that PING every registration "
                         "(default: %(default)s)")
-    p.add_argument("--max-payload", type=int, default=64 * 1024, metavar="BYTES",
+    p.add_argument("--max-payload", type=_int_at_least(0), default=64 * 1024, metavar="BYTES",
                    help="largest request payload after login; larger ones get "
                         "'ERR message too large' and the session continues (default: 65536)")
-    p.add_argument("--max-connections", type=int, default=10000, metavar="N",
+    p.add_argument("--max-connections", type=_int_at_least(1), default=10000, metavar="N",
                    help="sessions per worker; beyond it a new connection gets "
                         "'ERR max number of clients reached' (default: %(default)s)")
     p.add_argument("--log-level", default="info",
@@ -101,25 +138,25 @@ def build_serve_parser() -> argparse.ArgumentParser:
                    help="close sessions not authenticated within S seconds (default: 30)")
     t.add_argument("--frame-timeout", type=_positive_float, default=60.0, metavar="S",
                    help="a frame once started must complete within S seconds (default: 60)")
-    t.add_argument("--preauth-max-payload", type=int, default=4096, metavar="BYTES",
+    t.add_argument("--preauth-max-payload", type=_int_at_least(0), default=4096, metavar="BYTES",
                    help="largest payload before login (default: 4096)")
     t.add_argument("--bind-timeout", type=_positive_float, default=2.0, metavar="S",
                    help="a BIND address must accept a TCP connection within S (default: 2)")
     t.add_argument("--probe-timeout", type=_positive_float, default=5.0, metavar="S",
                    help="the checker waits S seconds for each PONG (default: 5)")
-    t.add_argument("--probe-concurrency", type=int, default=1000, metavar="N",
+    t.add_argument("--probe-concurrency", type=_int_at_least(1), default=1000, metavar="N",
                    help="liveness probes in flight at once (default: 1000)")
-    t.add_argument("--throttle-limit", type=int, default=5, metavar="N",
+    t.add_argument("--throttle-limit", type=_int_at_least(1), default=5, metavar="N",
                    help="failed logins per user or address before refusing (default: 5)")
     t.add_argument("--throttle-window", type=_positive_float, default=60.0, metavar="S",
                    help="window for counting failures and length of the refusal (default: 60)")
-    t.add_argument("--query-limit", type=int, default=10_000, metavar="N",
+    t.add_argument("--query-limit", type=_int_at_least(1), default=10_000, metavar="N",
                    help="QUERY 0 lists at most N registrations, the first by name, and marks "
                         "the reply 'RESULT <len> truncated' (default: 10000)")
     t.add_argument("--lease", type=_positive_float, default=10.0, metavar="S",
                    help="with --registry redis://: lease period of the single liveness checker "
                         "across hosts; a dead holder is replaced within S seconds (default: 10)")
-    t.add_argument("--high-water", type=int, default=64 * 1024, metavar="BYTES",
+    t.add_argument("--high-water", type=_int_at_least(1), default=64 * 1024, metavar="BYTES",
                    help="unsent reply bytes per session above which it is no longer read "
                         "(default: 65536)")
     # Internal: how the supervisor hands a worker its socket and pipes.
@@ -195,17 +232,18 @@ def _manage(argv: List[str]) -> int:
                                             "directory; the server may be running).")
     sub = p.add_subparsers(dest="command", required=True)
     add = sub.add_parser("useradd", help="create an account")
-    add.add_argument("name")
+    add.add_argument("name", help="1-32 characters of [A-Za-z0-9_.-], not starting "
+                                  "with '.' or '-'")
     add.add_argument("--password-stdin", action="store_true",
                      help="read the password from the first line of stdin (no prompt)")
     _data_dir_arg(add)
     rm = sub.add_parser("userdel", help="delete an account")
-    rm.add_argument("name")
+    rm.add_argument("name", help="the account to delete")
     _data_dir_arg(rm)
     ls = sub.add_parser("users", help="list account names")
     _data_dir_arg(ls)
     for sp in (add, rm, ls):
-        sp.add_argument("--accounts", default=None, metavar="URL",
+        sp.add_argument("--accounts", type=_accounts_url, default=None, metavar="URL",
                         help="the server's account store: sqlite:///PATH or postgresql://...")
     args = p.parse_args(argv)
     from .interfaces import AccountExists, AccountsUnavailable
