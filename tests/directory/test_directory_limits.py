@@ -158,3 +158,29 @@ def test_a_large_pipelined_read_does_not_start_the_frame_timer(limited, password
         b.send_raw(b"QUERY 10\nabc")
         assert b.read_until_closed() == [err("frame not completed in time, closing")]
         assert a.request("PING", "alive") == Message("PONG", ("alive",))
+
+
+def _tcp_timer(local_port: int, remote_port: int) -> str:
+    """The kernel's timer code of a loopback IPv4 connection (``/proc/net/tcp``
+    column ``tr``): ``02`` is the keepalive timer, ``00`` none."""
+    with open("/proc/net/tcp") as f:
+        for line in f.read().splitlines()[1:]:
+            fields = line.split()
+            local = int(fields[1].split(":")[1], 16)
+            remote = int(fields[2].split(":")[1], 16)
+            if (local, remote) == (local_port, remote_port):
+                return fields[5].split(":")[0]
+    raise AssertionError(f"no connection {local_port} -> {remote_port}")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sessions_have_tcp_keepalive(tmp_path, workers):
+    """Long-lived sessions have TCP keepalive on (SPEC §2), with one worker and
+    with SO_REUSEPORT workers: the server's end of an idle connection runs the
+    kernel's keepalive timer, the client's end (no keepalive) does not."""
+    with run_directory("--workers", workers, data_dir=str(tmp_path)) as d, \
+            FramedClient(*d.address) as c:
+        assert c.request("PING") == Message("PONG")
+        mine = c.sock.getsockname()[1]
+        assert _tcp_timer(d.port, mine) == "02"
+        assert _tcp_timer(mine, d.port) == "00"
