@@ -33,8 +33,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
-import resource
 import shutil
 import socket
 import subprocess
@@ -46,23 +44,17 @@ import tracemalloc
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))  # tests/support/servers.py: real servers
 
+from benchlib import (  # noqa: E402  (ci/ is this script's folder)
+    Directory,
+    build_loadgen,
+    raise_nofile,
+    start_pong_server,
+)
+from benchlib import loadgen as _loadgen  # noqa: E402
+
 from support.servers import PostgresCluster, RedisServer  # noqa: E402
 
-LOADGEN_C = os.path.join(ROOT, "..", "shared", "bench", "loadgen.c")
-READY = re.compile(r"listening on (.+):(\d+)")
-PY = sys.executable
 PW = "bench-password"
-
-
-def raise_nofile() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def taskset(cpu) -> list:
-    if cpu is None or not shutil.which("taskset") or (os.cpu_count() or 1) < 2:
-        return []
-    return ["taskset", "-c", str(cpu)]
 
 
 def pin(pid: int, cpu: int) -> None:
@@ -74,35 +66,6 @@ def pin(pid: int, cpu: int) -> None:
 def pct(values, q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))] if values else 0.0
-
-
-class Directory:
-    def __init__(self, data_dir: str, *args: str, cpu=None) -> None:
-        env = dict(os.environ, EURECHAT_SCRYPT_N="16", PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(
-            taskset(cpu) + [PY, "-m", "eurechat.directory", "--port", "0", "--data-dir",
-                            data_dir, "--log-level", "warning", "--check-interval", "3600",
-                            *args],
-            stdout=subprocess.PIPE, text=True, env=env, start_new_session=True,
-            preexec_fn=raise_nofile)
-        line = self.proc.stdout.readline()
-        m = READY.search(line)
-        if not m:
-            self.stop()
-            raise SystemExit(f"directory did not start: {line!r}")
-        self.port = int(m.group(2))
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(self.proc.pid, 9)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
 
 
 def request(sock: socket.socket, data: bytes) -> bytes:
@@ -125,40 +88,8 @@ def populate(port: int, names, target_port: int) -> None:
 
 
 def loadgen(binary: str, port: int, *args: str) -> list:
-    out = subprocess.run(taskset(1) + [binary, "-p", str(port), *args],
-                         capture_output=True, text=True, preexec_fn=raise_nofile)
-    if out.returncode not in (0, 3):
-        raise SystemExit(f"loadgen failed ({out.returncode}): {out.stderr}")
-    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-
-
-def pong_server_main(port: int) -> None:
-    """Peers: answer ``PING 0 <nonce>`` with ``PONG 0 <nonce>``; accept BIND probes."""
-    try:
-        import uvloop
-        uvloop.install()
-    except ImportError:
-        pass
-
-    class Pong(asyncio.Protocol):
-        def connection_made(self, transport):
-            self.t = transport
-            self.buf = b""
-
-        def data_received(self, data):
-            self.buf += data
-            while b"\n" in self.buf:
-                line, self.buf = self.buf.split(b"\n", 1)
-                if line.startswith(b"PING 0"):
-                    self.t.write(b"PONG 0" + line[6:] + b"\n")
-
-    async def main():
-        server = await asyncio.get_running_loop().create_server(
-            Pong, "127.0.0.1", port, backlog=4096)
-        print("ready", flush=True)
-        await server.serve_forever()
-
-    asyncio.run(main())
+    """Load from CPU 1 (the servers are on CPU 0)."""
+    return _loadgen(binary, port, *args, cpu=1)
 
 
 def redis_stats(url: str) -> dict:
@@ -403,18 +334,12 @@ def main() -> int:
     results: dict = {"cpus": os.cpu_count(), "appendfsync": opts.appendfsync,
                      "loadavg_start": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="bench-scaling-") as tmp:
-        binary = os.path.join(tmp, "loadgen")
-        subprocess.run(["gcc", "-O2", "-o", binary, LOADGEN_C], check=True)
+        binary = build_loadgen(tmp)
         pong_port = socket.socket()
         pong_port.bind(("127.0.0.1", 0))
         port = pong_port.getsockname()[1]
         pong_port.close()
-        here = os.path.dirname(os.path.abspath(__file__))
-        code = (f"import sys; sys.path.insert(0, {here!r}); import bench_scaling as b; "
-                f"b.pong_server_main({port})")
-        pong = subprocess.Popen(taskset(1) + [PY, "-c", code],
-                                stdout=subprocess.PIPE, text=True, preexec_fn=raise_nofile)
-        assert pong.stdout.readline().strip() == "ready"
+        pong = start_pong_server(port, cpu=1)
         # Redis's default durability for an append-only file: fsync once a second.
         server = RedisServer(appendfsync=opts.appendfsync).start()
         pin(server._proc.proc.pid, 0)
