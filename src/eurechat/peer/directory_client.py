@@ -213,7 +213,9 @@ class DirectoryClient:
         if reply.type != "RESULT":
             return
         host, port = self.bound
-        if Registration(self.user, host, port) in parse_result(reply.payload):
+        if any(r.name == self.user for r in parse_result(reply.payload)):
+            # Listed (here, or where another instance of us BOUND later: the
+            # last BIND wins, and two instances must not take turns stealing it).
             return
         log.warning("the directory no longer lists us at %s:%s (a failed liveness probe?): "
                     "binding again", host, port)
