@@ -559,3 +559,16 @@ def test_a_peer_dropped_by_a_failed_liveness_probe_binds_again(cluster):
     assert [u["name"] for u in who["users"]] == ["bob"]
     alice.cmd("/msg bob you are back")
     bob.wait_event("message", text="you are back")
+
+
+def test_pending_right_after_msg_lists_only_what_is_queued(cluster):
+    """``/pending`` typed right after ``/msg`` (same read) answers after that
+    message's commit: its ``queued`` event comes first, then the listing."""
+    alice = cluster.peer("alice")
+    alice.cmd("/msg zoe first for zoe", "/pending")   # zoe: no such user, stays queued
+    evs = alice.wait_for(lambda evs: any(e["event"] == "pending" for e in evs), "pending")
+    kinds = [e["event"] for e in evs]
+    assert kinds.index("queued") < kinds.index("pending"), kinds
+    q = alice.events("queued")[0]
+    assert alice.events("pending")[0]["messages"] == [
+        {"to": "zoe", "id": q["id"], "text": "first for zoe"}]

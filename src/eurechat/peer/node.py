@@ -738,14 +738,22 @@ class Peer:
         return (time.perf_counter() - t0) * 1000.0
 
     def pending(self) -> List[dict]:
-        """Messages not yet acknowledged, per recipient, oldest first."""
+        """Messages not yet acknowledged, per recipient, oldest first.
+
+        Messages accepted but not yet committed are committed first (their
+        ``queued`` events come before this answer): the list is what is
+        durably in the outbox, never a message that is not queued yet."""
+        if self._pending_out and not self._closing and not self._store_closed:
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+            self._flush()
         out = []
         for route in self._routes.values():
             for item in route.queue:
                 if not item.acked:
                     out.append((item.seq, {"to": route.name, "id": item.msgid,
                                            "text": item.text}))
-        for msgid, text, names, _fut in self._pending_out:
+        for msgid, text, names, _fut in self._pending_out:   # only while closing
             for n in names:
                 out.append((1 << 62, {"to": n, "id": msgid, "text": text}))
         out.sort(key=lambda x: x[0])
