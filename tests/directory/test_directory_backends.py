@@ -188,3 +188,34 @@ def test_many_processes_open_a_fresh_database_at_once(tmp_path):
         for p in procs:
             p.join(10)
         assert outcomes == ["ok"] * 8
+
+
+def test_unknown_user_costs_one_hash_like_a_wrong_password(tmp_path, monkeypatch):
+    """Wrong user and wrong password take the same path: exactly one scrypt
+    check each, the unknown (or invalid) user's against a dummy record with the
+    same cost parameters as a real one, so neither the reply nor the time
+    tells which it was.  (A spy around the real function records the calls.)"""
+    import eurechat.directory.accounts as accounts_module
+    calls = []
+    real = accounts_module.check_password
+
+    def spy(password, record):
+        calls.append(record)
+        return real(password, record)
+
+    monkeypatch.setattr(accounts_module, "check_password", spy)
+
+    async def main():
+        store = SqliteAccounts(str(tmp_path / "a.sqlite3"))
+        await store.start()
+        await store.create("alice", b"alice-password")
+        results = [await store.verify(name, b"wrong-password")
+                   for name in ("alice", "nobody", "bad/name")]
+        await store.close()
+        return results
+
+    assert asyncio.run(main()) == [False, False, False]
+    assert len(calls) == 3
+    real_record, dummy, dummy_again = calls
+    assert dummy == dummy_again != real_record
+    assert dummy.split("$")[:4] == real_record.split("$")[:4]  # scheme, N, r, p
