@@ -83,8 +83,14 @@ def test_max_connections(limited):
             c = FramedClient(*limited.address)
             clients.append(c)
             assert c.request("PING") == Message("PONG")
-        with FramedClient(*limited.address) as extra:
-            assert extra.read_until_closed() == [err("max number of clients reached")]
+        mark = len(limited.err_lines)
+        for _ in range(30):
+            with FramedClient(*limited.address) as extra:
+                assert extra.read_until_closed() == [err("max number of clients reached")]
+        # Logged, but not once per refused connection (a flood must not flood the log).
+        limited.wait_for_log(r"refusing .*: max number of clients reached \(40\)", start=mark)
+        refusals = [line for line in limited.err_lines[mark:] if "refusing" in line]
+        assert 1 <= len(refusals) < 30
         for c in clients:  # existing sessions untouched
             assert c.request("PING", "ok") == Message("PONG", ("ok",))
     finally:

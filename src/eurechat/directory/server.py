@@ -161,8 +161,7 @@ class DirectoryProtocol(asyncio.Protocol):
         self.transport = transport
         peername = transport.get_extra_info("peername")
         if len(server.connections) >= server.config.max_connections:
-            log.warning("refusing %s: max number of clients reached (%d)",
-                        self.peer, server.config.max_connections)
+            server.refused(self.peer)
             transport.write(FULL)
             transport.close()
             return
@@ -340,6 +339,20 @@ class DirectoryServer:
         self.in_frame: Set[DirectoryProtocol] = set()
         self._server: Optional[asyncio.AbstractServer] = None
         self._sweeper: Optional[asyncio.Task] = None
+        self._refused = 0
+        self._refused_logged = 0.0
+
+    def refused(self, peer: str) -> None:
+        """Log refusals past --max-connections at most once a second (with a
+        count): a client hammering a full server must not flood the log."""
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refused_logged >= 1.0:
+            log.warning("refusing %s: max number of clients reached (%d); %d refused "
+                        "since the last such message", peer, self.config.max_connections,
+                        self._refused)
+            self._refused = 0
+            self._refused_logged = now
 
     async def start(self, host: str = "127.0.0.1", port: int = 0,
                     sock: Optional[socket.socket] = None) -> tuple:
