@@ -383,3 +383,17 @@ def test_kill_9_of_the_presence_manager_stops_the_directory(users_dir):
         assert "Traceback" not in d.stderr()
     finally:
         d.kill_group()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_unusable_data_dir_is_one_error_and_exit_2(tmp_path, workers):
+    """A data directory that cannot be created (a file is in the way): one clear
+    error and exit 2, also with N workers (checked once, before spawning them)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    out = subprocess.run(directory_cmd() + ["--port", "0", "--workers", workers,
+                                            "--data-dir", str(blocker / "data")],
+                         capture_output=True, text=True, timeout=30, env=test_env())
+    assert out.returncode == 2, out.stderr
+    assert "cannot start: cannot open" in out.stderr and "listening" not in out.stdout
+    assert "Traceback" not in out.stderr and "did not start" not in out.stderr

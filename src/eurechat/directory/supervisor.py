@@ -195,19 +195,19 @@ class Supervisor:
                 log.error("cannot start: %s", exc)
                 self.registry = None
                 return 2
-            if (self.opts.accounts or "").startswith(("postgresql://", "postgres://")):
-                # Check the shared account database once, here, so that an
-                # unreachable one is one line and exit 2, not N dying workers.
-                from .backends import make_accounts
-                from .interfaces import AccountsUnavailable
-                probe = make_accounts(self.opts.accounts, self.opts.data_dir)
-                try:
-                    await probe.start()
-                except AccountsUnavailable as exc:
-                    log.error("cannot start: %s", exc)
-                    return 2
-                finally:
-                    await probe.close()
+            # Open the account store once, here, so that an unreachable
+            # PostgreSQL or an unusable data directory is one line and exit 2
+            # (as with one worker), not N workers dying at start-up.
+            from .backends import make_accounts
+            from .interfaces import AccountsUnavailable
+            probe = make_accounts(self.opts.accounts, self.opts.data_dir)
+            try:
+                await probe.start()
+            except AccountsUnavailable as exc:
+                log.error("cannot start: %s", exc)
+                return 2
+            finally:
+                await probe.close()
             results = await asyncio.gather(*(self._spawn(w) for w in self.workers))
             if not all(results):
                 log.error("not every worker started; giving up")
