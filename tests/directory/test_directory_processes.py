@@ -397,3 +397,32 @@ def test_unusable_data_dir_is_one_error_and_exit_2(tmp_path, workers):
     assert out.returncode == 2, out.stderr
     assert "cannot start: cannot open" in out.stderr and "listening" not in out.stdout
     assert "Traceback" not in out.stderr and "did not start" not in out.stderr
+
+
+@pytest.mark.parametrize("where", ["XDG_DATA_HOME", "HOME"])
+def test_no_options_uses_the_default_data_dir(tmp_path, where):
+    """Works with no options on a fresh install: accounts go to
+    ``$XDG_DATA_HOME/eurechat``, else ``~/.local/share/eurechat``; ``useradd``
+    without ``--data-dir`` writes where the server reads."""
+    from support.processes import READY_RE, start_process
+    env = test_env()
+    env.pop("XDG_DATA_HOME", None)
+    if where == "XDG_DATA_HOME":
+        env["XDG_DATA_HOME"] = str(tmp_path / "xdg")
+        expected = tmp_path / "xdg" / "eurechat"
+    else:
+        env["HOME"] = str(tmp_path / "home")
+        expected = tmp_path / "home" / ".local" / "share" / "eurechat"
+    added = subprocess.run(directory_cmd() + ["useradd", "dora", "--password-stdin"],
+                           input="dora-password\n", capture_output=True, text=True,
+                           env=env, timeout=60)
+    assert added.returncode == 0, added.stderr
+    assert (expected / "directory.sqlite3").exists()
+    # --port 0 is the only option: the default 8888 may be taken on a test machine.
+    d = start_process(directory_cmd() + ["--port", "0"], ready=READY_RE, env=env)
+    try:
+        port = int(d.wait_for_line(READY_RE)["port"])
+        with FramedClient("127.0.0.1", port) as c:
+            c.login("dora", "dora-password")
+    finally:
+        assert d.stop() == 0
