@@ -248,3 +248,21 @@ def test_dual_stack_listener_binds_ipv4_clients(accounts_dir, passwords):
                 Message("RESULT", (), f"bob,127.0.0.1,{peer.port}")
         c.send("BIND", "127.0.0.2", str(peer.port))
         closes_with(c, err("invalid bind notification"))
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_query_limit_truncates_on_the_embedded_registries(tmp_path, workers):
+    """``--query-limit`` with the memory and Manager registries: ``QUERY 0``
+    lists the first N by name and says so (``RESULT <len> truncated``)."""
+    with run_directory("--query-limit", "2", "--workers", workers,
+                       data_dir=str(tmp_path)) as d, Responder() as peer:
+        for name in ("carl", "anna", "bert"):
+            with FramedClient(*d.address) as c:
+                assert c.request("REGISTER", name, name + "-password").type == "ACK"
+                c.login(name, name + "-password")
+                assert c.request("BIND", "127.0.0.1", str(peer.port)).type == "ACK"
+        with FramedClient(*d.address) as c:
+            c.login("carl", "carl-password")
+            assert c.request("QUERY") == Message("RESULT", ("truncated",), (
+                f"anna,127.0.0.1,{peer.port}\nbert,127.0.0.1,{peer.port}"))
+            assert c.request("QUERY", "carl") == Message("RESULT", (), f"carl,127.0.0.1,{peer.port}")
