@@ -12,8 +12,8 @@ is collected as a list of chunks and joined once, when it is complete.
 
 Each header goes down one of two paths.  The fast path (``feed``) takes the
 common case -- printable ASCII, single spaces, a type and a length seen
-before -- with ``BytesIO.readline``, a slice of the buffer decoded once as
-latin-1, ``split`` and two dict lookups.
+before -- with ``BytesIO.readline``, ``decode``, ``split``, two dict lookups
+and (with args) one ``bytes.translate``.
 Everything else takes the reference path: ``rules.HEADER_RE``, then
 ``rules.diagnose_header`` for a rejection.  What the fast path accepts, the
 reference path accepts with the same result, so it is purely an optimisation.
@@ -49,6 +49,8 @@ _FAST_TYPES: dict = {}
 _FAST_TYPES_MAX = 256
 _FAST_LENGTHS: dict = {str(i): i for i in range(1024)}
 _FAST_LENGTHS_MAX = 8192
+# The same lengths followed by the LF, for headers without args.
+_FAST_LENGTHS_LF: dict = {str(i) + "\n": i for i in range(1024)}
 # Maps the bytes a fast-path header may hold (printable ASCII and its LF) to
 # themselves and every other byte elsewhere.
 _PRINTABLE = bytes(b if 0x20 <= b < 0x7f or b == 0x0a else b ^ 1 for b in range(256))
@@ -179,70 +181,70 @@ class Decoder:
             return self._drain_some(buf, limit)
         out: list = []
         append = out.append
-        # One latin-1 decode per call: a str with one character per byte
-        # (same offsets), so a header is sliced out as text with no decode of
-        # its own.  An ASCII line reads the same in latin-1 and UTF-8; a line
-        # with args must be printable ASCII and anything else is left to the
-        # reference path, which decodes UTF-8.
-        s = buf.decode("latin-1")
         # The LF is found by BytesIO.readline and the payload taken by
         # read(): both are fast-call C methods, where bytes.find() parses a
-        # tuple of arguments on every call (a third of the cost of a
-        # message).  ``bio``'s position is kept at ``pos`` throughout.
+        # tuple of arguments on every call, and neither needs an offset kept
+        # in Python.  Offsets are recovered with tell() on the rare paths.
         bio = BytesIO(buf)
         readline = bio.readline
         read = bio.read
+        tell = bio.tell
         max_header = self._max_header
         max_payload = self._max_payload
         max_args = self._max_args
         printable = _PRINTABLE
         fast_types = _FAST_TYPES
         fast_lengths = _FAST_LENGTHS
+        fast_lengths_lf = _FAST_LENGTHS_LF
         n = len(buf)
-        pos = 0
-        while pos < n:
+        while True:
             line = readline(max_header)
-            lf = pos + len(line) - 1
+            if not line:
+                return out, n
             if line[-1] != 10:
+                pos = tell() - len(line)
                 if n - pos >= max_header:
                     raise self._fail(header_too_long(max_header, out))
-                break
-            fields = s[pos:lf].split(" ")
+                return out, pos
             # Fast path: a header of printable ASCII, single spaces, and a
             # type and length already seen.  Whatever it accepts, the
             # reference path below accepts too, with the same result; the
             # rest (CR, trailing spaces, non-ASCII args, new types, oversized
-            # payloads, errors) is left to the reference path.
+            # payloads, errors) is left to the reference path.  The line
+            # still ends with its LF, so the last field does too.
             try:
+                fields = line.decode().split(" ")
                 type = fast_types[fields[0]]
-                length = fast_lengths[fields[1]]
-            except (IndexError, KeyError):
-                pass
-            else:
-                if length <= max_payload:
-                    if len(fields) == 2:
-                        # Exactly "TYPE LEN": both checked by the lookups.
-                        end = lf + 1 + length
-                        if end > n:
-                            self._need = end - pos
-                            break
-                        append(_new(Message, (type, _EMPTY, read(length))))
-                        pos = end
-                        continue
+                if len(fields) == 2:
+                    # Exactly "TYPE LEN\n": both checked by the lookups.
+                    length = fast_lengths_lf[fields[1]]
+                    args = _EMPTY
+                else:
+                    length = fast_lengths[fields[1]]
+                    args = fields[2:]
+                    args[-1] = args[-1][:-1]
                     # Args: printable ASCII only (``translate`` with a table
                     # that maps every other byte elsewhere returns the line
                     # itself, unallocated, only then), no empty arg (double
                     # or trailing space), at most max_args.
-                    args = fields[2:]
-                    if (line.translate(printable) is line and "" not in args
-                            and len(args) <= max_args):
-                        end = lf + 1 + length
-                        if end > n:
-                            self._need = end - pos
-                            break
-                        append(_new(Message, (type, tuple(args), read(length))))
-                        pos = end
+                    if (line.translate(printable) is not line or "" in args
+                            or len(args) > max_args):
+                        raise KeyError
+                    args = tuple(args)
+            except (UnicodeDecodeError, IndexError, KeyError):
+                pass
+            else:
+                if length <= max_payload:
+                    payload = read(length)
+                    if len(payload) == length:
+                        append(_new(Message, (type, args, payload)))
                         continue
+                    start = tell() - len(payload)
+                    pos = start - len(line)
+                    self._need = start + length - pos
+                    return out, pos
+            lf = tell() - 1  # the LF ending ``line``; ``bio`` is past it
+            pos = lf + 1 - len(line)
             # Reference path: rules.HEADER_RE, then rules.diagnose_header.
             m = _fullmatch(buf, pos, lf)
             if m is None:
@@ -269,6 +271,7 @@ class Decoder:
                 _FAST_TYPES[type] = type
             if len(_FAST_LENGTHS) < _FAST_LENGTHS_MAX:
                 _FAST_LENGTHS[length_b.decode("ascii")] = length
+                _FAST_LENGTHS_LF[length_b.decode("ascii") + "\n"] = length
             start = lf + 1
             end = start + length
             if length > max_payload:
@@ -363,6 +366,7 @@ class Decoder:
                 _FAST_TYPES[type] = type
             if len(_FAST_LENGTHS) < _FAST_LENGTHS_MAX:
                 _FAST_LENGTHS[length_b.decode("ascii")] = length
+                _FAST_LENGTHS_LF[length_b.decode("ascii") + "\n"] = length
             start = lf + 1
             end = start + length
             if length > max_payload:
