@@ -3,7 +3,10 @@ payload limits, malformed frames, --max-connections and backpressure."""
 
 from __future__ import annotations
 
+import asyncio
+import select
 import socket
+import time
 
 import pytest
 
@@ -190,3 +193,84 @@ def test_sessions_have_tcp_keepalive(tmp_path, workers):
         mine = c.sock.getsockname()[1]
         assert _tcp_timer(d.port, mine) == "02"
         assert _tcp_timer(mine, d.port) == "00"
+
+
+def _stall(client: FramedClient, request: bytes, seconds: float = 0.5) -> None:
+    """Send ``request`` over and over without reading, until the server stops
+    reading too (its replies fill both kernel buffers and its own)."""
+    client.sock.setblocking(False)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            client.sock.send(request)
+        except BlockingIOError:
+            select.select([], [client.sock], [], 0.05)
+
+
+def _server_end_gone(port: int, client: FramedClient, timeout: float = 10.0) -> bool:
+    """Wait until the server's end of ``client``'s connection is no longer
+    established (``/proc/net/tcp`` state 01), polling the kernel's table."""
+    mine = client.sock.getsockname()[1]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open("/proc/net/tcp") as f:
+            rows = [line.split() for line in f.read().splitlines()[1:]]
+        states = [r[3] for r in rows if int(r[1].split(":")[1], 16) == port
+                  and int(r[2].split(":")[1], 16) == mine]
+        if not states or states[0] != "01":
+            return True
+        select.select([], [], [], 0.05)
+    return False
+
+
+def test_preauth_timeout_also_for_a_client_that_does_not_read(limited):
+    """A pre-auth client pipelining big PINGs without reading fills its
+    buffers; at the auth timeout it is cut off all the same (close() would wait
+    for ever for it to read, and the connection would outlive every timeout)."""
+    with FramedClient(*limited.address) as c:
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        _stall(c, b"PING 0 " + b"t" * 4000 + b"\n")
+        assert _server_end_gone(limited.port, c)
+    with FramedClient(*limited.address) as c:  # the server is fine
+        assert c.request("PING") == Message("PONG")
+
+
+def test_closing_session_whose_client_does_not_read_is_aborted(tmp_path):
+    """A session closed with replies still buffered (its client stopped reading)
+    is aborted after ``close_linger`` instead of waiting for ever.  In process,
+    on real sockets: the server's own buffer is filled, then the close issued."""
+    from eurechat.directory.accounts import SqliteAccounts
+    from eurechat.directory.registry import MemoryRegistry
+    from eurechat.directory.server import DirectoryServer, ServerConfig, Services
+    from eurechat.directory.throttle import MemoryThrottle
+
+    async def main():
+        services = Services(MemoryRegistry(), SqliteAccounts(str(tmp_path / "a.sqlite3")),
+                            MemoryThrottle())
+        await services.accounts.start()
+        server = DirectoryServer(ServerConfig(close_linger=0.3, auth_timeout=60),
+                                 services)
+        host, port = await server.start("127.0.0.1", 0)
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(client, (host, port))
+        try:
+            deadline = time.monotonic() + 10
+            while not server.connections and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)  # the accept callback runs on this loop
+            proto = next(iter(server.connections))
+            proto.transport.write(b"x" * (16 << 20))  # far more than the kernel takes
+            assert proto.transport.get_write_buffer_size() > 0
+            proto.close_transport()
+            # connection_lost is what removes it from the server's table.
+            deadline = time.monotonic() + 10
+            while proto in server.connections and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert not server.connections and not server.closing
+        finally:
+            client.close()
+            await server.close()
+            await services.accounts.close()
+
+    asyncio.run(main())

@@ -72,7 +72,8 @@ def server_config(opts: argparse.Namespace) -> ServerConfig:
         frame_timeout=opts.frame_timeout,
         bind_timeout=opts.bind_timeout,
         high_water=opts.high_water,
-        trace=opts.trace)
+        trace=opts.trace,
+        close_linger=opts.close_linger)
 
 
 async def serve(opts: argparse.Namespace, sock: Optional[socket.socket] = None,

@@ -140,6 +140,9 @@ def build_serve_parser() -> argparse.ArgumentParser:
                    help="a frame once started must complete within S seconds (default: 60)")
     t.add_argument("--preauth-max-payload", type=_int_at_least(0), default=4096, metavar="BYTES",
                    help="largest payload before login (default: 4096)")
+    t.add_argument("--close-linger", type=_positive_float, default=10.0, metavar="S",
+                   help="a closing session whose client does not read its last replies is "
+                        "aborted after S seconds (default: 10)")
     t.add_argument("--bind-timeout", type=_positive_float, default=2.0, metavar="S",
                    help="a BIND address must accept a TCP connection within S (default: 2)")
     t.add_argument("--probe-timeout", type=_positive_float, default=5.0, metavar="S",

@@ -66,6 +66,11 @@ class ServerConfig:
     bind_timeout: float = 2.0
     high_water: int = 64 * 1024
     trace: bool = False
+    # A closing connection whose client does not read what is left to send
+    # (its final ERR behind replies it never read) is aborted after this long:
+    # otherwise close() would wait for ever and the connection would outlive
+    # every timeout, holding a slot of --max-connections.
+    close_linger: float = 10.0
 
 
 async def probe_tcp(address: str, port: int, timeout: float) -> Optional[str]:
@@ -221,6 +226,7 @@ class DirectoryProtocol(asyncio.Protocol):
         server.connections.discard(self)
         server.unauthenticated.pop(self, None)
         server.in_frame.discard(self)
+        server.closing.pop(self, None)
         if self.session is not None:
             self.session.state = CLOSED
         if self.task is not None and self.task.done() is False \
@@ -272,7 +278,7 @@ class DirectoryProtocol(asyncio.Protocol):
                 trace_log.info("%s < %r", self.peer, data)
             transport.write(data)
         if close:
-            transport.close()
+            self.close_transport()
             return False
         if effect is not None:
             self.task = asyncio.ensure_future(self._effect(effect))
@@ -297,12 +303,28 @@ class DirectoryProtocol(asyncio.Protocol):
         except Exception:
             self._internal_error()
 
+    def close_transport(self) -> None:
+        """Close after the pending output is sent, but not for longer than
+        ``close_linger`` (the sweeper aborts a connection that lingers)."""
+        transport = self.transport
+        if transport.is_closing():
+            return
+        transport.close()
+        if transport.get_write_buffer_size():
+            self.server.closing[self] = time.monotonic() + self.server.config.close_linger
+
     def timed_out(self, what: str) -> None:
         out = self.session.timeout(what)
         log.info("closing %s: %s timeout", self.peer, what)
-        if out.data and not self.transport.is_closing():
-            self.transport.write(out.data)
-        self.transport.close()
+        transport = self.transport
+        if transport.get_write_buffer_size():
+            # The client does not read what it was sent: an ERR queued behind
+            # that would never arrive, and close() would wait for ever.
+            transport.abort()
+            return
+        if out.data and not transport.is_closing():
+            transport.write(out.data)
+        self.close_transport()
 
 
 def listening_socket(host: str, port: int, reuseport: bool = False,
@@ -337,6 +359,7 @@ class DirectoryServer:
         self.connections: Set[DirectoryProtocol] = set()
         self.unauthenticated: Dict[DirectoryProtocol, float] = {}
         self.in_frame: Set[DirectoryProtocol] = set()
+        self.closing: Dict[DirectoryProtocol, float] = {}  # -> abort deadline
         self._server: Optional[asyncio.AbstractServer] = None
         self._sweeper: Optional[asyncio.Task] = None
         self._refused = 0
@@ -380,6 +403,13 @@ class DirectoryServer:
             for proto in expired:
                 del self.unauthenticated[proto]
                 proto.timed_out("auth")
+            if self.closing:
+                lingering = [p for p, deadline in self.closing.items() if deadline <= now]
+                for proto in lingering:
+                    del self.closing[proto]
+                    log.info("aborting %s: its client did not read the rest of its "
+                             "replies within %g s of closing", proto.peer, cfg.close_linger)
+                    proto.transport.abort()
             if self.in_frame:
                 limit = now - cfg.frame_timeout
                 for proto in [p for p in self.in_frame
