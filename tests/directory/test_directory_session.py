@@ -417,3 +417,40 @@ def test_junk_user_names_are_not_interned():
     s = new()
     assert s.feed(b"USER 0 %s\n" % name.encode()).data.startswith(b"ACK")
     assert name not in session_module._SOURCES
+
+
+_REQUESTS = st.sampled_from([b"PING 0\n", b"PING 0 tok\n", b"QUERY 0 bob\n", b"QUERY 0\n",
+                             b"QUERY 3\nabc", b"PING 70000\n" + b"z" * 70000,
+                             b"PING 5 x\r\nhello", b"LEAVE 0\n"])
+
+
+@given(st.lists(_REQUESTS, min_size=1, max_size=400), st.data())
+def test_slicing_and_chunking_never_change_the_replies(requests, data):
+    """However a long pipelined stream is cut into reads (large ones decoded
+    slice by slice) and however small the output budget, the replies are the
+    same bytes in the same order as for the stream answered in one go."""
+    stream = b"".join(requests)
+
+    def drive(chunks, budget):
+        s = ready()
+        out = b""
+        for chunk in chunks:
+            s.receive(chunk)
+            while s.has_input:
+                step = s.step(budget)
+                while step.effect is not None:  # LEAVE: done, as the front end would
+                    out += step.data
+                    step = s.resume(Result.OK, budget)
+                assert not step.close
+                out += step.data
+                if not step.data:
+                    break
+        return out
+
+    whole = drive([stream], 1 << 62)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+    chunks = [stream[a:b] for a, b in zip([0] + cuts, cuts + [len(stream)])]
+    budget = data.draw(st.integers(1, 100_000))
+    assert drive(chunks, budget) == whole
+    assert whole.count(b"PONG") + whole.count(b"RESULT") + whole.count(b"ERR") + \
+        whole.count(b"ACK") == len(requests)
