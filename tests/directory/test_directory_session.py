@@ -392,6 +392,10 @@ def test_a_large_read_is_decoded_slice_by_slice():
         assert s.pending <= DECODE_SLICE // len(b"PING 0 12345\n") + 1
         replies += out.data
     assert replies == b"".join(b"PONG 0 %05d\n" % i for i in range(count))
+    # With room in the budget, one call answers across slices: one write per read.
+    s.receive(b"PING 0 x\n" * 10_000)
+    data, close, effect = s.run(budget=1 << 20)
+    assert data == b"PONG 0 x\n" * 10_000 and not s.has_input
     # A BIND in the middle of a large read: requests behind it wait for it.
     s = ready(bind_policy="any")
     tail = b"PING 0 z\n" * 4000

@@ -298,20 +298,20 @@ class Session:
         return Output(b"".join(parts), close, effect)
 
     def run(self, budget: int = 1 << 62) -> tuple:
-        """``step`` as a plain ``(data, close, effect)`` tuple: the front end's hot path."""
+        """``step`` as a plain ``(data, close, effect)`` tuple: the front end's hot
+        path.  A large read's slices are decoded as the budget allows, so its
+        replies still go out in one write per ``budget`` bytes."""
         queue = self._queue
         if self.waiting is not None or self.state is State.CLOSED:
             return b"", False, None
         if queue is None:
-            while self._inbox is not None and self._queue is None:
-                self._decode_slice()
-            queue = self._queue
+            queue = self._refill()
             if queue is None:
                 return b"", False, None
         i = self._next
         n = len(queue)
         handle = self._handle
-        if n - i == 1:  # the usual case: one request in, one reply out
+        if n - i == 1 and self._inbox is None:  # the usual case: one request, one reply
             self._queue = None
             self._next = 0
             reply, close, effect = handle(queue[i])
@@ -323,27 +323,40 @@ class Session:
         out: List[bytes] = []
         size = 0
         effect = None
-        try:
-            while i < n and size < budget:
-                reply, close, effect = handle(queue[i])
-                i += 1
-                if reply:
-                    out.append(reply)
-                    size += len(reply)
-                if close:
-                    self._close()
-                    return b"".join(out), True, None
-                if effect is not None:
-                    self.waiting = effect
-                    break
-        finally:
-            if self._queue is queue:
-                if i >= n:
-                    self._queue = None
-                    self._next = 0
-                else:
-                    self._next = i
+        while True:
+            try:
+                while i < n and size < budget:
+                    reply, close, effect = handle(queue[i])
+                    i += 1
+                    if reply:
+                        out.append(reply)
+                        size += len(reply)
+                    if close:
+                        self._close()
+                        return b"".join(out), True, None
+                    if effect is not None:
+                        self.waiting = effect
+                        break
+            finally:
+                if self._queue is queue:
+                    if i >= n:
+                        self._queue = None
+                        self._next = 0
+                    else:
+                        self._next = i
+            if effect is not None or size >= budget or self._queue is not None:
+                break
+            queue = self._refill()  # this slice is answered: decode the next one
+            if queue is None:
+                break
+            i, n = self._next, len(queue)
         return b"".join(out), False, effect
+
+    def _refill(self):
+        """Decode slices of held input until a request comes out (or none is left)."""
+        while self._inbox is not None and self._queue is None:
+            self._decode_slice()
+        return self._queue
 
     def feed(self, data: bytes, budget: int = 1 << 62) -> Output:
         """``receive`` then ``step``: convenient for tests and simple drivers."""
