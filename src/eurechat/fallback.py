@@ -49,8 +49,6 @@ _FAST_TYPES: dict = {}
 _FAST_TYPES_MAX = 256
 _FAST_LENGTHS: dict = {str(i): i for i in range(1024)}
 _FAST_LENGTHS_MAX = 8192
-# The same lengths followed by the LF, for headers without args.
-_FAST_LENGTHS_LF: dict = {str(i) + "\n": i for i in range(1024)}
 # Maps the bytes a fast-path header may hold (printable ASCII and its LF) to
 # themselves and every other byte elsewhere.
 _PRINTABLE = bytes(b if 0x20 <= b < 0x7f or b == 0x0a else b ^ 1 for b in range(256))
@@ -195,8 +193,13 @@ class Decoder:
         printable = _PRINTABLE
         fast_types = _FAST_TYPES
         fast_lengths = _FAST_LENGTHS
-        fast_lengths_lf = _FAST_LENGTHS_LF
         n = len(buf)
+        # Locals, not globals or builtins, in the loop.
+        new = _new
+        message = Message
+        _tuple = tuple
+        _len = len
+        empty = _EMPTY
         while True:
             line = readline(max_header)
             if not line:
@@ -210,34 +213,31 @@ class Decoder:
             # type and length already seen.  Whatever it accepts, the
             # reference path below accepts too, with the same result; the
             # rest (CR, trailing spaces, non-ASCII args, new types, oversized
-            # payloads, errors) is left to the reference path.  The line
-            # still ends with its LF, so the last field does too.
+            # payloads, errors) is left to the reference path.
             try:
-                fields = line.decode().split(" ")
+                fields = line[:-1].decode().split(" ")
                 type = fast_types[fields[0]]
-                if len(fields) == 2:
-                    # Exactly "TYPE LEN\n": both checked by the lookups.
-                    length = fast_lengths_lf[fields[1]]
-                    args = _EMPTY
+                length = fast_lengths[fields[1]]
+                if _len(fields) == 2:
+                    # Exactly "TYPE LEN": both checked by the lookups.
+                    args = empty
                 else:
-                    length = fast_lengths[fields[1]]
                     args = fields[2:]
-                    args[-1] = args[-1][:-1]
                     # Args: printable ASCII only (``translate`` with a table
                     # that maps every other byte elsewhere returns the line
                     # itself, unallocated, only then), no empty arg (double
                     # or trailing space), at most max_args.
                     if (line.translate(printable) is not line or "" in args
-                            or len(args) > max_args):
+                            or _len(args) > max_args):
                         raise KeyError
-                    args = tuple(args)
+                    args = _tuple(args)
             except (UnicodeDecodeError, IndexError, KeyError):
                 pass
             else:
                 if length <= max_payload:
                     payload = read(length)
-                    if len(payload) == length:
-                        append(_new(Message, (type, args, payload)))
+                    if _len(payload) == length:
+                        append(new(message, (type, args, payload)))
                         continue
                     start = tell() - len(payload)
                     pos = start - len(line)
@@ -271,7 +271,6 @@ class Decoder:
                 _FAST_TYPES[type] = type
             if len(_FAST_LENGTHS) < _FAST_LENGTHS_MAX:
                 _FAST_LENGTHS[length_b.decode("ascii")] = length
-                _FAST_LENGTHS_LF[length_b.decode("ascii") + "\n"] = length
             start = lf + 1
             end = start + length
             if length > max_payload:
@@ -366,7 +365,6 @@ class Decoder:
                 _FAST_TYPES[type] = type
             if len(_FAST_LENGTHS) < _FAST_LENGTHS_MAX:
                 _FAST_LENGTHS[length_b.decode("ascii")] = length
-                _FAST_LENGTHS_LF[length_b.decode("ascii") + "\n"] = length
             start = lf + 1
             end = start + length
             if length > max_payload:
