@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import pytest
 
@@ -126,11 +127,30 @@ def test_eof_close_and_errors():
         ch.close()
 
 
+def _wait_blocked_in_socket(tid_box: list, timeout: float = 10.0) -> None:
+    """Wait until the thread whose native id lands in ``tid_box`` sleeps inside
+    a socket call (the kernel's wait channel), not merely somewhere before it."""
+    deadline = time.monotonic() + timeout
+    wchan = ""
+    while time.monotonic() < deadline:
+        if tid_box:
+            try:
+                with open(f"/proc/self/task/{tid_box[0]}/wchan") as f:
+                    wchan = f.read()
+            except FileNotFoundError:
+                break                      # the thread already ended
+            if wchan in ("wait_woken", "sk_wait_data", "sk_stream_wait_memory"):
+                return
+        time.sleep(0.005)   # polling the kernel's view: there is no event to wait on
+    raise AssertionError(f"the thread never blocked in a socket call (wchan {wchan!r})")
+
+
 def test_close_unblocks_a_blocked_recv(pair):
     client, server = pair
-    errors = []
+    errors, tid = [], []
 
     def blocked():
+        tid.append(threading.get_native_id())
         try:
             server.recv()
         except ChannelClosed as exc:
@@ -138,9 +158,35 @@ def test_close_unblocks_a_blocked_recv(pair):
 
     th = threading.Thread(target=blocked)
     th.start()
+    _wait_blocked_in_socket(tid)
     server.close()   # from another thread, while recv() blocks
     th.join(10)
     assert not th.is_alive() and errors
+
+
+def test_close_unblocks_a_blocked_send(pair):
+    """A sender blocked because the other side does not read (its buffers are
+    full) is released by close() from another thread, with ChannelClosed."""
+    client, server = pair
+    errors, tid = [], []
+    chunk = b"x" * (1 << 20)
+
+    def blocked():
+        tid.append(threading.get_native_id())
+        try:
+            while True:
+                client.send(chunk)
+        except ChannelClosed as exc:
+            errors.append(exc)
+
+    th = threading.Thread(target=blocked)
+    th.start()
+    _wait_blocked_in_socket(tid)
+    client.close()
+    th.join(10)
+    assert not th.is_alive() and errors
+    with pytest.raises(ChannelClosed):
+        client.send(b"after close")
 
 
 def test_listen_iterates_channels():
