@@ -47,7 +47,7 @@ def _read_lines(fd: int) -> list:
 
 def test_kill_while_stdout_is_full_loses_no_display_and_repeats_none(cluster):
     n = 200
-    alice = cluster.peer("alice")
+    alice = cluster.peer("alice", "--log-level", "INFO")
     cluster.peer("bob").quit()     # bob's account exists; bob is offline
     r, w = os.pipe()
     argv = peer_cmd() + ["--user", "bob", "--json", "--directory", cluster.hostport,
@@ -76,7 +76,14 @@ def test_kill_while_stdout_is_full_loses_no_display_and_repeats_none(cluster):
         os.close(r)
     assert 0 < len(seen) < n
     bob2 = cluster.peer("bob", register=False)
-    rest = bob2.count("message", n - len(seen), timeout=60)
+    try:
+        rest = bob2.count("message", n - len(seen), timeout=60)
+    except AssertionError as exc:       # say what alice was doing (see the report)
+        alice.cmd("/pending")
+        pending = alice.wait_event("pending")["messages"]
+        raise AssertionError(f"{exc}\n--- alice: {len(pending)} pending, first "
+                             f"{pending[:1]!r:.200}; log tail ---\n"
+                             f"{alice.p.stderr()[-4000:]}") from None
     shown = [e["text"].split()[0] for e in seen + rest]
     assert len(shown) == len(set(shown)), "a message was shown twice"
     assert shown == [f"m{i}" for i in range(n)]
