@@ -248,32 +248,7 @@ class Decoder:
                     return out, pos
             lf = tell() - 1  # the LF ending ``line``; ``bio`` is past it
             pos = lf + 1 - len(line)
-            # Reference path: rules.HEADER_RE, then rules.diagnose_header.
-            m = _fullmatch(buf, pos, lf)
-            if m is None:
-                err = diagnose_header(buf[pos:lf], max_args)
-                err.messages = out
-                raise self._fail(err)
-            type_b, length_b, args_b = m.groups()
-            type = type_b.decode("ascii")
-            if args_b:
-                if args_b.count(b" ") > max_args:
-                    err = diagnose_header(buf[pos:lf], max_args)
-                    err.messages = out
-                    raise self._fail(err)
-                try:
-                    args = tuple(args_b[1:].decode("utf-8").split(" "))
-                except UnicodeDecodeError:
-                    err = diagnose_header(buf[pos:lf], max_args)
-                    err.messages = out
-                    raise self._fail(err) from None
-            else:
-                args = ()
-            length = int(length_b)
-            if len(_FAST_TYPES) < _FAST_TYPES_MAX:
-                _FAST_TYPES[type] = type
-            if len(_FAST_LENGTHS) < _FAST_LENGTHS_MAX:
-                _FAST_LENGTHS[length_b.decode("ascii")] = length
+            type, args, length = self._reference(buf, pos, lf, out)
             start = lf + 1
             end = start + length
             if length > max_payload:
@@ -291,6 +266,42 @@ class Decoder:
             pos = end
             bio.seek(end)
         return out, pos
+
+    def _reference(self, buf: bytes, pos: int, lf: int, out: list) -> Tuple[str, tuple, int]:
+        """Read the header ``buf[pos:lf]`` the slow, authoritative way.
+
+        Both drain loops send here every header their fast path declines:
+        ``rules.HEADER_RE`` accepts it, or ``rules.diagnose_header`` names
+        the rule it breaks -- the same diagnosis the compiled twin uses, so
+        the error class and text match by construction.  On success it
+        returns ``(type, args, length)`` and teaches the fast path this type
+        and length; on failure the decoder fails with ``out`` (the items
+        decoded before this header) as the error's ``.messages``.
+        """
+        max_args = self._max_args
+        m = _fullmatch(buf, pos, lf)
+        if m is not None:
+            type_b, length_b, args_b = m.groups()
+            args: tuple | None = ()
+            if args_b:
+                if args_b.count(b" ") > max_args:
+                    args = None
+                else:
+                    try:
+                        args = tuple(args_b[1:].decode("utf-8").split(" "))
+                    except UnicodeDecodeError:
+                        args = None
+            if args is not None:
+                type = type_b.decode("ascii")
+                length = int(length_b)
+                if len(_FAST_TYPES) < _FAST_TYPES_MAX:
+                    _FAST_TYPES[type] = type
+                if len(_FAST_LENGTHS) < _FAST_LENGTHS_MAX:
+                    _FAST_LENGTHS[length_b.decode("ascii")] = length
+                return type, args, length
+        err = diagnose_header(buf[pos:lf], max_args)
+        err.messages = out
+        raise self._fail(err)
 
     def _drain_some(self, buf: bytes, limit: int) -> Tuple[List[Item], int]:
         """``_drain`` for ``parse()`` (limit 1): no per-call decode of the
@@ -342,32 +353,7 @@ class Decoder:
                     limit -= 1
                     pos = end
                     continue
-            # Reference path: rules.HEADER_RE, then rules.diagnose_header.
-            m = _fullmatch(buf, pos, lf)
-            if m is None:
-                err = diagnose_header(buf[pos:lf], max_args)
-                err.messages = out
-                raise self._fail(err)
-            type_b, length_b, args_b = m.groups()
-            type = type_b.decode("ascii")
-            if args_b:
-                if args_b.count(b" ") > max_args:
-                    err = diagnose_header(buf[pos:lf], max_args)
-                    err.messages = out
-                    raise self._fail(err)
-                try:
-                    args = tuple(args_b[1:].decode("utf-8").split(" "))
-                except UnicodeDecodeError:
-                    err = diagnose_header(buf[pos:lf], max_args)
-                    err.messages = out
-                    raise self._fail(err) from None
-            else:
-                args = ()
-            length = int(length_b)
-            if len(_FAST_TYPES) < _FAST_TYPES_MAX:
-                _FAST_TYPES[type] = type
-            if len(_FAST_LENGTHS) < _FAST_LENGTHS_MAX:
-                _FAST_LENGTHS[length_b.decode("ascii")] = length
+            type, args, length = self._reference(buf, pos, lf, out)
             start = lf + 1
             end = start + length
             if length > max_payload:
