@@ -229,3 +229,78 @@ def test_a_frame_left_unfinished_is_cut_off(tmp_path):
         w.close()
         await b.close()
     run(main())
+
+
+def test_a_dialled_connection_reset_at_once_does_not_stall_the_route(tmp_path):
+    """Regression: a connection we dialled that the remote resets at once (a
+    listener dying with our connection in its accept queue, e.g. a recipient
+    killed just as we redial it) could be lost before the dialling coroutine
+    resumed.  The route then adopted the already-closed connection as its own
+    and, since it "had a connection", never dialled again: everything queued
+    for that recipient stalled until a restart, whatever the directory said.
+
+    Here a listening socket watched by alice's own event loop accepts and
+    resets (RST) each connection the moment it is queued, so the reset is
+    there before alice's dial completes; after ``resets`` of them bob's real
+    address is given to alice, and what she queued must reach him."""
+    import struct
+
+    resets = 40
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        ls = socket.socket()
+        ls.bind(("127.0.0.1", 0))
+        ls.listen(128)
+        ls.setblocking(False)
+        done = loop.create_future()
+        count = [0]
+
+        def reset_queued() -> None:
+            while True:
+                try:
+                    c, _ = ls.accept()
+                except BlockingIOError:
+                    return
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                # Reset it a few turns of the loop later (a different number
+                # each time): too early and alice's connect() itself fails
+                # (the ordinary path); the window that stalled is the few
+                # turns between her connect() succeeding and her dialling
+                # coroutine resuming.
+                reset_later(c, count[0] % 8)
+                count[0] += 1
+
+        def reset_later(c: socket.socket, hops: int) -> None:
+            if hops:
+                loop.call_soon(reset_later, c, hops - 1)
+                return
+            c.close()   # RST
+            if count[0] >= resets and not done.done():
+                done.set_result(None)
+
+        loop.add_reader(ls.fileno(), reset_queued)
+        got = Got()
+        b = Peer("bob", data_dir=tmp_path / "bob", timings=FAST, on_message=got)
+        await b.start()
+        a = Peer("alice", data_dir=tmp_path / "alice", timings=FAST,
+                 addresses={"bob": ls.getsockname()})
+        await a.start()
+        try:
+            await a.send("bob", "hello")
+            try:
+                await asyncio.wait_for(done, 10)
+            except asyncio.TimeoutError:
+                raise AssertionError(f"alice stopped dialling bob after {count[0]} reset "
+                                     "connection(s)") from None
+            a.addresses["bob"] = b.address
+            await got.count(1)
+            assert [m.text for m in got] == ["hello"]
+            assert await a.wait_idle(20)
+        finally:
+            loop.remove_reader(ls.fileno())
+            ls.close()
+            await a.close()
+            await b.close()
+
+    run(main())

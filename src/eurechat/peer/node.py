@@ -274,19 +274,29 @@ class _Route:
         self.failed_addr: Optional[Tuple[str, int]] = None
         self.dial_after = 0.0
 
+    @property
+    def connected(self) -> bool:
+        """Has a connection that is still open (a lost one does not count)."""
+        return self.conn is not None and not self.conn.closed
+
     def enqueue(self, item: _OutItem) -> None:
         self.queue.append(item)
         self.by_id[item.msgid] = item
 
     def use(self, conn: Optional[_Conn]) -> None:
         """Send over ``conn`` from now on: everything unacknowledged goes again."""
+        if conn is not None and conn.closed:
+            # Already lost (its connection_lost has run and will not run
+            # again): adopting it would leave the route "connected" to
+            # nothing, and nothing would ever dial again.
+            conn = None
         if conn is self.conn:
             return
         self.conn = conn
         self.sent = 0
         if conn is not None:
             self._cancel_timer()
-            self.pump()
+        self.pump()   # send, or (no connection after all) get one
 
     def _cancel_timer(self) -> None:
         if self.timer is not None:
@@ -372,12 +382,12 @@ class _Route:
 
     def _timer_fired(self) -> None:
         self.timer = None
-        if self.conn is None and self.connecting is None and not self.node._closing:
+        if not self.connected and self.connecting is None and not self.node._closing:
             self.connecting = asyncio.ensure_future(self._connect())
 
     def wake(self) -> None:
         """The recipient was just seen: retry now instead of waiting out the backoff."""
-        if self.queue and self.conn is None and self.connecting is None:
+        if self.queue and not self.connected and self.connecting is None:
             self._cancel_timer()
             self.connecting = asyncio.ensure_future(self._connect())
 
@@ -387,7 +397,7 @@ class _Route:
             conn = node._live_conn(self.name)
             if conn is None:
                 addr = await node._resolve(self.name)
-                if self.conn is not None:       # an incoming connection won meanwhile
+                if self.connected:       # an incoming connection won meanwhile
                     return True
                 if addr is None:
                     raise ConnectionError(f"{self.name} is not online")
@@ -409,6 +419,14 @@ class _Route:
                             self.attempt, t.retry_base, t.retry_max)
                         raise ConnectionError(f"{self.name} at {addr[0]}:{addr[1]}: "
                                               f"{exc or exc.__class__.__name__}") from None
+                    if conn.closed:
+                        # Reset as soon as it was made (e.g. a listener that
+                        # died with us in its accept queue): its
+                        # connection_lost has already run, so it is a failed
+                        # dial, not a connection.
+                        node._forget(self.name)
+                        raise ConnectionError(f"{self.name} at {addr[0]}:{addr[1]}: "
+                                              "connection lost as soon as it was made")
                     log.debug("dialled %s at %s", self.name, addr)
             self.connecting = None
             node._identified(conn)
@@ -428,8 +446,10 @@ class _Route:
             self.attempt += 1
             return False
         finally:
-            self.connecting = None
-            if self.conn is None and self.queue and not node._closing and self.timer is None:
+            if self.connecting is asyncio.current_task():
+                self.connecting = None
+            if not self.connected and self.queue and not node._closing and \
+                    self.timer is None and self.connecting is None:
                 self.connect_soon(None)
 
 
@@ -949,6 +969,8 @@ class Peer:
         """``conn`` now speaks for ``conn.remote``: use it, or settle a duplicate."""
         name = conn.remote
         assert name is not None
+        if conn.closed:
+            return   # lost already (and forgotten by _on_conn_lost): nothing to adopt
         conns = self._conns.setdefault(name, set())
         conns.add(conn)
         route = self._route(name)
