@@ -36,6 +36,14 @@ MAX_PAYLOAD = 64 * 1024 * 1024
 Buffer = Union[bytes, bytearray, memoryview]
 
 
+
+def _shutdown_and_close(sock: socket.socket) -> None:
+    """``shutdown`` before ``close``: closing alone does not wake a thread
+    blocked in ``recv``/``accept`` on the same socket; shutting it down does."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+
 class ChannelClosed(EOFError):
     """The channel is closed (by us, or the other side closed its end)."""
 
@@ -134,9 +142,7 @@ class Channel:
         if self._closed:
             return
         self._closed = True
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
+        _shutdown_and_close(self.sock)
 
     @property
     def closed(self) -> bool:
@@ -197,9 +203,7 @@ class Listener:
         if self._closed:
             return
         self._closed = True
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
+        _shutdown_and_close(self.sock)
 
     def __enter__(self) -> Listener:
         return self
