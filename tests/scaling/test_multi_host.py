@@ -147,10 +147,13 @@ def _lease_holder_pid(redis_url: str) -> int:
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_one_liveness_checker_across_hosts_and_takeover(redis_url: str, pg_dsn: str,
                                                         workers: str) -> None:
-    """Two hosts, one checker: only the lease holder probes.  SIGKILL it (its
+    """Two hosts, one checker (``--checker-shards 1``, the single lease that
+    older versions use): only the lease holder probes.  SIGKILL it (its
     whole process group): the other host takes the lease over and probes from
-    then on.  With --workers 2 the checker lives in each host's supervisor."""
-    opts = ("--check-interval", "0.2", "--lease", "2", "--workers", workers)
+    then on.  With --workers 2 the checker lives in each host's supervisor.
+    (Sharded checkers: test_checker_shards.py.)"""
+    opts = ("--check-interval", "0.2", "--lease", "2", "--workers", workers,
+            "--checker-shards", "1")
     with Responder() as peer:
         seed(redis_url, [Registration("probed", "127.0.0.1", peer.port)])
         a = start_host(redis_url, pg_dsn, *opts)

@@ -113,7 +113,7 @@ async def serve(opts: argparse.Namespace, sock: Optional[socket.socket] = None,
     checker = None
     if run_checker:
         from .backends import make_election
-        election = make_election(opts.registry, lease=opts.lease)
+        election = make_election(opts.registry, lease=opts.lease, shards=opts.checker_shards)
         await election.start()
         checker = LivenessChecker(registry, election, opts.check_interval,
                                   opts.probe_timeout, opts.probe_concurrency)

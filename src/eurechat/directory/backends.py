@@ -10,7 +10,8 @@ factories with the text of ``--registry`` / ``--accounts`` / ``--throttle``.
                        ``sqlite:///PATH`` | ``postgresql://...``
 ``--throttle``         empty: SQLite ``throttle.sqlite3`` in the data directory (shared
                        by the workers of one host) | ``memory`` | ``redis://...``
-election               ``LocalElection`` unless the registry is Redis (then a lease)
+election               ``LocalElection`` unless the registry is Redis (then this
+                       host's share of ``--checker-shards`` leases; 1: one lease)
 =====================  ==============================================================
 
 Distributed backends live in ``redis_registry.py`` / ``pg_accounts.py`` /
@@ -85,9 +86,21 @@ def make_throttle(spec: Optional[str], data_dir: str, *, limit: int = 5,
     raise ValueError(f"unknown throttle {spec!r}: memory or redis://...")
 
 
-def make_election(registry_spec: str, lease: float = 10.0) -> Election:
-    """Who runs the checker: always this host, unless presence is shared via Redis."""
+#: ``--checker-shards`` default: enough shards to spread the probes over up to
+#: 16 hosts; one host alone holds them all, which is the single checker of old.
+DEFAULT_CHECKER_SHARDS = 16
+
+
+def make_election(registry_spec: str, lease: float = 10.0,
+                  shards: int = DEFAULT_CHECKER_SHARDS) -> Election:
+    """Who runs the checker: always this host, unless presence is shared via
+    Redis; then this host's fair share of ``shards`` checker leases (one
+    shard: the single lease key ``P:lease:checker`` that older versions use,
+    so a mixed fleet still runs exactly one checker)."""
     if is_distributed(registry_spec):
+        if shards > 1:
+            from .lease import ShardedLease
+            return ShardedLease(registry_spec, shards=shards, lease=lease)
         from .lease import RedisLease
         return RedisLease(registry_spec, lease=lease)
     from .checker import LocalElection

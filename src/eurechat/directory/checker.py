@@ -127,6 +127,9 @@ class LivenessChecker:
         """One round; returns (probed, removed)."""
         started = time.monotonic()
         regs = await self.registry.snapshot()
+        select = getattr(self.election, "select", None)  # sharded leases: our shards only
+        if select is not None:
+            regs = select(regs)
         sem = asyncio.Semaphore(self.concurrency)
         removed: List[Registration] = []
 

@@ -159,6 +159,10 @@ def build_serve_parser() -> argparse.ArgumentParser:
     t.add_argument("--lease", type=_positive_float, default=10.0, metavar="S",
                    help="with --registry redis://: lease period of the single liveness checker "
                         "across hosts; a dead holder is replaced within S seconds (default: 10)")
+    t.add_argument("--checker-shards", type=_int_at_least(1), default=16, metavar="N",
+                   help="with --registry redis://: registrations are split into N shards by "
+                        "name, each with its own checker lease; every host probes at most its "
+                        "fair share of them; 1: a single checker (default: %(default)s)")
     t.add_argument("--high-water", type=_int_at_least(1), default=64 * 1024, metavar="BYTES",
                    help="unsent reply bytes per session above which it is no longer read "
                         "(default: 65536)")

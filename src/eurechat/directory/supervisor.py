@@ -214,7 +214,8 @@ class Supervisor:
                 return 1
             for w in self.workers:
                 watchers.append(asyncio.ensure_future(self._watch(w)))
-            election = make_election(self.opts.registry, lease=self.opts.lease)
+            election = make_election(self.opts.registry, lease=self.opts.lease,
+                                     shards=self.opts.checker_shards)
             await election.start()
             checker = LivenessChecker(self.registry, election, self.opts.check_interval,
                                       self.opts.probe_timeout, self.opts.probe_concurrency)
