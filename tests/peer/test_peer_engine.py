@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from pathlib import Path
 
 import pytest
 
 from eurechat.framing import Decoder, Message
 from eurechat.peer import IncomingMessage, Peer, PeerError, StoreLocked, Timings
+from eurechat.peer.directory_client import DirectoryClient
 from eurechat.peer.store import PeerStore
 
 FAST = Timings(retry_base=0.02, retry_max=0.1, query_ttl=0.05, directory_wait=0)
@@ -283,7 +285,11 @@ def test_a_dialled_connection_reset_at_once_does_not_stall_the_route(tmp_path):
         got = Got()
         b = Peer("bob", data_dir=tmp_path / "bob", timings=FAST, on_message=got)
         await b.start()
-        a = Peer("alice", data_dir=tmp_path / "alice", timings=FAST,
+        # A tiny backoff: connections lost before bob ACKed anything back off
+        # like failed dials (see the next test), and 40 of them at FAST's
+        # 0.1 s cap would make this test slow, not stronger.
+        a = Peer("alice", data_dir=tmp_path / "alice",
+                 timings=Timings(retry_base=0.001, retry_max=0.004, directory_wait=0),
                  addresses={"bob": ls.getsockname()})
         await a.start()
         try:
@@ -303,4 +309,121 @@ def test_a_dialled_connection_reset_at_once_does_not_stall_the_route(tmp_path):
             await a.close()
             await b.close()
 
+    run(main())
+
+
+class Slammer:
+    """A real listening socket that accepts, reads the caller's identification
+    (the header line of its first MESSAGE) and closes at once: a recipient's
+    address that takes connections but never keeps one (a crashing peer, a
+    proxy, a port reused by something else).  ``times`` holds when each
+    identification arrived; ``await reached(n)`` waits for the n-th."""
+
+    def __init__(self) -> None:
+        self.times: list = []
+        self.changed = asyncio.Event()
+        self.server = None
+
+    async def start(self) -> tuple:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[:2]
+
+    async def _serve(self, reader, writer) -> None:
+        try:
+            line = await reader.readline()
+            if line.startswith(b"MESSAGE "):   # not the directory's BIND check
+                self.times.append(time.monotonic())
+                self.changed.set()
+        finally:
+            writer.close()
+
+    async def reached(self, n: int, timeout: float = 20.0) -> None:
+        async def wait():
+            while len(self.times) < n:
+                self.changed.clear()
+                await self.changed.wait()
+        try:
+            await asyncio.wait_for(wait(), timeout)
+        except asyncio.TimeoutError:
+            raise AssertionError(f"only {len(self.times)} dial(s) in {timeout} s") from None
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def _assert_backed_off(times: list, min_gap: float) -> None:
+    """Dials 1 and 2 may be back to back (a connection that was fine until it
+    dropped is redialled at once); every later one waits at least the jittered
+    backoff, ``min_gap``.  So n dials need at least (n - 2) * min_gap seconds;
+    one dial of slack for connect latency.  (Before the fix: thousands per
+    second, i.e. all of them within a few milliseconds.)"""
+    n = len(times)
+    span = times[-1] - times[0]
+    allowed = 3 + int(span / min_gap)
+    assert n <= allowed, (f"{n} dials in {span * 1000:.1f} ms; the backoff allows {allowed}: "
+                          f"gaps {[round((b - a) * 1000, 1) for a, b in zip(times, times[1:])]} ms")
+
+
+def test_an_address_that_resets_after_identification_is_dialled_with_backoff(tmp_path):
+    """Regression (reconnect spin): a connection that is accepted and then
+    closed right after our first MESSAGE used to reset the backoff when it
+    was identified, so such an address was redialled in a tight loop
+    (~9,000 dials/s measured).  Now only an ACK resets it.  Afterwards the
+    real recipient still gets the message (the route is not stuck)."""
+    async def main():
+        slam = Slammer()
+        addr = await slam.start()
+        got = Got()
+        b = make(tmp_path, "bob", got)
+        await b.start()
+        # Constant backoff: each redial waits in [0.05, 0.1] s (jitter).
+        a = Peer("alice", data_dir=tmp_path / "alice",
+                 timings=Timings(retry_base=0.1, retry_max=0.1, directory_wait=0),
+                 addresses={"bob": addr})
+        await a.start()
+        try:
+            await a.send("bob", "hello")
+            await slam.reached(10)
+            _assert_backed_off(slam.times, 0.05)
+            a.addresses["bob"] = b.address
+            await got.count(1)
+            assert [m.text for m in got] == ["hello"]
+            assert await a.wait_idle(20)
+            assert a._routes["bob"].attempt == 0   # proven by bob's ACK
+        finally:
+            slam.close()
+            await a.close()
+            await b.close()
+    run(main())
+
+
+def test_with_a_directory_lookups_do_not_redial_an_address_that_resets(tmp_path, cluster):
+    """The same address, published through a real directory: alice looks bob
+    up every ``lookup_interval`` (20 ms here), and each lookup finds the same
+    address.  A connection lost before bob ACKed anything counts as a failed
+    dial of that address, so those lookups do not redial it before its
+    backoff (50-100 ms) has run out."""
+    from peer_helpers import PASSWORD
+
+    async def main():
+        slam = Slammer()
+        addr = await slam.start()
+        directory = ("127.0.0.1", cluster.dir_port)
+        bob = DirectoryClient(directory[0], directory[1], "bob", PASSWORD,
+                              listen=lambda: addr, register=True)
+        assert await bob.start()
+        a = Peer("alice", PASSWORD, directory=directory, register=True,
+                 data_dir=tmp_path / "alice",
+                 timings=Timings(retry_base=0.1, retry_max=0.1, lookup_interval=0.02,
+                                 query_ttl=0.01, directory_wait=1))
+        await a.start()
+        try:
+            await a.send("bob", "hello")
+            await slam.reached(8)
+            _assert_backed_off(slam.times, 0.05)
+            assert [p["text"] for p in a.pending()] == ["hello"]
+        finally:
+            slam.close()
+            await a.close()
+            await bob.close()
     run(main())

@@ -206,6 +206,7 @@ class _Conn(asyncio.Protocol):
         self.paused = False
         self.peername = None
         self.frame_since = 0.0   # when the unfinished frame started (0: none)
+        self.addr: Optional[Tuple[str, int]] = None   # the address we dialled (dialled only)
         self.last_rx = time.monotonic()   # when the remote last sent us anything
 
     @property
@@ -257,6 +258,10 @@ class _Conn(asyncio.Protocol):
                 f"{self.peername}>")
 
 
+class _Waiting(ConnectionError):
+    """The recipient is still at an address whose backoff has not run out."""
+
+
 class _Route:
     """Everything about sending to one recipient: its queue, connection, backoff."""
 
@@ -267,6 +272,9 @@ class _Route:
         self.by_id: Dict[str, _OutItem] = {}
         self.sent = 0                        # queue[:sent] went out on self.conn
         self.conn: Optional[_Conn] = None
+        #: failures (dials refused or timed out, connections lost before the
+        #: recipient ACKed anything on them) since the route last proved
+        #: itself with an ACK; the exponent of the backoff
         self.attempt = 0
         self.timer: Optional[asyncio.TimerHandle] = None
         self.connecting: Optional[asyncio.Task] = None
@@ -348,6 +356,10 @@ class _Route:
             if item is None:
                 return  # a duplicate ACK (we sent it twice), nothing to do
         item.acked = True
+        # The only place the backoff resets: the recipient recorded something
+        # we sent.  A connection that is merely accepted (and identified)
+        # proves nothing: a remote that accepts and resets at once would
+        # otherwise be redialled in a tight loop.
         self.attempt = 0
         self.offline_reported = False
         self.failed_addr = None
@@ -369,6 +381,10 @@ class _Route:
         t = self.node.timings
         if delay is None:
             delay = backoff_delay(self.attempt - 1, t.retry_base, t.retry_max)
+            if self.failed_addr is not None:
+                # That address's own backoff, drawn once when it failed (a
+                # second draw of the jitter could fire before it and be refused).
+                delay = max(delay, self.dial_after - self.node._loop.time())
             if self.node.directory is not None:
                 # Looking the recipient up is cheap; dialling a dead address is
                 # not: look up at least every lookup_interval, so a recipient
@@ -384,6 +400,16 @@ class _Route:
         self.timer = None
         if not self.connected and self.connecting is None and not self.node._closing:
             self.connecting = asyncio.ensure_future(self._connect())
+
+    def dial_failed(self, addr: Tuple[str, int]) -> None:
+        """``addr`` failed us: refused, timed out, or lost before the recipient
+        acknowledged anything on it.  It is not dialled again before its
+        backoff runs out, unless the recipient is seen anew (``wake``, a new
+        address, or a lookup that finds it unregistered)."""
+        t = self.node.timings
+        self.failed_addr = addr
+        self.dial_after = self.node._loop.time() + backoff_delay(
+            self.attempt, t.retry_base, t.retry_max)
 
     def wake(self) -> None:
         """The recipient was just seen: retry now instead of waiting out the backoff."""
@@ -404,7 +430,7 @@ class _Route:
                 conn = node._live_conn(self.name)
                 if conn is None and addr == self.failed_addr and \
                         node._loop.time() < self.dial_after:
-                    raise ConnectionError(f"{self.name} at {addr[0]}:{addr[1]} was unreachable; "
+                    raise _Waiting(f"{self.name} at {addr[0]}:{addr[1]} was unreachable; "
                                           "waiting for its backoff or a new address")
                 if conn is None:
                     try:
@@ -413,10 +439,7 @@ class _Route:
                             node.timings.connect_timeout)
                     except (OSError, asyncio.TimeoutError) as exc:
                         node._forget(self.name)
-                        t = node.timings
-                        self.failed_addr = addr
-                        self.dial_after = node._loop.time() + backoff_delay(
-                            self.attempt, t.retry_base, t.retry_max)
+                        self.dial_failed(addr)
                         raise ConnectionError(f"{self.name} at {addr[0]}:{addr[1]}: "
                                               f"{exc or exc.__class__.__name__}") from None
                     if conn.closed:
@@ -425,14 +448,21 @@ class _Route:
                         # connection_lost has already run, so it is a failed
                         # dial, not a connection.
                         node._forget(self.name)
+                        self.dial_failed(addr)
                         raise ConnectionError(f"{self.name} at {addr[0]}:{addr[1]}: "
                                               "connection lost as soon as it was made")
+                    conn.addr = addr
                     log.debug("dialled %s at %s", self.name, addr)
             self.connecting = None
             node._identified(conn)
             return True
         except asyncio.CancelledError:
             raise
+        except _Waiting as exc:
+            # Not a new failure: a lookup found the recipient still at the
+            # address that failed, whose backoff has not run out.
+            log.debug("not dialling %s yet: %s", self.name, exc)
+            return False
         except (ConnectionError, DirectoryError) as exc:
             log.debug("cannot reach %s: %s", self.name, exc)
             if self.queue and not self.offline_reported:
@@ -976,7 +1006,7 @@ class Peer:
         route = self._route(name)
         current = route.conn
         if current is None or current.closed or current is conn:
-            route.attempt = 0
+            # No backoff reset here: only an ACK proves the route (on_ack).
             route.use(conn)
             return
         # Two connections for one pair: keep the one dialled by the smaller name.
@@ -1042,8 +1072,17 @@ class Peer:
             if other is not None:
                 route.use(other)
             elif not self._closing and route.queue:
-                route.connect_soon(0 if route.attempt == 0 else None)
+                # Proven since the last failure (an ACK reset the count): a
+                # working connection dropped, redial at once.  Otherwise it
+                # was lost before the recipient acknowledged anything on it,
+                # which is as good as a failed dial: back off, for that
+                # address too (a directory lookup finding it unchanged must
+                # not redial it).
+                first = route.attempt == 0
+                if not first and conn.addr is not None:
+                    route.dial_failed(conn.addr)
                 route.attempt += 1
+                route.connect_soon(0 if first else None)
 
     def _on_resume(self, conn: _Conn) -> None:
         route = self._routes.get(conn.remote) if conn.remote else None
