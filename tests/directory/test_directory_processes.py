@@ -368,18 +368,30 @@ def test_sigterm_to_the_whole_process_group(users_dir):
         d.kill_group()
 
 
-def test_kill_9_of_the_presence_manager_stops_the_directory(users_dir):
+def test_kill_9_of_the_presence_manager_is_healed(users_dir):
     """Presence lives in the Manager: when it dies, the directory does not go on
-    refusing every BIND forever; it says why and exits 1 (for the service
-    manager to restart it), leaving no process behind."""
+    refusing every BIND forever, nor exit; it says why, starts a new Manager and
+    new workers, and BIND works again.  A service manager's group SIGTERM then
+    still ends everything with exit 0.  (More in test_directory_manager_death.py.)"""
     d = start_directory("--workers", "2", data_dir=users_dir)
     try:
         manager = int(d.wait_for_log(r"presence manager started \(pid (\d+)\)").group(1))
         assert manager in d.group_alive()
         os.kill(manager, signal.SIGKILL)
-        assert d.wait(10) == 1
+        d.wait_for_log(rf"WARNING: presence manager \(pid {manager}\) was killed by SIGKILL: "
+                       r"registrations lost; starting a new one")
+        new = int(d.wait_for_log(r"presence manager replaced in .*new manager pid (\d+), "
+                                 r"2 of 2 workers serving").group(1))
+        assert d.proc.poll() is None and new in d.group_alive()
+        assert manager not in d.group_alive()
+        with Responder() as peer, FramedClient(*d.address) as c:
+            c.login("user7", USERS["user7"])
+            assert c.request("BIND", "127.0.0.1", str(peer.port)).type == "ACK"
+            assert c.request("QUERY", "user7") == Message(
+                "RESULT", (), f"user7,127.0.0.1,{peer.port}")
+        os.killpg(d.pid, signal.SIGTERM)
+        assert d.wait(5) == 0
         assert d.wait_group_gone(5) == []
-        d.wait_for_log(rf"presence manager \(pid {manager}\) died: registrations lost")
         assert "Traceback" not in d.stderr()
     finally:
         d.kill_group()

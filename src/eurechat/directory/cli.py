@@ -166,6 +166,13 @@ def build_serve_parser() -> argparse.ArgumentParser:
     t.add_argument("--high-water", type=_int_at_least(1), default=64 * 1024, metavar="BYTES",
                    help="unsent reply bytes per session above which it is no longer read "
                         "(default: 65536)")
+    t.add_argument("--manager-restarts", type=_int_at_least(0), default=3, metavar="K",
+                   help="with --workers N (Manager presence): a dead presence Manager is "
+                        "replaced (workers restarted, peers re-BIND) up to K times within "
+                        "--manager-restart-window; one more death exits 1; 0: exit 1 at the "
+                        "first (default: %(default)s)")
+    t.add_argument("--manager-restart-window", type=_positive_float, default=300.0,
+                   metavar="S", help="the window for --manager-restarts (default: 300)")
     # Internal: how the supervisor hands a worker its socket and pipes.
     p.add_argument("--worker-fd", default=None, help=argparse.SUPPRESS)
     p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)

@@ -177,11 +177,23 @@ def _manager_init() -> None:
         pass
 
 
-def start_hub_manager(address: str, authkey: bytes) -> HubManager:
-    """Start the Manager process (the supervisor does this first, before any thread)."""
+def start_hub_manager(address: str, authkey: bytes, method: Optional[str] = None
+                      ) -> HubManager:
+    """Start the Manager process.
+
+    ``method`` None: ``fork`` where available -- the supervisor starts its
+    first Manager before it has any thread, and a fork is fast.  A
+    *replacement* Manager (the first one died) is started with ``spawn``: by
+    then the supervisor runs threads (executors, proxy I/O), and a fork of a
+    threaded process may inherit a lock some other thread held at that
+    instant and hang.  Call it from the thread that lives as long as the
+    supervisor (its main thread): ``PR_SET_PDEATHSIG`` fires when the
+    *thread* that created the child ends."""
     import multiprocessing
     methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    if method is None:
+        method = "fork" if "fork" in methods else "spawn"
+    ctx = multiprocessing.get_context(method)
     manager = HubManager(address=address, authkey=authkey, ctx=ctx)
     manager.start(initializer=_manager_init)
     manager.get_hub()  # create it now: workers must find it ready
@@ -244,14 +256,23 @@ class ManagerRegistry(Registry):
     def _follow(self) -> None:
         """Feed thread: long-poll the hub, apply on the loop, repeat."""
         backoff = 0.1
+        failing = False
         while not self._closing.is_set():
             try:
                 seq, changes, snapshot = self._hub.changes(self._sub, self.view.seq)
                 backoff = 0.1
+                failing = False
             except _UNAVAILABLE_ERRORS as exc:
                 if self._closing.is_set():
                     return
-                log.warning("presence feed interrupted: %r", exc)
+                # Said once, at INFO: the supervisor watches the Manager and
+                # logs the one WARNING that matters (and replaces this worker);
+                # a line per retry from every worker would bury it.
+                if not failing:
+                    log.info("presence feed interrupted: %r (retrying)", exc)
+                else:
+                    log.debug("presence feed still interrupted: %r", exc)
+                failing = True
                 self._closing.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue

@@ -16,6 +16,19 @@ down, exit 0.  Workers ignore SIGINT (a Ctrl-C reaches the whole process
 group; the supervisor orders the shutdown) and exit on their own if the
 supervisor disappears (EOF on an inherited pipe); the Manager gets
 ``PR_SET_PDEATHSIG``.
+
+The Manager heals too.  When it dies, the registrations it held are gone
+(nothing else has them), and every worker is bound to a dead address.  The
+supervisor logs one WARNING, starts a new Manager, then replaces every worker
+with a fresh one bound to it -- the new worker first, the old one stopped
+only once the new one serves, so the port never lacks a listener.  Stopping
+the old workers closes their sessions, and that is what rebuilds presence:
+peers re-BIND when their directory connection drops.  (Reconnecting the
+old workers in place would keep those sessions open, and their peers would
+stay unlisted until they happened to check.)  A Manager that dies more than
+``--manager-restarts`` times within ``--manager-restart-window`` seconds is
+not papered over any longer: ERROR, exit 1, for the service manager (and a
+human) to look at.
 """
 
 from __future__ import annotations
@@ -31,7 +44,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import List, Optional
+from collections import deque
+from typing import Deque, List, Optional, Set
 
 log = logging.getLogger("eurechat.directory.supervisor")
 
@@ -71,6 +85,21 @@ class Worker:
         self.proc: Optional[asyncio.subprocess.Process] = None
         self.started = 0.0
         self.failures = 0
+        # Held while this slot's process is being (re)started: a crash restart
+        # and a Manager replacement never both start a process for one slot.
+        self.lock = asyncio.Lock()
+
+
+def _death(code: Optional[int]) -> str:
+    """``exited with code 3`` / ``was killed by SIGKILL``, for the log."""
+    if code is None:
+        return "died"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
 
 
 class Supervisor:
@@ -86,6 +115,12 @@ class Supervisor:
         self.sock: Optional[socket.socket] = None
         self.parent_r = self.parent_w = -1
         self.registry = None
+        self.checker = None
+        self.generation = 0          # Managers started so far (names their sockets)
+        self.manager_deaths: Deque[float] = deque()
+        self.retiring: Set[asyncio.subprocess.Process] = set()  # old workers being stopped
+        self.exit_code = 0
+        self._manager_died: Optional[asyncio.Event] = None
 
     # -- workers -----------------------------------------------------------
     def _worker_argv(self, ready_w: int) -> List[str]:
@@ -131,6 +166,8 @@ class Supervisor:
             code = await proc.wait()
             if self.stopping:
                 return
+            if worker.proc is not proc:
+                continue  # retired on purpose (a new Manager): watch its successor
             log.error("worker %d (pid %d) exited with %s; restarting", worker.index,
                       proc.pid, code)
             if self.registry is not None and hasattr(self.registry, "drop_pid"):
@@ -147,17 +184,64 @@ class Supervisor:
                 await asyncio.sleep(delay)
             if self.stopping:
                 return
-            await self._spawn(worker)
+            async with worker.lock:
+                if self.stopping:
+                    return
+                if worker.proc is not proc:
+                    continue  # replaced meanwhile (a new Manager)
+                await self._spawn(worker)
+
+    async def _replace(self, worker: Worker) -> bool:
+        """A fresh process for ``worker`` (bound to the current Manager); the
+        old one is stopped only once the new one serves (or failed to), so
+        with SO_REUSEPORT the port always has a listener."""
+        async with worker.lock:
+            if self.stopping:
+                return False
+            old = worker.proc
+            if old is not None and old.returncode is None:
+                self.retiring.add(old)  # a shutdown meanwhile stops it too
+            ok = await self._spawn(worker)
+            if old is not None:
+                await self._retire(old)
+            return ok
+
+    async def _retire(self, proc: asyncio.subprocess.Process) -> None:
+        """SIGTERM (its sessions are closed, their peers reconnect elsewhere);
+        SIGKILL after STOP_GRACE."""
+        try:
+            if proc.returncode is None:
+                try:
+                    proc.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                try:
+                    await asyncio.wait_for(proc.wait(), STOP_GRACE)
+                except asyncio.TimeoutError:
+                    log.warning("old worker pid %d did not stop in time; killing", proc.pid)
+                    try:
+                        proc.kill()
+                    except ProcessLookupError:
+                        pass
+                    await proc.wait()
+        finally:
+            self.retiring.discard(proc)
 
     # -- lifecycle ---------------------------------------------------------
-    def start_manager(self) -> None:
+    def start_manager(self, method: Optional[str] = None) -> None:
+        """Start a Manager (the first with fork, before any thread exists;
+        replacements with spawn, see ``start_hub_manager``).  Each gets a new
+        socket and authkey: nothing still talking to a dead one can reach the
+        new one by mistake."""
         if self.opts.registry != "manager":
             return
         from .manager_registry import start_hub_manager
-        self.manager_dir = tempfile.mkdtemp(prefix="eurechat-presence-")
-        self.address = os.path.join(self.manager_dir, "hub.sock")
+        if self.manager_dir is None:
+            self.manager_dir = tempfile.mkdtemp(prefix="eurechat-presence-")
+        self.generation += 1
+        self.address = os.path.join(self.manager_dir, f"hub-{self.generation}.sock")
         self.authkey = os.urandom(32)
-        self.manager = start_hub_manager(self.address, self.authkey)
+        self.manager = start_hub_manager(self.address, self.authkey, method=method)
         log.info("presence manager started (pid %s)", self.manager._process.pid)
 
     async def run(self) -> int:
@@ -183,6 +267,7 @@ class Supervisor:
         os.set_inheritable(self.parent_r, True)
         watchers = []
         checker = None
+        keeper: Optional[asyncio.Future] = None
         try:
             if self.opts.registry == "manager":
                 from .manager_registry import ManagerRegistry
@@ -217,25 +302,27 @@ class Supervisor:
             election = make_election(self.opts.registry, lease=self.opts.lease,
                                      shards=self.opts.checker_shards)
             await election.start()
-            checker = LivenessChecker(self.registry, election, self.opts.check_interval,
-                                      self.opts.probe_timeout, self.opts.probe_concurrency)
+            checker = self.checker = LivenessChecker(
+                self.registry, election, self.opts.check_interval,
+                self.opts.probe_timeout, self.opts.probe_concurrency)
             checker.start()
             host, port = self.sock.getsockname()[:2]
-            manager_lost = self._watch_manager(loop, stop)
+            if self.manager is not None:
+                self._manager_died = asyncio.Event()
+                self._watch_manager(loop)
+                keeper = asyncio.ensure_future(self._keep_manager(stop))
+                keeper.add_done_callback(lambda t: self._keeper_done(t, stop))
             announce(host, port)
             await stop.wait()
-            if manager_lost.is_set():
-                # Presence lived in that process: it is gone for good, and every
-                # BIND would now fail.  Serving on half-alive would hide it; a
-                # clean exit 1 lets the service manager restart the directory,
-                # after which peers log in and BIND again on their own.
-                log.error("presence manager (pid %s) died: registrations lost; "
-                          "stopping the directory (exit 1)", self.manager._process.pid)
-                return 1
+            if self.exit_code:
+                return self.exit_code
             log.info("shutting down")
             return 0
         finally:
             self.stopping = True
+            if keeper is not None:
+                keeper.cancel()
+                await asyncio.gather(keeper, return_exceptions=True)
             if checker is not None:
                 await checker.close()
                 await checker.election.close()
@@ -251,26 +338,109 @@ class Supervisor:
             os.close(self.parent_w)
             os.close(self.parent_r)
 
-    def _watch_manager(self, loop: asyncio.AbstractEventLoop,
-                       stop: asyncio.Event) -> asyncio.Event:
-        """An event set (together with ``stop``) when the Manager process dies."""
-        lost = asyncio.Event()
-        if self.manager is None:
-            return lost
-        sentinel = self.manager._process.sentinel
+    # -- the Manager's death ------------------------------------------------
+    def _watch_manager(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Set ``_manager_died`` when the current Manager process ends (its
+        sentinel becomes readable: an event, no polling)."""
+        manager = self.manager
+        sentinel = manager._process.sentinel
 
         def gone() -> None:
             loop.remove_reader(sentinel)
-            if not self.stopping and not stop.is_set():
-                lost.set()
-                stop.set()
+            if not self.stopping and self.manager is manager:
+                self._manager_died.set()
 
         loop.add_reader(sentinel, gone)
-        return lost
+
+    def _keeper_done(self, task: asyncio.Future, stop: asyncio.Event) -> None:
+        """A bug in the keeper must not leave a directory that silently stopped
+        healing: say so and stop (exit 1)."""
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("presence manager keeper failed: %r; stopping the directory (exit 1)",
+                  task.exception(), exc_info=task.exception())
+        self.exit_code = 1
+        stop.set()
+
+    async def _keep_manager(self, stop: asyncio.Event) -> None:
+        """Each time the Manager dies: count it, then give up (exit 1) or start
+        a new one and move every worker onto it."""
+        loop = asyncio.get_running_loop()
+        restarts, window = self.opts.manager_restarts, self.opts.manager_restart_window
+        while not self.stopping:
+            await self._manager_died.wait()
+            self._manager_died.clear()
+            if self.stopping or stop.is_set():
+                return
+            dead = self.manager
+            pid = dead._process.pid
+            dead.shutdown()  # reaps it (is_alive() is False: nothing is sent)
+            how = _death(dead._process.exitcode)
+            now = time.monotonic()
+            self.manager_deaths.append(now)
+            while now - self.manager_deaths[0] > window:
+                self.manager_deaths.popleft()
+            deaths = len(self.manager_deaths)
+            if deaths > restarts:
+                log.error("presence manager (pid %d) %s: registrations lost; %d deaths "
+                          "within %g s (--manager-restarts %d): giving up, stopping the "
+                          "directory (exit 1)", pid, how, deaths, window, restarts)
+                self.exit_code = 1
+                stop.set()
+                return
+            log.warning("presence manager (pid %d) %s: registrations lost; starting a new "
+                        "one and restarting the %d workers on it (peers BIND again when "
+                        "they reconnect) [restart %d of at most %d within %g s]", pid, how,
+                        len(self.workers), deaths, restarts, window)
+            started = time.monotonic()
+            try:
+                os.unlink(self.address)
+            except OSError:
+                pass
+            try:
+                self.start_manager(method="spawn")  # blocks this loop ~0.1-0.3 s
+            except Exception as exc:
+                if self.stopping or stop.is_set():
+                    return
+                log.error("cannot start a new presence manager: %r; stopping the directory "
+                          "(exit 1)", exc)
+                self.exit_code = 1
+                stop.set()
+                return
+            self._watch_manager(loop)
+            await self._reconnect_registry()
+            results = await asyncio.gather(*(self._replace(w) for w in self.workers))
+            log.info("presence manager replaced in %.2f s: new manager pid %d, %d of %d "
+                     "workers serving", time.monotonic() - started,
+                     self.manager._process.pid, sum(results), len(self.workers))
+
+    async def _reconnect_registry(self) -> None:
+        """The supervisor's own hub client (checker, ``drop_pid``) follows the
+        new Manager."""
+        from .interfaces import RegistryUnavailable
+        from .manager_registry import ManagerRegistry
+        old = self.registry
+        new = ManagerRegistry(self.address, self.authkey, subscribe=False)
+        try:
+            await new.start()
+        except RegistryUnavailable as exc:
+            # The new Manager is already gone: its death is being handled.
+            log.warning("presence hub: %s", exc)
+            await new.close()
+            return
+        self.registry = new
+        if self.checker is not None:
+            self.checker.registry = new
+        if old is not None:
+            try:
+                await asyncio.wait_for(old.close(), 1.0)
+            except Exception:
+                pass
 
     async def _stop_workers(self) -> None:
         procs = [w.proc for w in self.workers if w.proc is not None
                  and w.proc.returncode is None]
+        procs += [p for p in self.retiring if p.returncode is None and p not in procs]
         for proc in procs:
             try:
                 proc.send_signal(signal.SIGTERM)
