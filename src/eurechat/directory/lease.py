@@ -360,6 +360,17 @@ class ShardedLease(Election):
                 return check(self.held())
         return True
 
+    async def next_tick(self, timeout: Optional[float] = None) -> bool:
+        """Wait for the next tick (renewed, or failed to reach Redis): an event
+        for tests and tools to re-check the assignment on; False on timeout."""
+        assert self._changed is not None, "start() first"
+        self._changed.clear()
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
     async def start(self) -> None:
         """A first tick, then one every ``lease / 10`` in the background.
         Never fails: with Redis unreachable this instance holds nothing until

@@ -144,6 +144,10 @@ class RedisRegistry(Registry):
         self._changed: Optional[asyncio.Event] = None  # created on the loop, in start()
         self.resyncs = 0
         self.resumes = 0
+        # Removals waiting for the next pipeline (see remove()).
+        self._removals: List[Tuple[list, asyncio.Future]] = []
+        self._remover: Optional[asyncio.Task] = None
+        self.removal_batches = 0
 
     # -- lifecycle ---------------------------------------------------------
     async def start(self) -> None:
@@ -173,6 +177,10 @@ class RedisRegistry(Registry):
     async def close(self) -> None:
         self._closing = True
         self._live = False
+        remover, self._remover = self._remover, None
+        if remover is not None:
+            remover.cancel()  # fails the removals still waiting: "registry closed"
+            await asyncio.gather(remover, return_exceptions=True)
         task, self._feed_task = self._feed_task, None
         if task is not None:
             task.cancel()
@@ -211,12 +219,80 @@ class RedisRegistry(Registry):
         self._apply_local(registration.name, int(seq), registration)
 
     async def remove(self, name: str, expected: Optional[Registration] = None) -> bool:
-        seq = await self._call(self._remove_script,
-                               [name, _value(expected) if expected else "", self._maxlen])
+        """Removals are pipelined: those issued while a batch is on its way
+        (a checker round finds thousands of dead peers at once) go out
+        together in the next one, up to ``REMOVE_BATCH`` scripts per round
+        trip, instead of one round trip (and one pooled connection) each.
+        A lone removal still costs one round trip.  Each script is the same
+        atomic compare-and-delete, so batching changes no outcome."""
+        if self._redis is None:
+            raise RegistryUnavailable("registry not started")
+        fut = asyncio.get_running_loop().create_future()
+        self._removals.append(([name, _value(expected) if expected else "", self._maxlen], fut))
+        if self._remover is None:
+            self._remover = asyncio.get_running_loop().create_task(self._send_removals())
+        seq = await fut
         if not seq:
             return False
         self._apply_local(name, int(seq), None)
         return True
+
+    REMOVE_BATCH = 500
+
+    async def _send_removals(self) -> None:
+        batch: List[Tuple[list, asyncio.Future]] = []
+        try:
+            while self._removals:
+                batch = self._removals[:self.REMOVE_BATCH]
+                del self._removals[:self.REMOVE_BATCH]
+                try:
+                    replies = await self._pipeline_removals([args for args, _ in batch])
+                except REDIS_DOWN as e:
+                    replies = [RegistryUnavailable(f"Redis unreachable: {e}")] * len(batch)
+                except redis_errors.RedisError as e:
+                    replies = [RegistryUnavailable(f"Redis error: {e}")] * len(batch)
+                for (_, fut), reply in zip(batch, replies):
+                    if fut.done():
+                        continue  # its caller gave up (cancelled)
+                    if isinstance(reply, BaseException):
+                        if not isinstance(reply, RegistryUnavailable):
+                            reply = RegistryUnavailable(f"Redis error: {reply}")
+                        fut.set_exception(reply)
+                    else:
+                        fut.set_result(reply)
+                batch = []
+        finally:
+            # Cancelled (close()) or failed unexpectedly: nobody may wait for ever.
+            self._remover = None
+            left, self._removals = batch + self._removals, []
+            for _, fut in left:
+                if not fut.done():
+                    fut.set_exception(RegistryUnavailable("registry closed"))
+
+    async def _pipeline_removals(self, batch: List[list]) -> list:
+        """One round trip of EVALSHAs (no per-batch SCRIPT EXISTS); a Redis
+        that lost its script cache (restart, SCRIPT FLUSH) gets the script
+        loaded again and the scripts that did not run are sent once more
+        (one that did not run changed nothing, so that is safe)."""
+        replies = await self._evalsha_batch(batch)
+        todo = [i for i, r in enumerate(replies) if isinstance(r, redis_errors.NoScriptError)]
+        if todo:
+            assert self._redis is not None
+            self._remove_script.sha = await self._redis.script_load(self._remove_script.script)
+            again = await self._evalsha_batch([batch[i] for i in todo])
+            for i, r in zip(todo, again):
+                replies[i] = r
+        self.removal_batches += 1
+        return replies
+
+    async def _evalsha_batch(self, batch: List[list]) -> list:
+        if self._redis is None:
+            raise RegistryUnavailable("registry closed")
+        keys = (self._hash, self._seq_key, self._stream)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for args in batch:
+                pipe.evalsha(self._remove_script.sha, 3, *keys, *args)
+            return await pipe.execute(raise_on_error=False)
 
     async def _call(self, script, args: list) -> int:
         if self._redis is None:
