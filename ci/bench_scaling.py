@@ -23,6 +23,14 @@ measured for each registry.
 4. Accounts: scrypt verify at the production cost (2**14) and PostgreSQL
    lookups (throwaway cluster, as in the tests).
 5. Liveness checker over ``--probes`` registrations held in Redis.
+6. Sharded checkers (``--checker-shards``): ``--shard-regs`` registrations
+   pointing at a closed loopback port, checked (and so removed) by 1, then 2
+   checker processes sharing 16 shard leases (each its own event loop, as
+   on two hosts; not pinned: with 2 cores, one per core); throughput =
+   registrations checked per second of wall time, median of ``--reps``
+   alternating runs.  Plus the part of a round that sharding does not divide:
+   every instance's HSCAN of the whole presence hash (``--scan-regs``).
+   ``--checker-only`` runs just this section.
 
 Results: a human table and one JSON line (``BENCH_SCALING {...}``).
 """
@@ -311,6 +319,178 @@ async def checker_round(url: str, n: int, port: int) -> dict:
             "probes_per_s": probed / took}
 
 
+# -- 6: sharded checkers ---------------------------------------------------------------
+SHARD_CHILD = r"""
+import asyncio, json, resource, sys, time
+from eurechat.directory.app import install_uvloop
+from eurechat.directory.checker import LivenessChecker
+from eurechat.directory.lease import ShardedLease, fair_share
+from eurechat.directory.redis_registry import RedisRegistry
+
+async def main(url, shards, instances):
+    reg = RedisRegistry(url, follow=False)      # as in a supervisor
+    await reg.start()
+    election = ShardedLease(url, shards=shards, lease=10.0)
+    await election.start()
+    want = fair_share(shards, instances)
+    ok = await election.wait_for(
+        lambda h: election.instances == instances and len(h) == want, 60)
+    assert ok, (election.instances, sorted(election.held()))
+    loop = asyncio.get_running_loop()
+    print("ready", flush=True)
+    await loop.run_in_executor(None, sys.stdin.readline)
+    checker = LivenessChecker(reg, election, interval=3600, probe_timeout=5.0,
+                              concurrency=1000)
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    probed, removed = await checker.check_round()
+    took = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"probed": probed, "removed": len(removed), "secs": took,
+                      "cpu": r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime,
+                      "shards": sorted(election.held()),
+                      "removal_batches": reg.removal_batches}), flush=True)
+    await loop.run_in_executor(None, sys.stdin.readline)   # keep the shards until told
+    await election.close()
+    await reg.close()
+
+install_uvloop()
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+"""
+
+
+def seed_presence(url: str, n: int, port: int, prefix: str = "peer") -> None:
+    """``n`` registrations written straight into the presence hash (pipelined
+    HSET; the checker reads only the hash)."""
+    import redis
+    with redis.Redis.from_url(url) as r:
+        for start in range(0, n, 10_000):
+            with r.pipeline(transaction=False) as pipe:
+                for i in range(start, min(n, start + 10_000)):
+                    pipe.hset("eurechat:presence", f"{prefix}{i:07d}", f"127.0.0.1,{port}")
+                pipe.execute()
+
+
+def sharded_round(url: str, instances: int, n: int, shards: int, port: int) -> dict:
+    """One checker round over ``n`` dead registrations split between
+    ``instances`` checker processes; wall time from 'go' to the last result."""
+    import redis
+    with redis.Redis.from_url(url) as r:
+        r.flushall()
+    seed_presence(url, n, port)
+    with redis.Redis.from_url(url) as r:
+        r.config_resetstat()
+    kids = [subprocess.Popen([sys.executable, "-c", SHARD_CHILD, url, str(shards),
+                              str(instances)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True, preexec_fn=raise_nofile) for _ in range(instances)]
+    try:
+        for k in kids:
+            line = k.stdout.readline()
+            if line.strip() != "ready":
+                raise SystemExit(f"checker child did not get its shards: {line!r}")
+        t0 = time.perf_counter()
+        for k in kids:
+            k.stdin.write("go\n")
+            k.stdin.flush()
+        results = [json.loads(k.stdout.readline()) for k in kids]
+        wall = time.perf_counter() - t0
+        for k in kids:
+            k.stdin.write("exit\n")
+            k.stdin.flush()
+        for k in kids:
+            try:
+                k.wait(30)
+            except subprocess.TimeoutExpired:
+                print("warning: a checker child did not exit within 30 s (killed)", flush=True)
+    finally:
+        for k in kids:
+            if k.poll() is None:
+                k.kill()
+                k.wait()
+    with redis.Redis.from_url(url) as r:
+        left = r.hlen("eurechat:presence")
+        stats = r.info("commandstats")
+    probed = sum(x["probed"] for x in results)
+    if probed != n or left != 0 or sum(x["removed"] for x in results) != n:
+        raise SystemExit(f"checker round incomplete: probed {probed}, left {left}: {results}")
+    all_shards = sorted(s for x in results for s in x["shards"])
+    if all_shards != list(range(shards)):
+        raise SystemExit(f"shards not split exactly: {results}")
+    return {"instances": instances, "regs": n, "wall_s": wall, "per_s": n / wall,
+            "per_instance": [{"probed": x["probed"], "secs": x["secs"], "cpu_s": x["cpu"],
+                              "shards": len(x["shards"]),
+                              "removal_batches": x["removal_batches"]} for x in results],
+            "redis_hscan": stats.get("cmdstat_hscan", {}),
+            "redis_evalsha": stats.get("cmdstat_evalsha", {})}
+
+
+async def scan_cost(url: str, n: int, shards: int) -> dict:
+    """The part of a round that does not shrink with more instances: each one
+    reads the whole presence hash (HSCAN) and keeps its own shards."""
+    import redis
+
+    from eurechat.directory.lease import shard_of
+    from eurechat.directory.redis_registry import RedisRegistry
+    with redis.Redis.from_url(url) as r:
+        r.flushall()
+    seed_presence(url, n, 9)
+    with redis.Redis.from_url(url) as r:
+        r.config_resetstat()
+    reg = RedisRegistry(url, follow=False)
+    await reg.start()
+    t0 = time.perf_counter()
+    regs = await reg.snapshot()
+    scan = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    mine = [x for x in regs if shard_of(x.name, shards) < shards // 2]
+    select = time.perf_counter() - t0
+    await reg.close()
+    with redis.Redis.from_url(url) as r:
+        hscan = r.info("commandstats").get("cmdstat_hscan", {})
+        r.flushall()
+    return {"regs": n, "snapshot_s": scan, "select_s": select, "kept": len(mine),
+            "redis_hscan_usec_total": hscan.get("usec", 0), "hscan_calls": hscan.get("calls", 0)}
+
+
+def checker_shards_section(url: str, opts) -> dict:
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    closed = port.getsockname()[1]
+    port.close()   # nothing listens there: every probe is refused, every entry removed
+    runs: dict = {1: [], 2: []}
+    for rep in range(opts.reps):
+        for instances in (1, 2):
+            print(f"== sharded checker, {instances} instance(s), run {rep + 1}/{opts.reps}",
+                  flush=True)
+            runs[instances].append(sharded_round(url, instances, opts.shard_regs, 16, closed))
+    out = {}
+    for instances, lst in runs.items():
+        lst.sort(key=lambda x: x["per_s"])
+        out[str(instances)] = dict(lst[len(lst) // 2], all_per_s=[x["per_s"] for x in lst])
+    print("== HSCAN of the whole hash", flush=True)
+    out["scan"] = asyncio.run(scan_cost(url, opts.scan_regs, 16))
+    return out
+
+
+def report_checker_shards(k: dict) -> None:
+    one, two = k["1"], k["2"]
+    for x in (one, two):
+        each = ", ".join(f"{p['probed']} in {p['secs']:.2f} s ({p['cpu_s']:.2f} CPU-s, "
+                         f"{p['shards']} shards, {p['removal_batches']} removal pipelines)"
+                         for p in x["per_instance"])
+        ev = x["redis_evalsha"]
+        print(f"sharded checker, {x['instances']} instance(s): {x['regs']} dead registrations "
+              f"checked in {x['wall_s']:.2f} s = {x['per_s']:.0f}/s "
+              f"(runs: {', '.join(f'{v:.0f}' for v in x['all_per_s'])}/s); each: {each}; "
+              f"Redis EVALSHA {ev.get('calls', 0)} calls, {ev.get('usec_per_call', 0):.1f} us "
+              f"per call")
+    print(f"speed-up 2 vs 1 instance: {two['per_s'] / one['per_s']:.2f}x")
+    s = k["scan"]
+    print(f"snapshot (HSCAN, whole hash) of {s['regs']} registrations: {s['snapshot_s']:.2f} s "
+          f"in the checker process ({s['snapshot_s'] / s['regs'] * 1e6:.1f} us each), "
+          f"Redis {s['redis_hscan_usec_total'] / s['regs']:.2f} us each; shard filter "
+          f"{s['select_s'] / s['regs'] * 1e6:.2f} us each")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--secs", default="3", help="measured seconds per loadgen phase")
@@ -324,13 +504,34 @@ def main() -> int:
                     default=[1, 8, 32, 96], help="follower counts for the fan-out phase")
     ap.add_argument("--appendfsync", default="everysec", choices=("everysec", "always"),
                     help="redis-server durability (always: fsync every write)")
+    ap.add_argument("--shard-regs", type=int, default=10_000,
+                    help="dead registrations for the sharded-checker section")
+    ap.add_argument("--scan-regs", type=int, default=200_000,
+                    help="registrations for the whole-hash HSCAN cost")
+    ap.add_argument("--checker-only", action="store_true",
+                    help="run only the sharded-checker section (6)")
     ap.add_argument("--quick", action="store_true", help="small sizes, 1 s phases")
     opts = ap.parse_args()
     if opts.quick:
         opts.secs, opts.regs, opts.big, opts.probes = "1", 200, 20_000, 2000
         opts.followers = [1, 8]
         opts.reps = 1
+        opts.shard_regs, opts.scan_regs = 2000, 20_000
     raise_nofile()
+    if opts.checker_only:
+        server = RedisServer(appendfsync=opts.appendfsync).start()
+        try:
+            shards = {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg(),
+                      "checker_shards": checker_shards_section(server.url, opts)}
+        finally:
+            server.close()
+        print()
+        report_checker_shards(shards["checker_shards"])
+        shards["loadavg_end"] = os.getloadavg()
+        print(f"load average (1/5/15 min) at start {shards['loadavg_start']}, "
+              f"at end {shards['loadavg_end']}")
+        print("BENCH_SCALING " + json.dumps(shards, default=str))
+        return 0
     results: dict = {"cpus": os.cpu_count(), "appendfsync": opts.appendfsync,
                      "loadavg_start": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="bench-scaling-") as tmp:
@@ -368,6 +569,7 @@ def main() -> int:
             results["fanout"] = [asyncio.run(fanout(server.url, f)) for f in opts.followers]
             print("== checker round", flush=True)
             results["checker"] = asyncio.run(checker_round(server.url, opts.probes, port))
+            results["checker_shards"] = checker_shards_section(server.url, opts)
         finally:
             server.close()
             pong.kill()
@@ -420,6 +622,7 @@ def main() -> int:
     k = results["checker"]
     print(f"checker: {k['probed']} probes in {k['round_s']:.2f} s "
           f"({k['probes_per_s']:.0f} probes/s, {k['removed']} removed)")
+    report_checker_shards(results["checker_shards"])
     print(f"scrypt verify (N=2**14): {results['scrypt_verify_ms']:.1f} ms per login per core")
     p = results["postgres"]
     print(f"PostgreSQL account lookup: p50 {p['pg_lookup_p50_us']:.0f} us, "

@@ -318,6 +318,7 @@ class ShardedLease(Election):
         self._redis = None
         self._script = None
         self._task: Optional[asyncio.Task] = None
+        self._closing = False
         self._changed: Optional[asyncio.Event] = None
 
     # -- public --------------------------------------------------------------
@@ -386,13 +387,14 @@ class ShardedLease(Election):
 
     async def close(self) -> None:
         """Stop, leave the member set and hand every held shard over at once."""
+        self._closing = True
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+            # redis-py can swallow a cancellation that lands while it reads a
+            # reply; the flag then ends the loop, and shutdown never waits
+            # longer than this.
+            await asyncio.wait({task}, timeout=2.0)
         if self._redis is not None:
             try:
                 await self._run(stay=False)
@@ -439,8 +441,10 @@ class ShardedLease(Election):
 
     async def _loop(self) -> None:
         warned = False
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.tick_every)
+            if self._closing:
+                return
             try:
                 await self.tick()
                 warned = False

@@ -164,6 +164,9 @@ class RedisRegistry(Registry):
                 await self._resync()
             else:
                 await self._redis.ping()
+            # Removals are sent as bare EVALSHAs in pipelines: have the script
+            # in Redis's cache up front rather than learn of it by NOSCRIPT.
+            await self._redis.script_load(_REMOVE)
         except REDIS_DOWN as e:
             await self.close()
             raise RegistryUnavailable(f"cannot reach Redis at {self.url}: {e}") from e
