@@ -32,7 +32,7 @@ from typing import List, Optional, Tuple
 from .directory_client import AuthFailed, DirectoryError, NameTaken
 from .node import Peer, PeerError
 from .protocol import valid_name
-from .store import StoreLocked
+from .store import INBOX_RETENTION, StoreLocked
 from .ui import Output, piped_lines, terminal_lines
 
 log = logging.getLogger("eurechat.peer.cli")
@@ -47,6 +47,27 @@ def host_port(text: str) -> Tuple[str, int]:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
     host = host.strip("[]")
     return host, int(port)
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def duration(text: str) -> float:
+    """``90d``, ``12h``, ``30m``, ``45s`` or a bare number of days -> seconds;
+    ``0`` or ``forever`` -> 0 (keep for ever)."""
+    t = text.strip().lower()
+    if t in ("forever", "never"):
+        return 0.0
+    unit = _UNITS.get(t[-1:]) if t else None
+    number = t[:-1] if unit is not None else t
+    try:
+        value = float(number) * (unit or 86400.0)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"expected a duration such as 90d, 12h, 30m, 45s (or 0 / forever), got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="outbox/inbox directory (default $XDG_DATA_HOME/eurechat, else "
                         "~/.local/share/eurechat)")
     p.add_argument("--json", action="store_true", help="one JSON event per line on stdout")
+    p.add_argument("--inbox-retention", type=duration, default=INBOX_RETENTION,
+                   metavar="DURATION",
+                   help="keep the record of a received (and shown) message this long, to "
+                        "recognise a resent copy: 90d (default), 12h, 30m, 45s, or "
+                        "0/forever to keep everything")
     p.add_argument("--password-file", type=Path, default=None,
                    help="read the password from the first line of this file")
     p.add_argument("--log-level", default=os.environ.get("EURECHAT_LOG_LEVEL", "WARNING"),
@@ -129,7 +155,8 @@ class App:
         self.out = Output(args.json, tty=self.tty)
         self.peer = Peer(args.user, password, directory=args.directory, listen=args.listen,
                          data_dir=args.data_dir, register=args.register,
-                         on_messages=self._show, on_event=self.out.event)
+                         on_messages=self._show, on_event=self.out.event,
+                         inbox_retention=args.inbox_retention)
         self.out.mark = self.peer.mark_shown
         self.out.on_gone = self._stdout_gone
         self.last: List[str] = []

@@ -81,7 +81,7 @@ from .protocol import (
     encode_pong,
     valid_name,
 )
-from .store import PeerStore, default_data_dir
+from .store import INBOX_RETENTION, PeerStore, default_data_dir
 
 log = logging.getLogger("eurechat.peer.node")
 
@@ -116,6 +116,8 @@ class Timings:
     frame_timeout: float = 60.0     #: a frame once started must complete within this
     idle_timeout: float = 300.0     #: close a connection that sent nothing for this long
     rebind_check: float = 30.0      #: check our own registration (and BIND again) this often
+    prune_interval: float = 3600.0  #: look for expired inbox records this often
+    prune_batch: int = 1000         #: inbox records deleted per pass at most
 
     @classmethod
     def from_env(cls) -> Timings:
@@ -134,6 +136,8 @@ class Timings:
         t.frame_timeout = _env_float("EURECHAT_FRAME_TIMEOUT", t.frame_timeout)
         t.idle_timeout = _env_float("EURECHAT_IDLE_TIMEOUT", t.idle_timeout)
         t.rebind_check = _env_float("EURECHAT_REBIND_CHECK", t.rebind_check)
+        t.prune_interval = _env_float("EURECHAT_PRUNE_INTERVAL", t.prune_interval)
+        t.prune_batch = int(_env_float("EURECHAT_PRUNE_BATCH", t.prune_batch))
         return t
 
 
@@ -507,7 +511,8 @@ class Peer:
                  timings: Optional[Timings] = None,
                  on_message: Optional[Callable[[IncomingMessage], None]] = None,
                  on_messages: Optional[Callable[[List[IncomingMessage]], None]] = None,
-                 on_event: Optional[Callable[[Event], None]] = None) -> None:
+                 on_event: Optional[Callable[[Event], None]] = None,
+                 inbox_retention: Optional[float] = INBOX_RETENTION) -> None:
         if not valid_name(user):
             raise ValueError(f"invalid user name {user!r}: 1-32 of [A-Za-z0-9_.-], "
                              "not starting with '.' or '-'")
@@ -519,6 +524,8 @@ class Peer:
         self.register = register
         self.addresses: Dict[str, Tuple[str, int]] = dict(addresses or {})
         self.timings = timings or Timings.from_env()
+        #: seconds a received message's dedupe record is kept (None/0: for ever)
+        self.inbox_retention = inbox_retention or None
         self._on_message = on_message
         self._on_messages = on_messages
         self._listeners: List[Callable[[Event], None]] = []
@@ -546,6 +553,7 @@ class Peer:
         self._closing = False
         self._store_closed = False
         self._sweeper: Optional[asyncio.Task] = None
+        self._pruner: Optional[asyncio.Task] = None
         self._tasks: Set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
 
@@ -578,6 +586,9 @@ class Peer:
             sockname = self._server.sockets[0].getsockname()
             self.address = (host or sockname[0], sockname[1])
             self._sweeper = asyncio.ensure_future(self._sweep())
+            if self.inbox_retention:
+                # At start-up: one bounded pass, before anything arrives.
+                self._pruner = asyncio.ensure_future(self._prune_loop(self.prune_inbox()))
             if self.directory_address is not None:
                 self.directory = DirectoryClient(
                     self.directory_address[0], self.directory_address[1], self.user,
@@ -626,12 +637,41 @@ class Peer:
                     log.info("%r: idle for %.0f s, closing", conn, now - conn.last_rx)
                     conn.close()
 
+    def prune_inbox(self) -> int:
+        """One bounded pass (``timings.prune_batch`` rows at most) deleting the
+        dedupe records of shown messages older than ``inbox_retention``;
+        returns how many went.  Runs at start-up and every
+        ``timings.prune_interval`` (sooner while a backlog remains)."""
+        if not self.inbox_retention or self.store is None or self._store_closed:
+            return 0
+        try:
+            n = self.store.prune_inbox(time.time() - self.inbox_retention,
+                                       self.timings.prune_batch)
+        except Exception:   # a failed prune costs disk space, never a message
+            log.exception("pruning the inbox failed")
+            return 0
+        if n:
+            log.info("pruned %d inbox record(s) older than %g s", n, self.inbox_retention)
+        return n
+
+    async def _prune_loop(self, last: int) -> None:
+        """Prune now and then.  A full batch (``last``: what the previous pass
+        deleted) means a backlog (an old inbox, a shorter retention than last
+        time): the next pass comes soon, with the event loop free in between."""
+        interval = self.timings.prune_interval
+        batch = self.timings.prune_batch
+        while True:
+            await asyncio.sleep(min(0.05, interval) if last >= batch > 0 else interval)
+            last = self.prune_inbox()
+
     async def _shutdown(self, leave: bool) -> None:
         if self._closing:
             return
         self._closing = True
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._pruner is not None:
+            self._pruner.cancel()
         if self.directory is not None:
             await self.directory.close(leave=leave)
         if self._server is not None:

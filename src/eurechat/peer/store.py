@@ -16,6 +16,12 @@ section 4 rest on lives here:
   are explained in ``ui.Output.show_messages`` and docs/peer.md).  A row above
   the cursor at start-up was recorded but never shown, so it is shown then.
 
+Retention: the inbox is also the dedupe record, so a row may only go once
+its sender can no longer send that message again.  ``prune_inbox`` deletes
+shown rows older than a horizon (default 90 days, ``INBOX_RETENTION``), oldest
+first and a bounded number per call; why that horizon is safe is in
+docs/peer.md ("Inbox retention").
+
 SQLite runs in WAL mode with ``synchronous=FULL``; callers group many
 operations into one transaction (``transaction()``), which is what makes a
 durable commit per message affordable.
@@ -50,6 +56,11 @@ CREATE TABLE IF NOT EXISTS inbox (
     UNIQUE (sender, msgid)
 );
 """
+
+
+#: Default inbox retention (seconds): a received message's dedupe record is
+#: kept this long after it arrived (and at least until it was shown).
+INBOX_RETENTION = 90 * 86400.0
 
 
 class StoreLocked(Exception):
@@ -162,6 +173,34 @@ class PeerStore:
         return [InRow(*r) for r in self.db.execute(
             "SELECT seq, sender, msgid, text FROM inbox WHERE seq > ? ORDER BY seq",
             (self.shown,))]
+
+    def prune_inbox(self, before: float, limit: int) -> int:
+        """Delete at most ``limit`` inbox rows that were shown and received
+        before ``before`` (a ``time.time()``); return how many went.
+
+        Rows go in ``seq`` (arrival) order and the walk stops at the first row
+        that is too young or not yet shown, so a call reads at most ``limit``
+        + 1 rows however large the inbox is, and never scans rows it keeps.
+        (A row whose ``received`` is later than its successors', after the
+        clock went back, holds those back until it expires too.)  Its own
+        transaction, not fsynced: a prune lost in a power cut is redone."""
+        if limit <= 0:
+            return 0
+        last = None
+        for seq, received in self.db.execute(
+                "SELECT seq, received FROM inbox WHERE seq <= ? ORDER BY seq LIMIT ?",
+                (self.shown, limit)):
+            if received >= before:
+                break
+            last = seq
+        if last is None:
+            return 0
+        with self.transaction(durable=False):
+            return self.db.execute("DELETE FROM inbox WHERE seq <= ?", (last,)).rowcount
+
+    def inbox_size(self) -> int:
+        """Rows in the inbox (shown or not): for tests and diagnostics."""
+        return self.db.execute("SELECT count(*) FROM inbox").fetchone()[0]
 
     def mark_shown(self, seq: int, rewind: bool = False) -> None:
         """Advance the display cursor: one pwrite, next to the screen write.
