@@ -20,8 +20,8 @@ supervisor disappears (EOF on an inherited pipe); the Manager gets
 The Manager heals too.  When it dies, the registrations it held are gone
 (nothing else has them), and every worker is bound to a dead address.  The
 supervisor logs one WARNING, starts a new Manager, then replaces every worker
-with a fresh one bound to it -- the new worker first, the old one stopped
-only once the new one serves, so the port never lacks a listener.  Stopping
+with a fresh one bound to it -- the new workers first, the old ones stopped
+only once all new ones serve, so the port never lacks a listener.  Stopping
 the old workers closes their sessions, and that is what rebuilds presence:
 peers re-BIND when their directory connection drops.  (Reconnecting the
 old workers in place would keep those sessions open, and their peers would
@@ -87,7 +87,8 @@ class Worker:
         self.failures = 0
         # Held while this slot's process is being (re)started: a crash restart
         # and a Manager replacement never both start a process for one slot.
-        self.lock = asyncio.Lock()
+        # (Made in the running loop: before 3.10 a Lock binds to a loop.)
+        self.lock: asyncio.Lock
 
 
 def _death(code: Optional[int]) -> str:
@@ -191,20 +192,27 @@ class Supervisor:
                     continue  # replaced meanwhile (a new Manager)
                 await self._spawn(worker)
 
-    async def _replace(self, worker: Worker) -> bool:
-        """A fresh process for ``worker`` (bound to the current Manager); the
-        old one is stopped only once the new one serves (or failed to), so
-        with SO_REUSEPORT the port always has a listener."""
-        async with worker.lock:
-            if self.stopping:
-                return False
-            old = worker.proc
-            if old is not None and old.returncode is None:
-                self.retiring.add(old)  # a shutdown meanwhile stops it too
-            ok = await self._spawn(worker)
-            if old is not None:
-                await self._retire(old)
-            return ok
+    async def _replace_all(self) -> int:
+        """A fresh process for every slot (bound to the current Manager); the
+        old ones are stopped only once *all* new ones serve (or failed to).
+        So with SO_REUSEPORT the port always has listeners, and a peer whose
+        old session is closed reconnects to a new worker -- were an old worker
+        still listening, it could land there and have its BIND refused
+        (``ERR directory unavailable``).  Returns how many new ones serve."""
+        async def renew(worker: Worker):
+            async with worker.lock:
+                if self.stopping:
+                    return False, None
+                old = worker.proc
+                if old is not None and old.returncode is None:
+                    self.retiring.add(old)  # a shutdown meanwhile stops it too
+                else:
+                    old = None
+                return await self._spawn(worker), old
+
+        results = await asyncio.gather(*(renew(w) for w in self.workers))
+        await asyncio.gather(*(self._retire(old) for _, old in results if old is not None))
+        return sum(ok for ok, _ in results)
 
     async def _retire(self, proc: asyncio.subprocess.Process) -> None:
         """SIGTERM (its sessions are closed, their peers reconnect elsewhere);
@@ -254,6 +262,8 @@ class Supervisor:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        for w in self.workers:
+            w.lock = asyncio.Lock()
         try:
             self.sock = _listen(self.opts.host, self.opts.port, REUSEPORT,
                                 listen=not REUSEPORT)
@@ -409,10 +419,10 @@ class Supervisor:
                 return
             self._watch_manager(loop)
             await self._reconnect_registry()
-            results = await asyncio.gather(*(self._replace(w) for w in self.workers))
+            serving = await self._replace_all()
             log.info("presence manager replaced in %.2f s: new manager pid %d, %d of %d "
                      "workers serving", time.monotonic() - started,
-                     self.manager._process.pid, sum(results), len(self.workers))
+                     self.manager._process.pid, serving, len(self.workers))
 
     async def _reconnect_registry(self) -> None:
         """The supervisor's own hub client (checker, ``drop_pid``) follows the
