@@ -28,8 +28,9 @@ measured for each registry.
    checker processes sharing 16 shard leases (each its own event loop, as
    on two hosts; not pinned: with 2 cores, one per core); throughput =
    registrations checked per second of wall time, median of ``--reps``
-   alternating runs.  Plus the part of a round that sharding does not divide:
-   every instance's HSCAN of the whole presence hash (``--scan-regs``).
+   alternating runs.  Plus, per instance and round,
+   a round's read of its registrations at ``--scan-regs``: the whole hash
+   (one instance, all shards) vs half of the shards from the index buckets.
    ``--checker-only`` runs just this section.
 
 Results: a human table and one JSON line (``BENCH_SCALING {...}``).
@@ -144,7 +145,7 @@ async def redis_costs(url: str, big: int) -> dict:
     import redis.asyncio as aredis
 
     from eurechat.directory.interfaces import Registration
-    from eurechat.directory.redis_registry import _BIND, RedisRegistry
+    from eurechat.directory.redis_registry import _BIND, RedisRegistry, bucket_of
 
     admin = aredis.Redis.from_url(url)
     await admin.flushall()
@@ -177,7 +178,8 @@ async def redis_costs(url: str, big: int) -> dict:
         pipe = admin.pipeline(transaction=False)
         for i in range(start, min(big, start + chunk)):
             await script(keys=["eurechat:presence", "eurechat:presence:seq",
-                               "eurechat:presence:feed"],
+                               "eurechat:presence:feed",
+                               f"eurechat:presence:b:{bucket_of(f'u{i:07d}')}"],
                          args=[f"u{i:07d}", f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255},40000",
                                100_000], client=pipe)
         await pipe.execute()
@@ -359,14 +361,18 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
 
 
 def seed_presence(url: str, n: int, port: int, prefix: str = "peer") -> None:
-    """``n`` registrations written straight into the presence hash (pipelined
-    HSET; the checker reads only the hash)."""
+    """``n`` registrations written straight into the presence hash and its index
+    buckets (pipelined HSET; the checker reads nothing else)."""
     import redis
+
+    from eurechat.directory.redis_registry import bucket_of
     with redis.Redis.from_url(url) as r:
         for start in range(0, n, 10_000):
             with r.pipeline(transaction=False) as pipe:
                 for i in range(start, min(n, start + 10_000)):
-                    pipe.hset("eurechat:presence", f"{prefix}{i:07d}", f"127.0.0.1,{port}")
+                    name, value = f"{prefix}{i:07d}", f"127.0.0.1,{port}"
+                    pipe.hset("eurechat:presence", name, value)
+                    pipe.hset(f"eurechat:presence:b:{bucket_of(name)}", name, value)
                 pipe.execute()
 
 
@@ -424,31 +430,36 @@ def sharded_round(url: str, instances: int, n: int, shards: int, port: int) -> d
 
 
 async def scan_cost(url: str, n: int, shards: int) -> dict:
-    """The part of a round that does not shrink with more instances: each one
-    reads the whole presence hash (HSCAN) and keeps its own shards."""
+    """What a round reads before probing, at ``n`` registrations: a lone
+    instance (all shards) HSCANs the whole hash; an instance holding half of
+    the shards reads only their index buckets (``snapshot_shards``)."""
     import redis
 
-    from eurechat.directory.lease import shard_of
     from eurechat.directory.redis_registry import RedisRegistry
     with redis.Redis.from_url(url) as r:
         r.flushall()
     seed_presence(url, n, 9)
-    with redis.Redis.from_url(url) as r:
-        r.config_resetstat()
     reg = RedisRegistry(url, follow=False)
     await reg.start()
-    t0 = time.perf_counter()
-    regs = await reg.snapshot()
-    scan = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    mine = [x for x in regs if shard_of(x.name, shards) < shards // 2]
-    select = time.perf_counter() - t0
+    out: dict = {"regs": n}
+    for label, read in (("all", reg.snapshot),
+                        ("half", lambda: reg.snapshot_shards(set(range(shards // 2)), shards))):
+        with redis.Redis.from_url(url) as r:
+            r.config_resetstat()
+        t0 = time.perf_counter()
+        got = await read()
+        took = time.perf_counter() - t0
+        with redis.Redis.from_url(url) as r:
+            stats = r.info("commandstats")
+        redis_us = sum(v.get("usec", 0) for k, v in stats.items()
+                       if k in ("cmdstat_hscan", "cmdstat_hgetall", "cmdstat_eval"))
+        out[label] = {"read": len(got), "secs": took, "redis_usec": redis_us,
+                      "calls": {k[8:]: v["calls"] for k, v in stats.items()
+                                if k in ("cmdstat_hscan", "cmdstat_hgetall", "cmdstat_eval")}}
     await reg.close()
     with redis.Redis.from_url(url) as r:
-        hscan = r.info("commandstats").get("cmdstat_hscan", {})
         r.flushall()
-    return {"regs": n, "snapshot_s": scan, "select_s": select, "kept": len(mine),
-            "redis_hscan_usec_total": hscan.get("usec", 0), "hscan_calls": hscan.get("calls", 0)}
+    return out
 
 
 def checker_shards_section(url: str, opts) -> dict:
@@ -466,7 +477,7 @@ def checker_shards_section(url: str, opts) -> dict:
     for instances, lst in runs.items():
         lst.sort(key=lambda x: x["per_s"])
         out[str(instances)] = dict(lst[len(lst) // 2], all_per_s=[x["per_s"] for x in lst])
-    print("== HSCAN of the whole hash", flush=True)
+    print("== a round's read: whole hash vs index buckets", flush=True)
     out["scan"] = asyncio.run(scan_cost(url, opts.scan_regs, 16))
     return out
 
@@ -485,10 +496,13 @@ def report_checker_shards(k: dict) -> None:
               f"per call")
     print(f"speed-up 2 vs 1 instance: {two['per_s'] / one['per_s']:.2f}x")
     s = k["scan"]
-    print(f"snapshot (HSCAN, whole hash) of {s['regs']} registrations: {s['snapshot_s']:.2f} s "
-          f"in the checker process ({s['snapshot_s'] / s['regs'] * 1e6:.1f} us each), "
-          f"Redis {s['redis_hscan_usec_total'] / s['regs']:.2f} us each; shard filter "
-          f"{s['select_s'] / s['regs'] * 1e6:.2f} us each")
+    for label, what in (("all", "all 16 shards (HSCAN of the whole hash)"),
+                        ("half", "8 of 16 shards (index buckets, HGETALL)")):
+        x = s[label]
+        print(f"round's read at {s['regs']} registrations, {what}: {x['read']} read in "
+              f"{x['secs']:.2f} s ({x['secs'] / max(1, x['read']) * 1e6:.1f} us each), "
+              f"Redis busy {x['redis_usec'] / 1000:.0f} ms "
+              f"({x['redis_usec'] / max(1, x['read']):.2f} us each; calls {x['calls']})")
 
 
 def main() -> int:

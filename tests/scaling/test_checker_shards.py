@@ -21,7 +21,7 @@ from scaling_helpers import run, until
 
 from eurechat.directory.interfaces import Registration, RegistryUnavailable
 from eurechat.directory.lease import ShardedLease, fair_share, shard_of
-from eurechat.directory.redis_registry import RedisRegistry
+from eurechat.directory.redis_registry import RedisRegistry, bucket_of
 from support.client import Responder, closed_port
 from support.processes import Directory, start_directory, test_env
 
@@ -169,6 +169,55 @@ def test_removals_fail_cleanly_without_redis(own_redis) -> None:
             results = await asyncio.gather(*(reg.remove("gone") for _ in range(3)),
                                            return_exceptions=True)
             assert all(isinstance(r, RegistryUnavailable) for r in results), results
+        finally:
+            await reg.close()
+
+    run(main())
+
+
+# -- the per-bucket index a shard round reads ----------------------------------------------
+def test_a_shard_round_reads_only_its_buckets_and_an_old_writer_is_mended(redis_url: str) -> None:
+    """``snapshot_shards`` returns exactly the registrations of the shards asked
+    for, from the index.  Entries written the way a version without the index
+    wrote them (hash only), or left behind in the index, are found by the
+    count check and mended before the read, so none escapes the checker."""
+    async def main() -> None:
+        reg = RedisRegistry(redis_url, follow=False)
+        await reg.start()
+        try:
+            regs = [Registration(f"u{i}", "127.0.0.1", 2000 + i) for i in range(600)]
+            await asyncio.gather(*(reg.bind(r) for r in regs))
+            mine = {1, 5}
+
+            def expected(pool):
+                return sorted(r for r in pool if shard_of(r.name, SHARDS) in mine)
+
+            assert sorted(await reg.snapshot_shards(mine, SHARDS)) == expected(regs)
+            with redis.Redis.from_url(redis_url, decode_responses=True) as admin:
+                admin.config_resetstat()
+                await reg.snapshot_shards(mine, SHARDS)
+                stats = admin.info("commandstats")
+                # 2 of 8 shards = 256 of 1024 buckets, 64 per round trip; no HSCAN.
+                assert stats["cmdstat_hgetall"]["calls"] == 1024 * 2 // SHARDS
+                assert "cmdstat_hscan" not in stats
+                # An old writer: straight into the hash, no index entry; and a
+                # stray index entry whose registration is gone.
+                old = [Registration(f"old{i}", "127.0.0.1", 3000 + i) for i in range(40)]
+                for r in old:
+                    admin.hset("eurechat:presence", r.name, f"{r.address},{r.port}")
+                stray = next(f"stray{i}" for i in range(1000) if shard_of(f"stray{i}", SHARDS)
+                             in mine)
+                admin.hset(f"eurechat:presence:b:{bucket_of(stray)}", stray, "127.0.0.1,9")
+            got = sorted(await reg.snapshot_shards(mine, SHARDS))
+            assert got == expected(regs + old)
+            assert stray not in {r.name for r in got}
+            # A stale index value is mended by the (no-op) removal that probes it.
+            victim = expected(regs)[0]
+            with redis.Redis.from_url(redis_url, decode_responses=True) as admin:
+                key = f"eurechat:presence:b:{bucket_of(victim.name)}"
+                admin.hset(key, victim.name, "127.0.0.1,1")
+                assert not await reg.remove(victim.name, expected=victim._replace(port=1))
+                assert admin.hget(key, victim.name) == f"127.0.0.1,{victim.port}"
         finally:
             await reg.close()
 

@@ -21,6 +21,7 @@ client libraries stay optional.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Optional
 
@@ -100,6 +101,12 @@ def make_election(registry_spec: str, lease: float = 10.0,
     if is_distributed(registry_spec):
         if shards > 1:
             from .lease import ShardedLease
+            from .redis_registry import BUCKETS
+            if shards > BUCKETS:
+                logging.getLogger("eurechat.directory").warning(
+                    "--checker-shards %d: using %d (a shard is at least one index bucket)",
+                    shards, BUCKETS)
+                shards = BUCKETS
             return ShardedLease(registry_spec, shards=shards, lease=lease)
         from .lease import RedisLease
         return RedisLease(registry_spec, lease=lease)

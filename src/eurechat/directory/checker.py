@@ -126,10 +126,8 @@ class LivenessChecker:
     async def check_round(self) -> Tuple[int, List[Registration]]:
         """One round; returns (probed, removed)."""
         started = time.monotonic()
-        regs = await self.registry.snapshot()
-        select = getattr(self.election, "select", None)  # sharded leases: our shards only
-        if select is not None:
-            regs = select(regs)
+        shards = getattr(self.election, "snapshot", None)  # sharded leases: our shards only
+        regs = await (shards(self.registry) if shards else self.registry.snapshot())
         sem = asyncio.Semaphore(self.concurrency)
         removed: List[Registration] = []
 

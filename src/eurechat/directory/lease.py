@@ -25,8 +25,10 @@ so even a stale leader cannot delete a fresh BIND.
 
 Sharded leases (``ShardedLease``, ``--checker-shards S`` with S > 1): one
 checker cannot probe a million registrations every 30 s, so the name space is
-cut into S shards (``shard_of``: CRC-32 of the name, mod S -- stable across
-processes, hosts and Python versions) and each shard has its own lease key.
+cut into S shards (``shard_of``: the name's index bucket -- CRC-32 mod 1024,
+stable across processes, hosts and Python versions -- mod S) and each shard
+has its own lease key.  A round reads only its shards' index buckets from
+Redis (``snapshot``), so the Redis work of a round is spread like the probes.
 Every instance takes at most its fair share, ``ceil(S / live instances)``,
 and probes only the registrations of the shards it holds.  The live
 instances are a sorted set of holders scored by their expiry on Redis's
@@ -56,8 +58,8 @@ from typing import Callable, FrozenSet, Iterable, List, Optional, TypeVar
 
 from redis import exceptions as redis_errors
 
-from .interfaces import Election, Registration
-from .redis_registry import redis_client
+from .interfaces import Election, Registration, Registry
+from .redis_registry import BUCKETS, bucket_of, redis_client
 
 log = logging.getLogger("eurechat.directory.lease")
 
@@ -216,9 +218,10 @@ R = TypeVar("R", bound=Registration)
 
 
 def shard_of(name: str, shards: int) -> int:
-    """The shard of a registration name: CRC-32 (stable everywhere, unlike
-    Python's salted ``hash``) modulo the number of shards."""
-    return zlib.crc32(name.encode("utf-8")) % shards
+    """The shard of a registration name: its index bucket (CRC-32, stable
+    everywhere, unlike Python's salted ``hash``) modulo the number of shards,
+    so that a shard is a set of whole buckets."""
+    return bucket_of(name) % shards
 
 
 def fair_share(shards: int, instances: int) -> int:
@@ -292,8 +295,8 @@ class ShardedLease(Election):
                  on_change: Optional[Callable[[FrozenSet[int]], None]] = None) -> None:
         if lease <= 0:
             raise ValueError("lease must be positive")
-        if shards < 1:
-            raise ValueError("shards must be >= 1")
+        if not 1 <= shards <= BUCKETS:
+            raise ValueError(f"shards must be 1..{BUCKETS}")
         self.url = url
         self.shards = shards
         # The shard count is part of the key names: instances configured with
@@ -339,7 +342,20 @@ class ShardedLease(Election):
             return list(regs)
         n = self.shards
         crc = zlib.crc32
-        return [r for r in regs if crc(r.name.encode("utf-8")) % n in held]
+        return [r for r in regs if crc(r.name.encode("utf-8")) % BUCKETS % n in held]
+
+    async def snapshot(self, registry: Registry) -> List[Registration]:
+        """This round's registrations to probe: those of the shards held now.
+        All shards (a lone instance): the registry's plain snapshot, as with a
+        single lease.  Some: only their index buckets when the registry has
+        them (Redis), else the whole snapshot filtered."""
+        held = self.held()
+        if not held:
+            return []
+        snapshot_shards = getattr(registry, "snapshot_shards", None)
+        if len(held) == self.shards or snapshot_shards is None:
+            return self.select(await registry.snapshot())
+        return await snapshot_shards(held, self.shards)
 
     async def leading(self) -> bool:
         return bool(self.held())

@@ -8,6 +8,10 @@ Layout (``P`` is the key prefix, ``eurechat`` by default, in the URL's DB):
 ``P:presence:feed``   stream, one entry per change (``o`` = ``b``ind / ``r``emove,
                       ``n`` name, ``v`` value, ``s`` sequence), trimmed to about
                       ``feed_maxlen`` entries.
+``P:presence:b:K``    for K in 0..1023: the same entries again, split by
+                      ``bucket_of(name)`` (CRC-32 mod 1024): the index through
+                      which a sharded liveness checker reads only its own shards
+                      (``snapshot_shards``) instead of the whole hash.
 
 Every write is one Lua script (hash update + counter + stream entry, atomic),
 so the stream is an exact, gap-checkable change log.  Each directory process
@@ -31,7 +35,8 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
-from typing import Dict, List, Optional, Sequence, Tuple
+import zlib
+from typing import Collection, Dict, List, Optional, Sequence, Tuple
 
 from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -48,28 +53,75 @@ from .interfaces import (
 
 log = logging.getLogger("eurechat.directory.redis")
 
-__all__ = ["RedisRegistry", "RedisThrottle", "ThrottleUnavailable", "redis_client"]
+__all__ = ["RedisRegistry", "RedisThrottle", "ThrottleUnavailable", "redis_client",
+           "BUCKETS", "bucket_of"]
+
+#: Index buckets of the presence hash.  Part of the data layout: every host
+#: must agree on it (shards of the checker are unions of buckets).
+BUCKETS = 1024
+
+
+def bucket_of(name: str) -> int:
+    """CRC-32 of the name, mod ``BUCKETS``: the same in every process and host."""
+    return zlib.crc32(name.encode("utf-8")) % BUCKETS
 
 #: What a lost or refused Redis looks like through redis-py.
 REDIS_DOWN: Tuple[type, ...] = (redis_errors.ConnectionError, redis_errors.TimeoutError,
                                 redis_errors.BusyLoadingError, OSError)
 
+# KEYS: hash, seq, stream, the name's index bucket.
 _BIND = """
 local seq = redis.call('INCR', KEYS[2])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[2])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*',
            'o', 'b', 'n', ARGV[1], 'v', ARGV[2], 's', seq)
 return seq
 """
 
+# The no-op branches also mend the index entry (a stray or stale one, only
+# possible after writes by a version without the index): the checker probes
+# index entries, and a removal that finds nothing to remove is its way back.
 _REMOVE = """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if not cur then return 0 end
-if ARGV[2] ~= '' and cur ~= ARGV[2] then return 0 end
+if not cur then
+  redis.call('HDEL', KEYS[4], ARGV[1])
+  return 0
+end
+if ARGV[2] ~= '' and cur ~= ARGV[2] then
+  if redis.call('HGET', KEYS[4], ARGV[1]) ~= cur then
+    redis.call('HSET', KEYS[4], ARGV[1], cur)
+  end
+  return 0
+end
 redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
 local seq = redis.call('INCR', KEYS[2])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'o', 'r', 'n', ARGV[1], 's', seq)
 return seq
+"""
+
+# Make one index entry agree with the hash (KEYS: hash, bucket; ARGV: name).
+_MEND = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+local idx = redis.call('HGET', KEYS[2], ARGV[1])
+if cur then
+  if idx ~= cur then
+    redis.call('HSET', KEYS[2], ARGV[1], cur)
+    return 1
+  end
+elseif idx then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+# Entries in the hash and in all the index buckets (KEYS: hash, buckets...).
+_COUNT = """
+local n = 0
+for i = 2, #KEYS do n = n + redis.call('HLEN', KEYS[i]) end
+return {redis.call('HLEN', KEYS[1]), n}
 """
 
 
@@ -116,6 +168,7 @@ class RedisRegistry(Registry):
         self._hash = f"{prefix}:presence"
         self._seq_key = f"{prefix}:presence:seq"
         self._stream = f"{prefix}:presence:feed"
+        self._buckets = [f"{prefix}:presence:b:{k}" for k in range(BUCKETS)]
         self._maxlen = feed_maxlen
         self._block_ms = feed_block_ms
         self._max_backoff = max_backoff
@@ -217,8 +270,8 @@ class RedisRegistry(Registry):
 
     # -- writes ------------------------------------------------------------
     async def bind(self, registration: Registration) -> None:
-        seq = await self._call(self._bind_script, [registration.name, _value(registration),
-                                                   self._maxlen])
+        seq = await self._call(self._bind_script, registration.name,
+                               [registration.name, _value(registration), self._maxlen])
         self._apply_local(registration.name, int(seq), registration)
 
     async def remove(self, name: str, expected: Optional[Registration] = None) -> bool:
@@ -292,16 +345,19 @@ class RedisRegistry(Registry):
         if self._redis is None:
             raise RegistryUnavailable("registry closed")
         keys = (self._hash, self._seq_key, self._stream)
+        buckets = self._buckets
         async with self._redis.pipeline(transaction=False) as pipe:
             for args in batch:
-                pipe.evalsha(self._remove_script.sha, 3, *keys, *args)
+                pipe.evalsha(self._remove_script.sha, 4, *keys, buckets[bucket_of(args[0])],
+                             *args)
             return await pipe.execute(raise_on_error=False)
 
-    async def _call(self, script, args: list) -> int:
+    async def _call(self, script, name: str, args: list) -> int:
         if self._redis is None:
             raise RegistryUnavailable("registry not started")
         try:
-            return await script(keys=[self._hash, self._seq_key, self._stream], args=args)
+            return await script(keys=[self._hash, self._seq_key, self._stream,
+                                      self._buckets[bucket_of(name)]], args=args)
         except REDIS_DOWN as e:
             raise RegistryUnavailable(f"Redis unreachable: {e}") from e
         except redis_errors.RedisError as e:
@@ -342,6 +398,74 @@ class RedisRegistry(Registry):
         # HSCAN may return an entry twice (rehashing): keep one per name.
         unique = {r.name: r for r in out}
         return sorted(unique.values(), key=lambda r: r.name)
+
+    #: Index buckets read per pipeline by ``snapshot_shards``.
+    BUCKETS_PER_TRIP = 64
+
+    async def snapshot_shards(self, shards: Collection[int], count: int) -> List[Registration]:
+        """The registrations of ``shards`` out of ``count`` (a name's shard is
+        ``bucket_of(name) % count``), read from the index: one ``HGETALL`` per
+        bucket, ``BUCKETS_PER_TRIP`` buckets per round trip -- Redis work in
+        proportion to the shards asked for, not to the whole hash.  First an
+        O(buckets) count check: an index that does not add up (entries
+        written by a version without it) is mended from the hash first
+        (``reindex``), so no registration escapes the checker for good."""
+        if self._redis is None:
+            raise RegistryUnavailable("registry not started")
+        wanted = [k for k in range(BUCKETS) if k % count in shards]
+        try:
+            total, indexed = await self._redis.eval(_COUNT, 1 + BUCKETS, self._hash,
+                                                    *self._buckets)
+            if int(total) != int(indexed):
+                log.warning("presence index incomplete (%s registrations, %s indexed): "
+                            "mending it from the hash", total, indexed)
+                await self.reindex()
+            out: List[Registration] = []
+            for start in range(0, len(wanted), self.BUCKETS_PER_TRIP):
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for k in wanted[start:start + self.BUCKETS_PER_TRIP]:
+                        pipe.hgetall(self._buckets[k])
+                    for chunk in await pipe.execute():
+                        out.extend(r for r in (_parse(n, v) for n, v in chunk.items())
+                                   if r is not None)
+        except REDIS_DOWN as e:
+            raise RegistryUnavailable(f"Redis unreachable: {e}") from e
+        except redis_errors.RedisError as e:
+            raise RegistryUnavailable(f"Redis error: {e}") from e
+        return out
+
+    async def reindex(self) -> int:
+        """Make the index agree with the hash, entry by entry, each fix an atomic
+        compare against the hash (so concurrent writes are never undone):
+        every name of the hash, then every name of the index.  O(registrations);
+        needed only after writes by a version without the index.  Returns the
+        number of entries fixed."""
+        assert self._redis is not None
+        mend = self._redis.register_script(_MEND)
+        fixed = 0
+
+        async def run(names: Sequence[str]) -> int:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for n in names:
+                    await mend(keys=[self._hash, self._buckets[bucket_of(n)]], args=[n],
+                               client=pipe)
+                return sum(int(x) for x in await pipe.execute())
+
+        cursor = 0
+        while True:
+            cursor, chunk = await self._redis.hscan(self._hash, cursor, count=5000)
+            fixed += await run(list(chunk))
+            if not cursor:
+                break
+        for key in self._buckets:
+            cursor = 0
+            while True:
+                cursor, chunk = await self._redis.hscan(key, cursor, count=5000)
+                fixed += await run(list(chunk))
+                if not cursor:
+                    break
+        log.info("presence index mended: %d entries fixed", fixed)
+        return fixed
 
     async def wait_changed(self, timeout: Optional[float] = None) -> bool:
         """Wait until the read view changes or goes live/stale (or ``timeout``);
