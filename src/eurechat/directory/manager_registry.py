@@ -16,7 +16,9 @@ does not hold the others hostage: the write is ACKed anyway and that worker
 converges as soon as it polls again.  A restarted worker subscribes afresh
 and loads a snapshot, and a worker that fell behind the log gets a snapshot
 instead of the changes it missed.  Registrations live in the Manager, so
-killing a worker loses none.
+killing a worker loses none.  Killing the Manager loses them all: the
+supervisor then starts a new Manager and new workers, and presence comes back
+as peers re-BIND (``supervisor.py``); this client never reconnects by itself.
 """
 
 from __future__ import annotations
