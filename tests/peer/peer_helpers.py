@@ -46,6 +46,12 @@ SPEC_EVENTS = {
     "error": {"event", "text"},
 }
 
+#: Events beyond the SPEC, each only in answer to a command beyond the SPEC
+#: (a program that speaks only the SPEC never sees them).
+EXTRA_EVENTS = {
+    "waiting": {"event", "recipients"},   # /waiting
+}
+
 
 def peer_cmd() -> List[str]:
     return [sys.executable, "-m", "eurechat.peer"]
@@ -69,7 +75,7 @@ class PeerProc:
                 e = json.loads(line)
             except ValueError:
                 raise AssertionError(f"not a JSON line on stdout: {line!r}") from None
-            keys = SPEC_EVENTS.get(e.get("event"))
+            keys = SPEC_EVENTS.get(e.get("event")) or EXTRA_EVENTS.get(e.get("event"))
             assert keys is not None and set(e) == keys, f"not a SPEC section 4 event: {line!r}"
             if kind is None or e.get("event") == kind:
                 out.append(e)

@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="eurechat peer: chat with other peers directly; messages are kept "
                     "until delivered.",
         epilog="Password: $EURECHAT_PASSWORD, else --password-file, else a prompt. "
-               "Commands: /msg NAME[,NAME...] TEXT, /who [NAME], /ping NAME, /pending, /quit; "
+               "Commands: /msg NAME[,NAME...] TEXT, /who [NAME], /ping NAME, /pending, /waiting, "
+               "/quit; "
                "a line without / goes to the last peer written to.")
     p.add_argument("--user", required=True, help="your user name")
     p.add_argument("--directory", type=host_port, default=("127.0.0.1", 8888),
@@ -265,7 +266,14 @@ class App:
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
         elif cmd == "/pending":
-            self.out.event({"event": "pending", "messages": self.peer.pending()})
+            event = {"event": "pending", "messages": self.peer.pending()}
+            if not self.args.json:
+                # For humans, per recipient: how long, and seen when.  The
+                # JSON event keeps the SPEC's shape (/waiting has this).
+                event["recipients"] = self.peer.waiting()
+            self.out.event(event)
+        elif cmd == "/waiting":
+            self.out.event({"event": "waiting", "recipients": self.peer.waiting()})
         elif cmd == "/quit":
             return True
         elif cmd == "/help":

@@ -88,6 +88,10 @@ log = logging.getLogger("eurechat.peer.node")
 #: Largest text ``send()`` accepts: what fits a peer's 1 MiB inbound limit.
 MAX_TEXT_BYTES = PEER_MAX_PAYLOAD
 
+#: A sighting (``waiting()``'s ``last_seen``) is written to the store at most
+#: this often per name: "seen 3 minutes ago" needs no fsync per lookup.
+SEEN_SAVE_EVERY = 600.0
+
 Event = dict
 
 
@@ -191,7 +195,7 @@ class _OutItem:
         self.msgid = msgid
         self.frame = frame
         self.acked = False
-        self.created = created
+        self.created = created   # time.time() of the outbox commit (persisted)
 
     @property
     def text(self) -> str:
@@ -476,7 +480,7 @@ class _Route:
                 # Not one of the --json events of the SPEC: the CLI shows it
                 # to humans only; programs may watch for it.
                 node._emit({"event": "unreachable", "to": self.name, "queued": len(self.queue),
-                            "reason": str(exc)})
+                            "reason": str(exc), "last_seen": node.last_seen(self.name)})
             self.attempt += 1
             return False
         finally:
@@ -542,6 +546,11 @@ class Peer:
         self._pending_out: list = []
         self._pending_in: list = []
         self._pending_del: list = []
+        #: when each name was last seen online (wall clock), what of it is in
+        #: the store, and what the next commit writes
+        self._seen: Dict[str, float] = {}
+        self._seen_saved: Dict[str, float] = {}
+        self._pending_seen: Dict[str, float] = {}
         self._to_pump: Set[_Route] = set()
         self._flush_handle: Optional[asyncio.Handle] = None
         self._pings: Dict[str, asyncio.Future] = {}
@@ -579,7 +588,9 @@ class Peer:
             for row in self.store.load_outbox():
                 self._route(row.recipient).enqueue(_OutItem(
                     row.seq, row.msgid, encode_message(self.user, row.msgid, row.text),
-                    time.monotonic()))
+                    row.created))
+            self._seen = self.store.load_seen()
+            self._seen_saved = dict(self._seen)
             host, port = self.listen_address
             self._server = await self._loop.create_server(
                 lambda: _Conn(self), host or None, port, reuse_address=True)
@@ -683,6 +694,10 @@ class Peer:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
         if self.store is not None:
+            # Sightings kept only in memory (SEEN_SAVE_EVERY) go with the last commit.
+            for name, at in self._seen.items():
+                if self._seen_saved.get(name) != at:
+                    self._pending_seen[name] = at
             with contextlib.suppress(Exception):
                 self._flush()
         for conn in list(self._conns_all):
@@ -849,6 +864,36 @@ class Peer:
         out.sort(key=lambda x: x[0])
         return [d for _, d in out]
 
+    def waiting(self) -> List[dict]:
+        """Per recipient with messages not yet acknowledged, longest waiting
+        first: ``{"to", "queued", "since", "waited", "last_seen", "connected"}``.
+
+        ``since``: when the oldest of them was queued (``time.time()``, kept in
+        the outbox, so it survives restarts); ``waited``: seconds since then;
+        ``last_seen``: when this peer last saw the recipient online (in a
+        directory answer, or acknowledging a message), ``None`` if never —
+        the directory answers "not online" alike for a user who is away and
+        a name that has no account (SPEC section 4 gives no way to tell), so
+        a name never seen is the hint of a typo; ``connected``: a
+        connection to it is open right now."""
+        if self._pending_out and not self._closing and not self._store_closed:
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+            self._flush()
+        now = time.time()
+        out = []
+        for route in self._routes.values():
+            items = [item for item in route.queue if not item.acked]
+            if not items:
+                continue
+            since = items[0].created
+            out.append({"to": route.name, "queued": len(items), "since": round(since, 3),
+                        "waited": round(max(0.0, now - since), 3),
+                        "last_seen": self.last_seen(route.name),
+                        "connected": route.connected})
+        out.sort(key=lambda d: (d["since"], d["to"]))
+        return out
+
     @property
     def unacked(self) -> int:
         return sum(len(r.queue) for r in self._routes.values()) + len(self._pending_out)
@@ -929,7 +974,8 @@ class Peer:
         out, self._pending_out = self._pending_out, []
         inc, self._pending_in = self._pending_in, []
         dels, self._pending_del = self._pending_del, []
-        if not (out or inc or dels):
+        seen, self._pending_seen = self._pending_seen, {}
+        if not (out or inc or dels or seen):
             return
         store = self.store
         now = time.time()
@@ -939,6 +985,8 @@ class Peer:
             with store.transaction(durable=bool(out or inc)):
                 if dels:
                     store.remove_outgoing([item.seq for _, item in dels])
+                if seen:
+                    store.note_seen(list(seen.items()))
                 for msgid, text, names, _fut in out:
                     out_seqs.append(store.add_outgoing(
                         [(n, msgid, text, now) for n in names]))
@@ -951,6 +999,9 @@ class Peer:
                 if not fut.done():
                     fut.set_exception(PeerError(f"could not queue the message: {exc}"))
             self._pending_del[:0] = dels
+            for name, at in seen.items():
+                self._pending_seen.setdefault(name, at)
+                self._seen_saved.pop(name, None)
             # Nothing received in this batch was recorded, so none of it is
             # ACKed: close those connections, and their senders send it all
             # again when they reconnect (a window never waits on lost ACKs).
@@ -970,12 +1021,11 @@ class Peer:
         # 2. Hand committed messages to their routes and say they are queued.
         emit = self._emit if (self._listeners or self._event_qs) else None
         touched = set()
-        mono = time.monotonic()
         for (msgid, text, names, fut), seqs in zip(out, out_seqs):
             frame = encode_message(self.user, msgid, text)
             for name, seq in zip(names, seqs):
                 route = self._route(name)
-                route.enqueue(_OutItem(seq, msgid, frame, mono))
+                route.enqueue(_OutItem(seq, msgid, frame, now))
                 touched.add(route)
                 if emit:
                     emit({"event": "queued", "to": name, "id": msgid})
@@ -1095,6 +1145,7 @@ class Peer:
             routes, self._to_pump = self._to_pump, set()
             for route in routes:
                 route.pump()
+                self._saw(route.name)   # it acknowledged: online, whatever the directory says
 
     def _on_conn_lost(self, conn: _Conn) -> None:
         self._conns_all.discard(conn)
@@ -1155,6 +1206,7 @@ class Peer:
         seen = set()
         for reg in regs:
             seen.add(reg.name)
+            self._saw(reg.name)
             prev = self._cache.get(reg.name)
             self._cache[reg.name] = (now, (reg.address, reg.port))
             if prev is None or prev[1] != (reg.address, reg.port):
@@ -1169,6 +1221,23 @@ class Peer:
                 # registration (a restart, maybe at the very address that
                 # failed before): dial it at once, not after that address's backoff.
                 route.failed_addr = None
+
+    def _saw(self, name: str) -> None:
+        """``name`` is online now (listed by the directory, or it ACKed us)."""
+        now = time.time()
+        self._seen[name] = now
+        saved = self._seen_saved.get(name)
+        if saved is None or now - saved >= SEEN_SAVE_EVERY:
+            self._seen_saved[name] = now
+            self._pending_seen[name] = now
+            self._schedule_flush()
+
+    def last_seen(self, name: str) -> Optional[float]:
+        """When this peer last saw ``name`` online (``time.time()``; listed in a
+        directory answer, or acknowledging a message), None if never.  Kept in
+        the store: "never" means never since this data directory exists."""
+        at = self._seen.get(name)
+        return None if at is None else round(at, 3)
 
     def _forget(self, name: str) -> None:
         self._cache.pop(name, None)

@@ -10,6 +10,9 @@ section 4 rest on lives here:
   *before* the ACK is sent, so a duplicate (the sender did not see our ACK)
   is recognised across restarts and only ACKed again.  Rows are ordered by
   ``seq``: the display order.
+* ``seen``: when this peer last saw each name online (in a directory answer,
+  or acknowledging what we sent), so ``/waiting`` can tell a recipient that
+  is away from a name that was never seen at all (a typo?).
 * the display cursor: the ``seq`` of the last inbox row shown to the user,
   kept in a tiny side file and advanced with one ``pwrite`` next to the
   write of the message to the screen (the order, and its residual window,
@@ -35,7 +38,7 @@ import logging
 import os
 import sqlite3
 from pathlib import Path
-from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 log = logging.getLogger("eurechat.peer.store")
 
@@ -55,6 +58,10 @@ CREATE TABLE IF NOT EXISTS inbox (
     received REAL NOT NULL,
     UNIQUE (sender, msgid)
 );
+CREATE TABLE IF NOT EXISTS seen (
+    name TEXT PRIMARY KEY,
+    at   REAL NOT NULL
+);
 """
 
 
@@ -72,6 +79,7 @@ class OutRow(NamedTuple):
     recipient: str
     msgid: str
     text: str
+    created: float   #: ``time.time()`` when the outbox commit accepted it
 
 
 class InRow(NamedTuple):
@@ -156,7 +164,15 @@ class PeerStore:
 
     def load_outbox(self) -> List[OutRow]:
         return [OutRow(*r) for r in self.db.execute(
-            "SELECT seq, recipient, msgid, text FROM outbox ORDER BY seq")]
+            "SELECT seq, recipient, msgid, text, created FROM outbox ORDER BY seq")]
+
+    # -- last seen ----------------------------------------------------------
+    def note_seen(self, rows: Sequence[Tuple[str, float]]) -> None:
+        """Record (name, time) sightings.  Must run inside ``transaction()``."""
+        self.db.executemany("INSERT OR REPLACE INTO seen(name, at) VALUES (?,?)", rows)
+
+    def load_seen(self) -> Dict[str, float]:
+        return dict(self.db.execute("SELECT name, at FROM seen"))
 
     # -- inbox --------------------------------------------------------------
     def record_incoming(self, sender: str, msgid: Optional[str], text: str,

@@ -16,6 +16,7 @@ import os
 import select
 import sys
 import threading
+import time
 from typing import AsyncIterator, Callable, List, Optional
 
 from .node import IncomingMessage
@@ -25,14 +26,44 @@ HELP = """commands:
   TEXT                       send to the peer(s) you wrote to last
   /who [NAME]                who is online
   /ping NAME                 round trip to NAME
-  /pending                   messages not yet delivered
+  /pending                   messages not yet delivered, per recipient
+  /waiting                   per recipient: how long, and when last seen online
   /quit                      leave the directory and exit (the queue is kept)"""
 
 
 PIPE_BUF = 4096
-#: What --json prints: exactly the events of SPEC section 4.
+#: What --json prints: the events of SPEC section 4, plus ``waiting``, the
+#: answer to ``/waiting`` (a command beyond the SPEC: a program that only
+#: speaks the SPEC never asks for it, so never sees it).
 JSON_EVENTS = frozenset(
-    ["ready", "message", "queued", "delivered", "who", "pong", "pending", "error"])
+    ["ready", "message", "queued", "delivered", "who", "pong", "pending", "error",
+     "waiting"])
+
+
+def ago(seconds: float) -> str:
+    """A duration for humans: ``12 s``, ``5 min``, ``3 h 20 min``, ``4 days``."""
+    s = int(max(0.0, seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min"
+    if s < 86400:
+        h, m = divmod(s // 60, 60)
+        return f"{h} h {m} min" if m else f"{h} h"
+    d = s // 86400
+    return f"{d} day{'s' if d != 1 else ''}"
+
+
+def waiting_line(r: dict, now: Optional[float] = None) -> str:
+    """One recipient of ``Peer.waiting()`` for humans."""
+    now = time.time() if now is None else now
+    head = f"* to {r['to']}: {r['queued']} message(s) waiting for {ago(r['waited'])}; "
+    if r["connected"]:
+        return head + "connected now, delivering"
+    if r["last_seen"] is None:
+        return head + ("never seen online: is the name right? (the directory answers alike "
+                       "for a user who is away and a name without an account)")
+    return head + f"last seen online {ago(now - r['last_seen'])} ago"
 
 
 def _json_line(event: dict) -> str:
@@ -205,8 +236,23 @@ class Output:
         if kind == "pending":
             if not e["messages"]:
                 return "* nothing pending"
-            return "\n".join(f"* to {m['to']} [{m['id']}]: {m['text']}" for m in e["messages"])
+            if "recipients" not in e:   # (text mode adds them; JSON stays as in the SPEC)
+                return "\n".join(f"* to {m['to']} [{m['id']}]: {m['text']}"
+                                 for m in e["messages"])
+            lines = []
+            for r in e["recipients"]:
+                lines.append(waiting_line(r))
+                lines.extend(f"    [{m['id']}] {m['text']}" for m in e["messages"]
+                             if m["to"] == r["to"])
+            return "\n".join(lines)
+        if kind == "waiting":
+            if not e["recipients"]:
+                return "* nothing waiting"
+            return "\n".join(waiting_line(r) for r in e["recipients"])
         if kind == "unreachable":
+            if e.get("last_seen") is None and "not online" in e.get("reason", ""):
+                return (f"  ({e['to']} has never been seen online: is the name right? "
+                        f"{e['queued']} message(s) queued, delivered if they appear)")
             return (f"  ({e['to']} is not reachable now; {e['queued']} message(s) queued, "
                     "delivered when they are back)")
         if kind == "error":
