@@ -239,16 +239,17 @@ def test_console_script_heals_too(tmp_path):
 
 @pytest.mark.parametrize("sig,when", [(signal.SIGTERM, "warned"), (signal.SIGINT, "started")])
 def test_signal_in_the_middle_of_a_healing_exits_zero_without_orphans(tmp_path, sig, when):
-    """SIGTERM/SIGINT while the new Manager ("warned": probably being started)
-    or the new workers ("started": being spawned) are on their way: the
-    half-built generation is stopped with the rest, exit 0."""
+    """SIGTERM/SIGINT to the whole process group (a service manager, a
+    terminal's Ctrl-C) while the new Manager ("warned": probably being
+    started) or the new workers ("started": being spawned) are on their way:
+    the half-built generation is stopped with the rest, exit 0."""
     d = start_directory("--workers", "2", data_dir=str(tmp_path))
     try:
         manager = kill_manager(d)
         warned = d.wait_for_log(rf"WARNING: presence manager \(pid {manager}\)")
         if when == "started":
             d.wait_for_log(MANAGER_RE, start=d.err_lines.index(warned.string))
-        d.send_signal(sig)
+        os.killpg(d.pid, sig)
         assert d.wait(10) == 0
         assert d.wait_group_gone(5) == []
         assert "Traceback" not in d.stderr()

@@ -171,6 +171,9 @@ def _manager_init() -> None:
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # The supervisor starts us with both blocked (see ``start_hub_manager``):
+    # one that arrived meanwhile was discarded by SIG_IGN above.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
@@ -197,7 +200,23 @@ def start_hub_manager(address: str, authkey: bytes, method: Optional[str] = None
         method = "fork" if "fork" in methods else "spawn"
     ctx = multiprocessing.get_context(method)
     manager = HubManager(address=address, authkey=authkey, ctx=ctx)
-    manager.start(initializer=_manager_init)
+    # A Ctrl-C (or a service manager's group SIGTERM) in the instant between
+    # the child's creation and its initializer would kill it -- and the
+    # supervisor would take that for a Manager that cannot start.  Blocked
+    # here, such a signal waits in the caller (delivered on unblocking, so no
+    # shutdown request is lost) and, in the child, is discarded by SIG_IGN.
+    import signal
+    if method != "fork":
+        # spawn starts multiprocessing's resource tracker on first use, and that
+        # *unblocks* SIGINT/SIGTERM afterwards: start it before blocking.
+        from multiprocessing import resource_tracker
+        resource_tracker.ensure_running()
+    sigs = {signal.SIGINT, signal.SIGTERM}
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        manager.start(initializer=_manager_init)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     manager.get_hub()  # create it now: workers must find it ready
     return manager
 
