@@ -247,6 +247,7 @@ BAD_OPTIONS = [
     ["--probe-concurrency", "0"], ["--query-limit", "0"], ["--query-limit", "-1"],
     ["--throttle-limit", "0"], ["--high-water", "-5"], ["--preauth-max-payload", "-1"],
     ["--max-payload", "-1"], ["--max-connections", "0"], ["--check-interval", "0"],
+    ["--manager-restarts", "-1"], ["--manager-restart-window", "0"],
     ["useradd", "x", "--accounts", "mysql://db"],
 ]
 
