@@ -157,8 +157,9 @@ def build_serve_parser() -> argparse.ArgumentParser:
                    help="QUERY 0 lists at most N registrations, the first by name, and marks "
                         "the reply 'RESULT <len> truncated' (default: 10000)")
     t.add_argument("--lease", type=_positive_float, default=10.0, metavar="S",
-                   help="with --registry redis://: lease period of the single liveness checker "
-                        "across hosts; a dead holder is replaced within S seconds (default: 10)")
+                   help="with --registry redis://: lease period of the liveness checker's "
+                        "leases across hosts; a dead holder's shards are taken over within S "
+                        "seconds (default: 10)")
     t.add_argument("--checker-shards", type=_int_at_least(1), default=16, metavar="N",
                    help="with --registry redis://: registrations are split into N shards by "
                         "name, each with its own checker lease; every host probes at most its "

@@ -285,10 +285,11 @@ return out
 class ShardedLease(Election):
     """This instance's fair share of ``shards`` checker leases (module doc).
 
-    ``select(regs)`` keeps the registrations of the shards held right now (the
-    checker calls it on each round's snapshot); ``leading()`` says whether
-    any shard is held at all.  Holding is cheap and synchronous to ask
-    (``held()``, a clock comparison)."""
+    ``snapshot(registry)`` reads the registrations of the shards held right
+    now (the checker calls it at the start of each round instead of the
+    registry's whole snapshot); ``leading()`` says whether any shard is held
+    at all.  Holding is cheap and synchronous to ask (``held()``, a clock
+    comparison)."""
 
     def __init__(self, url: str, *, shards: int, name: str = "checker", lease: float = 10.0,
                  prefix: str = "eurechat", holder: Optional[str] = None,
