@@ -29,8 +29,9 @@ measured for each registry.
    on two hosts; not pinned: with 2 cores, one per core); throughput =
    registrations checked per second of wall time, median of ``--reps``
    alternating runs.  Plus, per instance and round,
-   a round's read of its registrations at ``--scan-regs``: the whole hash
-   (one instance, all shards) vs half of the shards from the index buckets.
+   a round's read of its registrations at ``--scan-regs``: the sorted HSCAN
+   of the whole hash (``--checker-shards 1``) vs all, then half, of the shards
+   from the index buckets.
    ``--checker-only`` runs just this section.
 
 Results: a human table and one JSON line (``BENCH_SCALING {...}``).
@@ -442,7 +443,8 @@ async def scan_cost(url: str, n: int, shards: int) -> dict:
     reg = RedisRegistry(url, follow=False)
     await reg.start()
     out: dict = {"regs": n}
-    for label, read in (("all", reg.snapshot),
+    for label, read in (("hscan", reg.snapshot),
+                        ("all", lambda: reg.snapshot_shards(set(range(shards)), shards)),
                         ("half", lambda: reg.snapshot_shards(set(range(shards // 2)), shards))):
         with redis.Redis.from_url(url) as r:
             r.config_resetstat()
@@ -502,8 +504,9 @@ def report_checker_shards(k: dict) -> None:
           f"(CPU-bound): 1 instance {1 / cpu1:.0f}/s, 2 instances "
           f"{two['regs'] / max(p['cpu_s'] for p in two['per_instance']):.0f}/s")
     s = k["scan"]
-    for label, what in (("all", "all 16 shards (HSCAN of the whole hash)"),
-                        ("half", "8 of 16 shards (index buckets, HGETALL)")):
+    for label, what in (("hscan", "one lease (--checker-shards 1): sorted HSCAN of the hash"),
+                        ("all", "all 16 shards (a lone instance), index buckets"),
+                        ("half", "8 of 16 shards, index buckets")):
         x = s[label]
         print(f"round's read at {s['regs']} registrations, {what}: {x['read']} read in "
               f"{x['secs']:.2f} s ({x['secs'] / max(1, x['read']) * 1e6:.1f} us each), "

@@ -193,6 +193,8 @@ def test_a_shard_round_reads_only_its_buckets_and_an_old_writer_is_mended(redis_
                 return sorted(r for r in pool if shard_of(r.name, SHARDS) in mine)
 
             assert sorted(await reg.snapshot_shards(mine, SHARDS)) == expected(regs)
+            everything = await reg.snapshot_shards(set(range(SHARDS)), SHARDS)
+            assert sorted(everything) == await reg.snapshot() == sorted(regs)
             with redis.Redis.from_url(redis_url, decode_responses=True) as admin:
                 admin.config_resetstat()
                 await reg.snapshot_shards(mine, SHARDS)

@@ -346,15 +346,15 @@ class ShardedLease(Election):
         return [r for r in regs if crc(r.name.encode("utf-8")) % BUCKETS % n in held]
 
     async def snapshot(self, registry: Registry) -> List[Registration]:
-        """This round's registrations to probe: those of the shards held now.
-        All shards (a lone instance): the registry's plain snapshot, as with a
-        single lease.  Some: only their index buckets when the registry has
-        them (Redis), else the whole snapshot filtered."""
+        """This round's registrations to probe: those of the shards held now,
+        read from the registry's index buckets when it has them (Redis: even
+        all of them, as a lone instance does, is cheaper than a sorted scan
+        of the hash, for Redis and for us), else its whole snapshot filtered."""
         held = self.held()
         if not held:
             return []
         snapshot_shards = getattr(registry, "snapshot_shards", None)
-        if len(held) == self.shards or snapshot_shards is None:
+        if snapshot_shards is None:
             return self.select(await registry.snapshot())
         return await snapshot_shards(held, self.shards)
 
