@@ -314,12 +314,15 @@ async def checker_round(url: str, n: int, port: int) -> dict:
     await asyncio.gather(*(reg.bind(Registration(f"peer{i:05d}", "127.0.0.1", port))
                            for i in range(n)))
     checker = LivenessChecker(reg, interval=3600, probe_timeout=5.0, concurrency=1000)
-    t0 = time.perf_counter()
+    import resource
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     probed, removed = await checker.check_round()
     took = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
     await reg.close()
+    cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
     return {"probed": probed, "removed": len(removed), "round_s": took,
-            "probes_per_s": probed / took}
+            "probes_per_s": probed / took, "cpu_us_per_probe": cpu / max(1, probed) * 1e6}
 
 
 # -- 6: sharded checkers ---------------------------------------------------------------
@@ -644,7 +647,8 @@ def main() -> int:
               f"({f['xread_calls_per_bind']:.2f} XREAD calls per BIND)")
     k = results["checker"]
     print(f"checker: {k['probed']} probes in {k['round_s']:.2f} s "
-          f"({k['probes_per_s']:.0f} probes/s, {k['removed']} removed)")
+          f"({k['probes_per_s']:.0f} probes/s, {k['removed']} removed, "
+          f"{k['cpu_us_per_probe']:.0f} us of checker CPU per probe)")
     report_checker_shards(results["checker_shards"])
     print(f"scrypt verify (N=2**14): {results['scrypt_verify_ms']:.1f} ms per login per core")
     p = results["postgres"]
