@@ -291,6 +291,15 @@ def test_two_directories_split_shards_and_survivor_takes_over(redis_url: str) ->
 
             a.kill_group()  # a crash: its leases are not released, they expire
             killed = time.monotonic()
+            # ... within 0.9 lease (1.8 s) of A's last tick, keys and membership alike:
+            with redis.Redis.from_url(redis_url, decode_responses=True) as admin:
+                ttls = [admin.pttl(f"eurechat:lease:checker:{SHARDS}:{i}") for i in a_shards]
+                now_ms = int(admin.time()[0]) * 1000
+                expiry = dict(admin.zrange(f"eurechat:lease:checker:{SHARDS}:members", 0, -1,
+                                           withscores=True))
+            assert all(0 < t <= 1800 for t in ttls), ttls
+            a_member = [h for h in expiry if h.split(":")[1] == str(a.pid)]
+            assert len(a_member) == 1 and expiry[a_member[0]] - now_ms <= 1800 + 1000
             orphan = name_in(a_shards, "orphan")
             survivor = name_in(a_shards, "alive")
             seed(redis_url, [Registration(orphan, "127.0.0.1", closed_port()),
@@ -307,3 +316,12 @@ def test_two_directories_split_shards_and_survivor_takes_over(redis_url: str) ->
             for d in (a, b):
                 if d is not None:
                     d.stop()
+
+
+def test_checker_shards_out_of_range_is_a_usage_error(tmp_path) -> None:
+    res = subprocess.run([sys.executable, "-m", "eurechat.directory", "--port", "0",
+                          "--data-dir", str(tmp_path), "--checker-shards", "0"],
+                         capture_output=True, text=True, timeout=60, env=test_env())
+    assert res.returncode == 2
+    assert "--checker-shards" in res.stderr and "must be >= 1" in res.stderr
+    assert "Traceback" not in res.stderr
