@@ -177,3 +177,58 @@ def test_backoff_is_capped_and_jittered():
     assert min(delays[20:]) >= 15.0          # at the cap, jitter keeps it in [cap/2, cap]
     assert 0.125 <= delays[0] <= 0.25
     assert len(set(delays[20:])) > 1
+
+
+def test_a_directory_that_drops_each_session_after_bind_is_retried_with_backoff():
+    """A directory (or something in front of it) that accepts the login and
+    the BIND and then closes the session at once must not be logged in to
+    in a tight loop (each login costs it a memory-hard hash): only a session
+    that stayed up ``stable_after`` resets the backoff."""
+    import time
+
+    async def main() -> None:
+        times: List[float] = []
+        changed = asyncio.Event()
+
+        async def serve(reader, writer):
+            dec = Decoder()
+            try:
+                while True:
+                    data = await reader.read(65536)
+                    if not data:
+                        return
+                    for m in dec.feed(data):
+                        writer.write(bytes(Message("ACK", (), "ok")))
+                        if m.type == "BIND":
+                            times.append(time.monotonic())
+                            changed.set()
+                            return
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        # Constant backoff: each retry after a short session waits 50-100 ms.
+        client = DirectoryClient("127.0.0.1", port, "alice", "password123",
+                                 listen=lambda: ("127.0.0.1", 4000),
+                                 retry_base=0.1, retry_max=0.1)
+        try:
+            assert await client.start() is True
+
+            async def reached(n: int) -> None:
+                while len(times) < n:
+                    changed.clear()
+                    await changed.wait()
+            await asyncio.wait_for(reached(8), 20)
+        finally:
+            await client.close()
+            server.close()
+        # Sessions 1 and 2 may be back to back (a session that ends is
+        # re-established at once, once); each later one waits >= 50 ms after
+        # the previous one ended, which was after its BIND.  One of slack.
+        span = times[-1] - times[0]
+        allowed = 3 + int(span / 0.05)
+        assert len(times) <= allowed, (
+            f"{len(times)} logins in {span * 1000:.1f} ms; the backoff allows {allowed}")
+
+    asyncio.run(main())

@@ -103,7 +103,7 @@ class DirectoryClient:
                  request_timeout: float = 10.0, wait_online: float = 3.0,
                  on_online: Optional[Callable[[], None]] = None,
                  on_error: Optional[Callable[[str], None]] = None,
-                 recheck: float = 30.0) -> None:
+                 recheck: float = 30.0, stable_after: float = 10.0) -> None:
         self.host, self.port = host, port
         self.user, self.password = user, password
         self.register = register
@@ -112,6 +112,8 @@ class DirectoryClient:
         self.request_timeout = request_timeout
         self.wait_online = wait_online
         self.recheck = recheck
+        #: a session that lasted this long resets the reconnect backoff
+        self.stable_after = stable_after
         self._online = asyncio.Event()
         self.on_online = on_online
         self.on_error = on_error
@@ -161,13 +163,26 @@ class DirectoryClient:
 
     async def _run(self, connected: bool) -> None:
         attempt = 0
+        loop = asyncio.get_running_loop()
         while not self._closing:
             if connected:
-                attempt = 0
+                began = loop.time()
                 await self._watch_session()
                 if self._closing:
                     return
                 log.warning("lost the directory session; reconnecting")
+                # A session that lived ``stable_after`` proved the directory
+                # works (a restart): log in again at once.  One that ended
+                # right after the login proves nothing (a directory, or a
+                # proxy in front of it, that drops every session): back off,
+                # or we would log in, and make it hash a password, in a
+                # tight loop.  The first such loss still reconnects at once.
+                if loop.time() - began >= self.stable_after:
+                    attempt = 0
+                if attempt:
+                    await asyncio.sleep(backoff_delay(attempt - 1, self.retry_base,
+                                                      self.retry_max))
+                attempt += 1
             else:
                 delay = backoff_delay(attempt, self.retry_base, self.retry_max)
                 attempt += 1
