@@ -439,7 +439,7 @@ class _Route:
                 if conn is None and addr == self.failed_addr and \
                         node._loop.time() < self.dial_after:
                     raise _Waiting(f"{self.name} at {addr[0]}:{addr[1]} was unreachable; "
-                                          "waiting for its backoff or a new address")
+                                   "waiting for its backoff or a new address")
                 if conn is None:
                     try:
                         _, conn = await asyncio.wait_for(node._loop.create_connection(
