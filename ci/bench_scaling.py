@@ -468,16 +468,23 @@ async def scan_cost(url: str, n: int, shards: int) -> dict:
 
 
 def checker_shards_section(url: str, opts) -> dict:
-    port = socket.socket()
-    port.bind(("127.0.0.1", 0))
-    closed = port.getsockname()[1]
-    port.close()   # nothing listens there: every probe is refused, every entry removed
+    # Bound but never listening, and held for the whole section: every probe
+    # is refused (every entry removed), and no other program on the machine
+    # can bind the port meanwhile and answer our PINGs (a released port can
+    # be handed out again at once, e.g. to a test's directory on port 0).
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    closed = dead.getsockname()[1]
     runs: dict = {1: [], 2: []}
-    for rep in range(opts.reps):
-        for instances in (1, 2):
-            print(f"== sharded checker, {instances} instance(s), run {rep + 1}/{opts.reps}",
-                  flush=True)
-            runs[instances].append(sharded_round(url, instances, opts.shard_regs, 16, closed))
+    try:
+        for rep in range(opts.reps):
+            for instances in (1, 2):
+                print(f"== sharded checker, {instances} instance(s), run {rep + 1}/{opts.reps}",
+                      flush=True)
+                runs[instances].append(sharded_round(url, instances, opts.shard_regs, 16,
+                                                     closed))
+    finally:
+        dead.close()
     out = {}
     for instances, lst in runs.items():
         lst.sort(key=lambda x: x["per_s"])

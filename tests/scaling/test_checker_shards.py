@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ from scaling_helpers import run, until
 from eurechat.directory.interfaces import Registration, RegistryUnavailable
 from eurechat.directory.lease import ShardedLease, fair_share, shard_of
 from eurechat.directory.redis_registry import RedisRegistry, bucket_of
-from support.client import Responder, closed_port
+from support.client import Responder
 from support.processes import Directory, start_directory, test_env
 
 SHARDS = 8
@@ -227,6 +228,26 @@ def test_a_shard_round_reads_only_its_buckets_and_an_old_writer_is_mended(redis_
 
 
 # -- two directories through the CLI ------------------------------------------------------
+class DeadPorts:
+    """Loopback ports bound but never listening, held until ``close()``: a
+    connection is refused, and no other process can take the port meanwhile
+    and answer the checker's PING (a merely released port could be handed to
+    another test's server at once)."""
+
+    def __init__(self) -> None:
+        self._socks: List[socket.socket] = []
+
+    def new(self) -> int:
+        s = socket.socket()
+        self._socks.append(s)
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+    def close(self) -> None:
+        for s in self._socks:
+            s.close()
+
+
 def shard_pids(url: str) -> Dict[int, int]:
     """shard -> pid of the process holding its lease (the holder id is host:pid:nonce)."""
     return {i: int(h.split(":")[1]) for i, h in holders(url).items() if h}
@@ -267,6 +288,7 @@ def test_two_directories_split_shards_and_survivor_takes_over(redis_url: str) ->
     split = re.compile(rf"checker shards held by .*: {SHARDS // 2} of {SHARDS} ")
     a: Optional[Directory] = None
     b: Optional[Directory] = None
+    dead = DeadPorts()
     with Responder() as alive_peer:
         try:
             a = start_directory(*opts, "--workers", "2", cmd=[script])
@@ -282,8 +304,8 @@ def test_two_directories_split_shards_and_survivor_takes_over(redis_url: str) ->
 
             # Each one probes (and cleans) its own shards.
             ghost_a, ghost_b = name_in(a_shards, "ghosta"), name_in(b_shards, "ghostb")
-            seed(redis_url, [Registration(ghost_a, "127.0.0.1", closed_port()),
-                             Registration(ghost_b, "127.0.0.1", closed_port())])
+            seed(redis_url, [Registration(ghost_a, "127.0.0.1", dead.new()),
+                             Registration(ghost_b, "127.0.0.1", dead.new())])
             a.wait_for_log(rf"removed {ghost_a} ", timeout=15)
             b.wait_for_log(rf"removed {ghost_b} ", timeout=15)
             assert f"removed {ghost_b} " not in a.stderr()
@@ -302,7 +324,7 @@ def test_two_directories_split_shards_and_survivor_takes_over(redis_url: str) ->
             assert len(a_member) == 1 and expiry[a_member[0]] - now_ms <= 1800 + 1000
             orphan = name_in(a_shards, "orphan")
             survivor = name_in(a_shards, "alive")
-            seed(redis_url, [Registration(orphan, "127.0.0.1", closed_port()),
+            seed(redis_url, [Registration(orphan, "127.0.0.1", dead.new()),
                              Registration(survivor, "127.0.0.1", alive_peer.port)])
             b.wait_for_log(rf"checker shards held by .*: {SHARDS} of {SHARDS} ", timeout=20)
             took = time.monotonic() - killed
@@ -316,6 +338,7 @@ def test_two_directories_split_shards_and_survivor_takes_over(redis_url: str) ->
             for d in (a, b):
                 if d is not None:
                     d.stop()
+            dead.close()
 
 
 def test_checker_shards_out_of_range_is_a_usage_error(tmp_path) -> None:
