@@ -10,7 +10,7 @@ never to a bare tuple, so ``Message("PING") != ("PING", (), b"")``.
 from __future__ import annotations
 
 from operator import itemgetter
-from typing import Iterable, Union
+from typing import TYPE_CHECKING, Iterable, Union
 
 from .rules import MAX_HEADER, check_args, check_type
 
@@ -19,7 +19,35 @@ __all__ = ["Message", "Oversized"]
 _tuple_new = tuple.__new__
 
 
-class Message(tuple):
+class _MessageType(type):
+    """Metaclass of ``Message``: calling ``Message(...)`` validates.
+
+    Why a metaclass and not ``__new__``: a Python ``__new__`` would put a
+    Python call in front of every Message, and the decoders build millions
+    of them from fields they have already validated.  With the validation
+    here, ``Message`` keeps tuple's C constructor, which the pure-Python
+    decoder calls directly (``type.__call__(Message, (type, args,
+    payload))``) and the compiled one bypasses altogether.
+    """
+
+    def __call__(cls, type: str, args: Iterable[str] = (),
+                 payload: Union[bytes, bytearray, memoryview, str] = b""):
+        check_type(type)
+        args = check_args(args)
+        if isinstance(payload, str):
+            payload = payload.encode("utf-8")
+        elif isinstance(payload, (bytearray, memoryview)):
+            payload = bytes(payload)
+        elif not isinstance(payload, bytes):
+            raise ValueError(f"payload must be bytes or str, not {payload.__class__.__name__}")
+        self = super().__call__((type, args, payload))
+        header_len = len(self._header())
+        if header_len > MAX_HEADER:
+            raise ValueError(f"header would be {header_len} bytes > {MAX_HEADER}")
+        return self
+
+
+class Message(tuple, metaclass=_MessageType):
     """One framed message: ``TYPE LEN args\\n`` followed by ``LEN`` payload bytes.
 
     ``Message(type, args=(), payload=b"")`` validates type and args at
@@ -29,21 +57,9 @@ class Message(tuple):
 
     __slots__ = ()
 
-    def __new__(cls, type: str, args: Iterable[str] = (),
-                payload: Union[bytes, bytearray, memoryview, str] = b"") -> Message:
-        check_type(type)
-        args = check_args(args)
-        if isinstance(payload, str):
-            payload = payload.encode("utf-8")
-        elif isinstance(payload, (bytearray, memoryview)):
-            payload = bytes(payload)
-        elif not isinstance(payload, bytes):
-            raise ValueError(f"payload must be bytes or str, not {payload.__class__.__name__}")
-        self = _tuple_new(cls, (type, args, payload))
-        header_len = len(self._header())
-        if header_len > MAX_HEADER:
-            raise ValueError(f"header would be {header_len} bytes > {MAX_HEADER}")
-        return self
+    if TYPE_CHECKING:  # the signature that _MessageType.__call__ gives it
+        def __new__(cls, type: str, args: Iterable[str] = (),
+                    payload: Union[bytes, bytearray, memoryview, str] = b"") -> Message: ...
 
     type = property(itemgetter(0), doc="The message type, e.g. ``'MESSAGE'``.")
     args = property(itemgetter(1), doc="The header arguments, a tuple of str.")
@@ -58,13 +74,15 @@ class Message(tuple):
     def __bytes__(self) -> bytes:
         return self._header() + self[2]
 
+    def __reduce__(self):
+        # Rebuilt through the validating constructor (tuple's own
+        # ``__getnewargs__`` protocol would hand it one tuple, unchecked).
+        return self.__class__, tuple(self)
+
     @property
     def text(self) -> str:
         """The payload decoded as UTF-8 (invalid bytes replaced, never raising)."""
         return self[2].decode("utf-8", "replace")
-
-    def __getnewargs__(self):
-        return tuple(self)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Message):

@@ -3,8 +3,10 @@ parse/parse_all, input types, and which implementation is in use."""
 
 from __future__ import annotations
 
+import copy
 import inspect
 import os
+import pickle
 import subprocess
 import sys
 
@@ -160,6 +162,23 @@ def test_message_value_object():
 def test_message_rejects_invalid(type_, args):
     with pytest.raises(ValueError):
         Message(type_, args)
+
+
+def test_messages_pickle_and_copy_as_values(Decoder):
+    decoded = Decoder(max_payload=1).feed(b"A 1 x\n1B 2 y z\n12")
+    for item in decoded + [Message("MESSAGE", ["bob"], "héllo")]:
+        for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+            back = pickle.loads(pickle.dumps(item, protocol))
+            assert back == item and type(back) is type(item)
+        assert copy.copy(item) == item and copy.deepcopy(item) == item
+
+
+def test_unpickling_a_message_validates_it():
+    # The decoders build Messages with tuple's own constructor; unpickling
+    # goes through Message(...) and so cannot smuggle in an invalid one.
+    forged = pickle.dumps(Message("AAAA")).replace(b"AAAA", b"A A ")
+    with pytest.raises(ValueError):
+        pickle.loads(forged)
 
 
 # -- which implementation ------------------------------------------------------------------
