@@ -120,6 +120,12 @@ class PeerStore:
         self._cursor_fd = os.open(self.dir / f"peer-{user}.shown", os.O_RDWR | os.O_CREAT, 0o600)
         raw = os.pread(self._cursor_fd, 32, 0).strip(b"\0 \n")
         self.shown = int(raw) if raw.isdigit() else 0
+        # The next inbox seq, above every row *and* the display cursor.  Left
+        # to SQLite, a rowid restarts at 1 once pruning has emptied the
+        # table: new rows would sit below the cursor, and one recorded but
+        # not shown when we die would never be shown (nor move the cursor).
+        top = self.db.execute("SELECT max(seq) FROM inbox").fetchone()[0] or 0
+        self._next_in = max(top, self.shown) + 1
         self._in_tx = False
         self._durable = True
 
@@ -179,10 +185,14 @@ class PeerStore:
                         received: float) -> Optional[int]:
         """Record one message; return its seq, or None if (sender, msgid) is
         already known (a duplicate).  Must run inside ``transaction()``."""
+        seq = self._next_in
         cur = self.db.execute(
-            "INSERT OR IGNORE INTO inbox(sender, msgid, text, received) VALUES (?,?,?,?)",
-            (sender, msgid, text, received))
-        return cur.lastrowid if cur.rowcount == 1 else None
+            "INSERT OR IGNORE INTO inbox(seq, sender, msgid, text, received) VALUES (?,?,?,?,?)",
+            (seq, sender, msgid, text, received))
+        if cur.rowcount != 1:
+            return None
+        self._next_in = seq + 1   # (a rolled-back batch leaves a gap: harmless)
+        return seq
 
     def unshown(self) -> List[InRow]:
         """Recorded messages never shown (above the display cursor), in order."""
