@@ -190,6 +190,9 @@ class App:
         except StoreLocked as exc:
             return self.fatal(str(exc), EXIT_LOCKED)
         except OSError as exc:
+            if self.peer.store is None:   # the store never opened: not a listen problem
+                return self.fatal(f"cannot use the data directory {self.peer.data_dir} (--data-dir): "
+                                  f"{exc.strerror or exc}", EXIT_USAGE)
             h, p = self.args.listen
             return self.fatal(f"cannot listen on {h}:{p}: {exc.strerror or exc}", EXIT_LISTEN)
         loop = asyncio.get_running_loop()
