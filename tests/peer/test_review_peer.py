@@ -225,3 +225,30 @@ def test_an_unusable_data_dir_is_reported_as_such_not_as_a_listen_failure(tmp_pa
     assert set(event) == {"event", "text"} and event["event"] == "error"
     assert "--data-dir" in event["text"] and "listen" not in event["text"]
     assert str(blocker / "sub").encode() in res.stderr
+
+
+def test_a_text_that_cannot_be_encoded_is_refused_alone_not_with_its_batch(tmp_path):
+    """Bug: ``send()`` of a str holding a lone surrogate (``os.fsdecode`` of a
+    non-UTF-8 file name gives one) was accepted, then failed the whole group
+    commit: every other message of that event-loop turn was refused as a
+    "storage failure".  It must be refused on its own, at once."""
+    import asyncio
+
+    from eurechat.peer import Peer, PeerError
+
+    async def main():
+        async with Peer("alice", data_dir=tmp_path, addresses={"bob": ("127.0.0.1", 1)}) as a:
+            errors = []
+            a.add_listener(lambda e: e["event"] == "error" and errors.append(e))
+            _, good = a.send_nowait("bob", "an innocent message")
+            try:
+                a.send_nowait("bob", "file \udc80.txt")
+            except PeerError as exc:
+                assert "\\udc80" in str(exc) or "surrogate" in str(exc)
+            else:
+                raise AssertionError("a text that is not valid Unicode was accepted")
+            msgid = await good
+            assert a.pending() == [{"to": "bob", "id": msgid, "text": "an innocent message"}]
+            assert errors == []
+
+    asyncio.run(asyncio.wait_for(main(), 30))

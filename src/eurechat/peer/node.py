@@ -743,7 +743,16 @@ class Peer:
                 names.append(name)
         if not names:
             raise PeerError("no recipient")
-        if len(text) * 4 > MAX_TEXT_BYTES and len(text.encode("utf-8")) > MAX_TEXT_BYTES:
+        size = len(text)
+        if isinstance(text, str) and not text.isascii():
+            # Encoded here, not only at the commit: a text that cannot be
+            # encoded (a lone surrogate, e.g. from os.fsdecode) would fail
+            # the whole group commit, every other message of the batch too.
+            try:
+                size = len(text.encode("utf-8"))
+            except UnicodeEncodeError as exc:
+                raise PeerError(f"the text is not valid Unicode: {exc}") from None
+        if size > MAX_TEXT_BYTES:
             raise PeerError(f"message too long (more than {MAX_TEXT_BYTES} bytes)")
         msgid = new_msgid()
         fut = self._loop.create_future()
