@@ -252,3 +252,42 @@ def test_a_text_that_cannot_be_encoded_is_refused_alone_not_with_its_batch(tmp_p
             assert errors == []
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_a_full_directory_is_unavailable_not_a_failed_login(tmp_path):
+    """Bug: a directory past ``--max-connections`` answers a new connection
+    ``ERR max number of clients reached`` (SPEC section 2); the peer took
+    that reply to its LOGIN for a refused password and exited 3 ("wrong
+    password?").  A full directory is an unavailable one: the peer starts,
+    runs, and logs in once there is room (SPEC section 4)."""
+    import socket
+
+    from peer_helpers import FAST
+
+    from support.processes import run_directory, start_process, useradd
+
+    data = str(tmp_path / "directory")
+    useradd(data, "alice", PASSWORD)
+    with run_directory("--max-connections", "1", data_dir=data) as d:
+        hog = socket.create_connection(d.address, timeout=10)   # takes the only slot
+        try:
+            hog.sendall(b"PING 0 hog\n")
+            assert hog.recv(64) == b"PONG 0 hog\n"      # the directory counts it now
+            argv = peer_cmd() + ["--user", "alice", "--json", "--directory", d.hostport,
+                                 "--data-dir", str(tmp_path / "alice"), "--log-level", "INFO"]
+            alice = start_process(argv, ready=r'"event": "ready"',
+                                  env=test_env(EURECHAT_PASSWORD=PASSWORD, **FAST),
+                                  stdin=subprocess.PIPE, timeout=30)
+        finally:
+            hog.close()
+        try:
+            first = json.loads(alice.lines[0])
+            assert first["event"] == "error" and "login" not in first["text"], first
+            alice.wait_for_log(r"directory session re-established", timeout=20)
+            alice.proc.stdin.write(b"/who\n/quit\n")
+            alice.proc.stdin.flush()
+            who = alice.wait_for_line(r'"event": "who"')
+            assert '"name": "alice"' in who.string
+            assert alice.wait(20) == 0
+        finally:
+            alice.stop()

@@ -30,6 +30,9 @@ log = logging.getLogger("eurechat.peer.directory")
 #: Inbound payload limit from the directory (SPEC section 4).
 DIRECTORY_MAX_PAYLOAD = 64 * 1024 * 1024
 WILDCARDS = {"", "0.0.0.0", "::"}
+#: What a directory past its ``--max-connections`` answers a new connection
+#: (SPEC section 2) before closing it: the directory is full, not our login bad.
+FULL = "max number of clients reached"
 
 
 class DirectoryError(Exception):
@@ -92,6 +95,13 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
     directory restart."""
     d = min(cap, base * (2 ** min(attempt, 30)))
     return d * random.uniform(0.5, 1.0)
+
+
+def _check_full(reply: Message) -> None:
+    """A full directory is an unavailable one (retried with backoff), not a
+    refused login or a taken name, which would be fatal at start-up."""
+    if reply.type == "ERR" and reply.text.startswith(FULL):
+        raise DirectoryUnavailable(f"the directory is full ({reply.text})")
 
 
 class DirectoryClient:
@@ -254,6 +264,7 @@ class DirectoryClient:
         try:
             if self.register:
                 reply = await self.request(Message("REGISTER", (self.user,), self.password))
+                _check_full(reply)
                 if reply.type != "ACK":
                     # Maybe it is our own account from an earlier run: try to log in.
                     why = reply.text
@@ -287,6 +298,7 @@ class DirectoryClient:
 
     async def _login(self) -> None:
         reply = await self.request(Message("LOGIN", (self.user,)))
+        _check_full(reply)
         if reply.type != "ACK":
             raise AuthFailed(reply.text)
         reply = await self.request(Message("PASS", (), self.password))
