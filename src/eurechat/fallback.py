@@ -11,9 +11,10 @@ header is searched for its LF only in the new bytes, and a partial payload
 is collected as a list of chunks and joined once, when it is complete.
 
 Each header goes down one of two paths.  The fast path (``feed``) takes the
-common case -- printable ASCII, single spaces, a type and a length seen
-before -- with ``BytesIO.readline``, ``decode``, ``split``, two dict lookups
-and (with args) one ``bytes.translate``.
+common case -- no control byte, single spaces, a type and a length seen
+before -- iterating a ``BytesIO`` for the header lines, then ``translate``,
+``rstrip``, ``decode``, ``split``, a branch on the number of fields and two
+dict lookups.
 Everything else takes the reference path: ``rules.HEADER_RE``, then
 ``rules.diagnose_header`` for a rejection.  What the fast path accepts, the
 reference path accepts with the same result, so it is purely an optimisation.
@@ -50,9 +51,11 @@ _FAST_TYPES_MAX = 256
 _FAST_LENGTHS: dict = {str(i): i for i in range(1024)}
 _FAST_LENGTHS_MAX = 8192
 _EMPTY = ()
-# Maps the bytes a fast-path header may hold (printable ASCII and its LF) to
-# themselves and every other byte elsewhere.
-_PRINTABLE = bytes(b if 0x20 <= b < 0x7f or b == 0x0a else b ^ 1 for b in range(256))
+# Maps the bytes a header may hold (printable ASCII, 0x80-0xfe for UTF-8
+# args, and its LF) to themselves, and the control bytes (and 0xff) to 0xff,
+# which is never valid UTF-8: ``line.translate(_VALID).decode()`` fails
+# exactly when the line holds a control byte or is not UTF-8.
+_VALID = bytes(b if b >= 0x20 and b != 0x7f or b == 0x0a else 0xff for b in range(256))
 _len = len
 #: Builds a Message from ``(type, args, payload)`` with tuple's own C
 #: constructor, skipping the validation of ``Message(...)``: the decoder
@@ -187,27 +190,41 @@ class Decoder:
     def _drain_all(self, buf: bytes) -> Tuple[List[Item], int]:
         """``_drain`` of a whole buffer, the fast way.
 
-        The LF is found by ``BytesIO.readline`` and the payload taken by
-        ``read()``: fast-call C methods, where ``bytes.find()`` parses a
-        tuple of arguments on every call, and neither needs an offset kept
-        in Python.  Offsets are recovered with ``tell()`` on the rare paths.
+        Header lines come from iterating a ``BytesIO`` over ``buf`` and
+        payloads from its ``read()``: C code that finds the LF and copies
+        the bytes, with no offset kept in Python and, for the lines, no
+        argument to convert (``bytes.find()`` parses a tuple of arguments on
+        every call).  Offsets are recovered with ``tell()`` on the rare
+        paths.  Iterated lines are not bounded by ``max_header``, so every
+        path checks the length itself; in exchange a line without its LF can
+        only be the last one in ``buf``, which is checked once, after the
+        loop, rather than once per line.
 
         Each header goes down one of two paths.  The fast path takes the
-        common case -- printable ASCII, single spaces, a type and a length
-        seen before -- with ``decode``, ``split``, two dict lookups and (with
-        args) one ``bytes.translate``.  Everything else takes the reference
-        path (``_reference``).  What the fast path accepts, the reference
-        path accepts with the same result, so it is purely an optimisation.
+        common case -- no control byte, single spaces, a type and a length
+        seen before -- with one C pass of ``translate`` (control bytes
+        become 0xff, so ``decode`` rejects them along with bad UTF-8),
+        ``rstrip`` (the LF, and the trailing spaces the grammar tolerates),
+        ``split``, a branch on the number of fields that unpacks one or two
+        args straight into their tuple (no slice, no list, no ``tuple()``
+        call), and two dict lookups.  Everything else (a CR, a
+        new type, an oversized payload, any error) takes the reference path
+        (``_reference``).  What the fast path accepts, the reference path
+        accepts with the same result, so it is purely an optimisation.
         """
+        if self._max_args < 2:
+            # The loop below takes one or two args without counting them
+            # against ``max_args``; a decoder allowing fewer (eurechat never
+            # builds one) takes the generic loop, with the same results.
+            return self._drain_some(buf, -1)
         out: list = []
         bio = BytesIO(buf)
-        readline = bio.readline
         read = bio.read
         tell = bio.tell
         max_header = self._max_header
         max_payload = self._max_payload
         max_args = self._max_args
-        printable = _PRINTABLE
+        valid = _VALID
         fast_types = _FAST_TYPES
         fast_lengths = _FAST_LENGTHS
         n = len(buf)
@@ -216,59 +233,54 @@ class Decoder:
         _tuple = tuple
         _len = len
         empty = _EMPTY
-        line = payload = b""
+        line = b"\n"  # as if the last header were complete (for an empty buf)
         length = 0
-        while True:
-            next_line = readline(max_header)
-            if not next_line:
-                if _len(payload) < length:
-                    # read() met the end of ``buf``: only the last message
-                    # can be short, so it is checked here, not per message.
-                    out.pop()
-                    pos = n - _len(payload) - _len(line)
-                    self._need = _len(line) + length
-                    return out, pos
-                return out, n
-            line = next_line
-            if line[-1] != 10:
-                pos = n - _len(line)
-                if _len(line) >= max_header:
-                    raise self._fail(header_too_long(max_header, out))
-                return out, pos
-            # Fast path: a header of printable ASCII, single spaces, and a
-            # type and length already seen.  Whatever it accepts, the
-            # reference path below accepts too, with the same result; the
-            # rest (CR, trailing spaces, non-ASCII args, new types, oversized
-            # payloads, errors) is left to the reference path.
+        for line in bio:
+            # Fast path.  Whatever it accepts, the reference path below
+            # accepts too, with the same result.  An empty arg is a double
+            # or a trailing space before an LF; every case checks
+            # ``max_header`` (iterated lines are unbounded).
             try:
-                fields = line[:-1].decode().split(" ")
-                type = fast_types[fields[0]]
-                length = fast_lengths[fields[1]]
-                args = fields[2:]
-                if not args:
-                    # Exactly "TYPE LEN": both checked by the lookups.
+                fields = line.translate(valid).rstrip().decode().split(" ")
+                count = _len(fields)
+                if count == 4:
+                    type, length, a, b = fields
+                    if not a or not b or _len(line) > max_header:
+                        raise KeyError
+                    args = (a, b)
+                elif count == 3:
+                    type, length, a = fields
+                    if not a or _len(line) > max_header:
+                        raise KeyError
+                    args = (a,)
+                elif count == 2:
+                    type, length = fields
+                    if _len(line) > max_header:
+                        raise KeyError
                     args = empty
                 else:
-                    # Args: printable ASCII only (``translate`` with a table
-                    # that maps every other byte elsewhere returns the same
-                    # object only then: one C pass, cheaper than
-                    # ``str.isprintable``), no empty arg (double or trailing
-                    # space), at most max_args.
-                    if (line.translate(printable) is not line or "" in args
-                            or _len(args) > max_args):
+                    type, length, *args = fields  # ValueError for one field
+                    if "" in args or _len(args) > max_args or _len(line) > max_header:
                         raise KeyError
                     args = _tuple(args)
-            except (UnicodeDecodeError, IndexError, KeyError):
+                type = fast_types[type]
+                length = fast_lengths[length]
+            except (UnicodeDecodeError, KeyError, ValueError):
                 pass
             else:
                 if length <= max_payload:
-                    payload = read(length)
                     # ``out.append``, not a bound ``append``: CPython 3.11+
                     # appends in line without a call.
-                    out.append(make((type, args, payload)))
+                    out.append(make((type, args, read(length))))
                     continue
             # Reference path.
             length = 0  # nothing pending for the end-of-buffer check
+            if line[-1] != 10 or _len(line) > max_header:
+                # The end of ``buf`` in a header, or a header too long.
+                pos = tell() - _len(line)
+                if _len(line) >= max_header:
+                    raise self._fail(header_too_long(max_header, out))
+                return out, pos
             lf = tell() - 1  # the LF ending ``line``; ``bio`` is past it
             pos = lf + 1 - _len(line)
             type, args, size = self._reference(buf, pos, lf, out)
@@ -284,6 +296,22 @@ class Decoder:
                     return out, pos
                 out.append(make((type, args, buf[lf + 1:end])))
             bio.seek(end)
+        if line[-1:] != b"\n":
+            # ``buf`` ends in a header, which the fast path took as whole
+            # (the reference path returns on a line without LF): the item
+            # it made is not a message yet.
+            out.pop()
+            pos = n - _len(line)
+            if _len(line) >= max_header:
+                raise self._fail(header_too_long(max_header, out))
+            return out, pos
+        if length and _len(out[-1][2]) < length:
+            # read() met the end of ``buf``: only the last message
+            # can be short, so it is checked here, not per message.
+            payload = out.pop()[2]
+            self._need = _len(line) + length
+            return out, n - _len(payload) - _len(line)
+        return out, n
 
     def _reference(self, buf: bytes, pos: int, lf: int, out: list) -> Tuple[str, tuple, int]:
         """Read the header ``buf[pos:lf]`` the slow, authoritative way.
