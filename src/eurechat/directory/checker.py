@@ -34,7 +34,27 @@ log = logging.getLogger("eurechat.directory.checker")
 # Errors that say this process is short of resources, not that the peer is dead.
 _LOCAL_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
-__all__ = ["LivenessChecker", "LocalElection", "probe_peer"]
+__all__ = ["LivenessChecker", "LocalElection", "probe_peer", "stop_task"]
+
+#: Longest ``LivenessChecker.close()`` waits for a round to let go.
+CLOSE_TIMEOUT = 2.0
+
+
+async def stop_task(task: asyncio.Future, timeout: float) -> None:
+    """Cancel ``task`` and wait for it to end, cancelling again every 50 ms
+    (a cancellation swallowed by ``asyncio.wait_for`` on Python < 3.12 or by
+    a client library must not leave it running), for at most ``timeout``
+    seconds.  Never raises what the task raised."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not task.done():
+        left = deadline - loop.time()
+        if left <= 0:
+            return
+        task.cancel()
+        await asyncio.wait({task}, timeout=min(0.05, left))
+    if not task.cancelled():
+        task.exception()  # retrieved: a failure was logged by the task itself
 
 
 class LocalElection(Election):
@@ -98,21 +118,32 @@ class LivenessChecker:
         self.concurrency = concurrency
         self.rounds = 0
         self._task: Optional[asyncio.Task] = None
+        self._closing = False
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        """Stop the rounds.  One ``cancel()`` is not enough: on Python < 3.12
+        ``asyncio.wait_for`` (which redis-py wraps around every command it
+        sends) returns its result instead of raising when a cancellation
+        lands just as the command completes, and the round then runs on --
+        a directory on Redis ignored SIGTERM that way.  So the loop also
+        checks a flag, and the cancellation is repeated until the task ends
+        (bounded: shutdown never waits on the checker for long)."""
+        self._closing = True
+        task, self._task = self._task, None
+        if task is None:
+            return
+        await stop_task(task, CLOSE_TIMEOUT)
+        if not task.done():
+            log.warning("liveness checker did not stop within %g s", CLOSE_TIMEOUT)
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.interval)
+            if self._closing:
+                return
             try:
                 if await self.election.leading():
                     await self.check_round()

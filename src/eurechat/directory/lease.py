@@ -58,6 +58,7 @@ from typing import Callable, FrozenSet, Iterable, List, Optional, TypeVar
 
 from redis import exceptions as redis_errors
 
+from .checker import stop_task
 from .interfaces import Election, Registration, Registry
 from .redis_registry import BUCKETS, bucket_of, redis_client
 
@@ -113,6 +114,7 @@ class RedisLease(Election):
         self._script = None
         self._release = None
         self._task: Optional[asyncio.Task] = None
+        self._closing = False
         self._became_leader: Optional[asyncio.Event] = None
 
     # -- public --------------------------------------------------------------
@@ -151,14 +153,13 @@ class RedisLease(Election):
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def close(self) -> None:
-        """Stop, and hand the lease over at once if we hold it."""
+        """Stop, and hand the lease over at once if we hold it.  (The loop also
+        checks a flag and the cancellation is repeated: redis-py can swallow
+        one that lands while a command completes, see ``stop_task``.)"""
+        self._closing = True
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+            await stop_task(task, 2.0)
         if self._redis is not None:
             if self._leading:
                 try:
@@ -197,8 +198,10 @@ class RedisLease(Election):
 
     async def _loop(self) -> None:
         warned = False
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.renew_every if self._leading else self.poll_every)
+            if self._closing:
+                return
             try:
                 await self._attempt()
                 warned = False
