@@ -85,6 +85,8 @@ class Worker:
         self.proc: Optional[asyncio.subprocess.Process] = None
         self.started = 0.0
         self.failures = 0
+        self.serving = False           # its process said "ready"
+        self.address: Optional[str] = None  # the Manager it was started on
         # Held while this slot's process is being (re)started: a crash restart
         # and a Manager replacement never both start a process for one slot.
         # (Made in the running loop: before 3.10 a Lock binds to a loop.)
@@ -119,6 +121,9 @@ class Supervisor:
         self.checker = None
         self.generation = 0          # Managers started so far (names their sockets)
         self.manager_deaths: Deque[float] = deque()
+        # Workers of an earlier generation (a dead Manager), kept listening
+        # until every slot serves on the current Manager, then retired.
+        self.previous: Set[asyncio.subprocess.Process] = set()
         self.retiring: Set[asyncio.subprocess.Process] = set()  # old workers being stopped
         self.exit_code = 0
         self._manager_died: Optional[asyncio.Event] = None
@@ -136,6 +141,7 @@ class Supervisor:
         """Start ``worker``'s process and wait for it to say it is serving."""
         ready_r, ready_w = os.pipe()
         env = dict(os.environ)
+        worker.serving, worker.address = False, self.address
         if self.address is not None:
             env[ENV_ADDRESS] = self.address
             env[ENV_AUTHKEY] = self.authkey.hex()
@@ -156,6 +162,7 @@ class Supervisor:
             os.close(ready_r)
         if data.startswith(b"ready"):
             log.info("worker %d serving (pid %d)", worker.index, worker.proc.pid)
+            worker.serving = True
             return True
         log.error("worker %d (pid %d) did not start", worker.index, worker.proc.pid)
         return False
@@ -191,28 +198,48 @@ class Supervisor:
                 if worker.proc is not proc:
                     continue  # replaced meanwhile (a new Manager)
                 await self._spawn(worker)
+            if self.previous:
+                await self._retire_previous()  # this slot was the last one missing
 
     async def _replace_all(self) -> int:
         """A fresh process for every slot (bound to the current Manager); the
-        old ones are stopped only once *all* new ones serve (or failed to).
-        So with SO_REUSEPORT the port always has listeners, and a peer whose
-        old session is closed reconnects to a new worker -- were an old worker
-        still listening, it could land there and have its BIND refused
-        (``ERR directory unavailable``).  Returns how many new ones serve."""
-        async def renew(worker: Worker):
+        old ones are stopped only once *every* slot serves on the current
+        Manager.  So with SO_REUSEPORT the port always has listeners, and a
+        peer whose old session is closed reconnects to a new worker -- were an
+        old worker still listening, it could land there and have its BIND
+        refused (``ERR directory unavailable``).  New workers that fail (the
+        new Manager died too, while they started) leave the old ones serving
+        (logins, QUERY from their last view) until a later generation, or the
+        crash restart of the missing slots, completes.  A slot whose process
+        already serves on the current Manager (restarted meanwhile after a
+        crash) is left alone.  Returns how many slots serve on it."""
+        async def renew(worker: Worker) -> bool:
             async with worker.lock:
                 if self.stopping:
-                    return False, None
+                    return False
                 old = worker.proc
                 if old is not None and old.returncode is None:
-                    self.retiring.add(old)  # a shutdown meanwhile stops it too
-                else:
-                    old = None
-                return await self._spawn(worker), old
+                    if worker.serving and worker.address == self.address:
+                        return True  # already on this Manager
+                    self.previous.add(old)  # a shutdown meanwhile stops it too
+                return await self._spawn(worker)
 
         results = await asyncio.gather(*(renew(w) for w in self.workers))
-        await asyncio.gather(*(self._retire(old) for _, old in results if old is not None))
-        return sum(ok for ok, _ in results)
+        await self._retire_previous()
+        return sum(results)
+
+    def _all_serving(self) -> bool:
+        return all(w.serving and w.address == self.address and w.proc is not None
+                   and w.proc.returncode is None for w in self.workers)
+
+    async def _retire_previous(self) -> None:
+        """Stop the earlier generation once every slot serves on the current
+        Manager (not before: they are the port's listeners meanwhile)."""
+        if not self.previous or self.stopping or not self._all_serving():
+            return
+        old, self.previous = self.previous, set()
+        self.retiring |= old
+        await asyncio.gather(*(self._retire(p) for p in old))
 
     async def _retire(self, proc: asyncio.subprocess.Process) -> None:
         """SIGTERM (its sessions are closed, their peers reconnect elsewhere);
@@ -420,9 +447,14 @@ class Supervisor:
             self._watch_manager(loop)
             await self._reconnect_registry()
             serving = await self._replace_all()
-            log.info("presence manager replaced in %.2f s: new manager pid %d, %d of %d "
-                     "workers serving", time.monotonic() - started,
-                     self.manager._process.pid, serving, len(self.workers))
+            if self.stopping:
+                return
+            log.log(logging.INFO if serving == len(self.workers) else logging.WARNING,
+                    "presence manager replaced in %.2f s: new manager pid %d, %d of %d "
+                    "workers serving%s", time.monotonic() - started,
+                    self.manager._process.pid, serving, len(self.workers),
+                    "" if serving == len(self.workers) else
+                    " (the previous workers keep the port until all do)")
 
     async def _reconnect_registry(self) -> None:
         """The supervisor's own hub client (checker, ``drop_pid``) follows the
@@ -450,7 +482,8 @@ class Supervisor:
     async def _stop_workers(self) -> None:
         procs = [w.proc for w in self.workers if w.proc is not None
                  and w.proc.returncode is None]
-        procs += [p for p in self.retiring if p.returncode is None and p not in procs]
+        procs += [p for p in self.retiring | self.previous
+                  if p.returncode is None and p not in procs]
         for proc in procs:
             try:
                 proc.send_signal(signal.SIGTERM)
