@@ -50,6 +50,37 @@ _FAST_TYPES: dict = {}
 _FAST_TYPES_MAX = 256
 _FAST_LENGTHS: dict = {str(i): i for i in range(1024)}
 _FAST_LENGTHS_MAX = 8192
+# The same lengths, one dict per ``max_payload`` in use, holding only those
+# within it: the fast path of ``_drain_all`` then needs no size comparison
+# (a longer payload is not found there and takes the reference path, which
+# makes the ``Oversized`` item).  Kept up to date as lengths are learned; a
+# decoder keeps its dict when this cache is reset, and a length missing from
+# it only costs that message the reference path.
+_LENGTHS_BY_LIMIT: dict = {}
+_LENGTHS_BY_LIMIT_MAX = 16
+
+
+def _fast_lengths(limit: int) -> dict:
+    """The learned lengths (text -> int) that are at most ``limit``."""
+    lengths = _LENGTHS_BY_LIMIT.get(limit)
+    if lengths is None:
+        if len(_LENGTHS_BY_LIMIT) >= _LENGTHS_BY_LIMIT_MAX:
+            _LENGTHS_BY_LIMIT.clear()
+        # list(): a snapshot, in case another thread is learning a length.
+        lengths = {text: n for text, n in list(_FAST_LENGTHS.items()) if n <= limit}
+        _LENGTHS_BY_LIMIT[limit] = lengths
+    return lengths
+
+
+def _learn_length(text: str, length: int) -> None:
+    """Teach the fast path a length the reference path has read (bounded)."""
+    if text not in _FAST_LENGTHS and len(_FAST_LENGTHS) < _FAST_LENGTHS_MAX:
+        _FAST_LENGTHS[text] = length
+        for limit, lengths in list(_LENGTHS_BY_LIMIT.items()):
+            if length <= limit:
+                lengths[text] = length
+
+
 _EMPTY = ()
 # Maps the bytes a header may hold (printable ASCII, 0x80-0xfe for UTF-8
 # args, and its LF) to themselves, and the control bytes (and 0xff) to 0xff,
@@ -74,13 +105,14 @@ class Decoder:
     longer be trusted, so every later ``feed()`` raises again.
     """
 
-    __slots__ = ("_max_payload", "_max_header", "_max_args", "_chunks", "_have",
+    __slots__ = ("_max_payload", "_lengths", "_max_header", "_max_args", "_chunks", "_have",
                  "_need", "_skip", "_failed", "_busy")
 
     def __init__(self, max_payload: int = MAX_PAYLOAD, max_header: int = MAX_HEADER,
                  max_args: int = MAX_ARGS) -> None:
         check_limits(max_payload, max_header, max_args)
         self._max_payload = max_payload
+        self._lengths = _fast_lengths(max_payload)
         self._max_header = max_header
         self._max_args = max_args
         self._chunks: list = []   # the incomplete tail, as received
@@ -99,6 +131,7 @@ class Decoder:
     def max_payload(self, value: int) -> None:
         check_limits(value, self._max_header, self._max_args)
         self._max_payload = value
+        self._lengths = _fast_lengths(value)
 
     @property
     def max_header(self) -> int:
@@ -226,7 +259,7 @@ class Decoder:
         max_args = self._max_args
         valid = _VALID
         fast_types = _FAST_TYPES
-        fast_lengths = _FAST_LENGTHS
+        fast_lengths = self._lengths  # only lengths <= max_payload
         n = len(buf)
         # Locals, not globals or builtins, in the loop.
         make = _make_message
@@ -234,7 +267,7 @@ class Decoder:
         _len = len
         empty = _EMPTY
         line = b"\n"  # as if the last header were complete (for an empty buf)
-        length = 0
+        length = "0"  # the length (as text) of the last message taken by the fast path
         for line in bio:
             # Fast path.  Whatever it accepts, the reference path below
             # accepts too, with the same result.  An empty arg is a double
@@ -263,18 +296,14 @@ class Decoder:
                     if "" in args or _len(args) > max_args or _len(line) > max_header:
                         raise KeyError
                     args = _tuple(args)
-                type = fast_types[type]
-                length = fast_lengths[length]
+                # ``out.append``, not a bound ``append``: CPython 3.11+
+                # appends in line without a call.
+                out.append(make((fast_types[type], args, read(fast_lengths[length]))))
+                continue
             except (UnicodeDecodeError, KeyError, ValueError):
                 pass
-            else:
-                if length <= max_payload:
-                    # ``out.append``, not a bound ``append``: CPython 3.11+
-                    # appends in line without a call.
-                    out.append(make((type, args, read(length))))
-                    continue
             # Reference path.
-            length = 0  # nothing pending for the end-of-buffer check
+            length = "0"  # nothing pending for the end-of-buffer check
             if line[-1] != 10 or _len(line) > max_header:
                 # The end of ``buf`` in a header, or a header too long.
                 pos = tell() - _len(line)
@@ -305,6 +334,7 @@ class Decoder:
             if _len(line) >= max_header:
                 raise self._fail(header_too_long(max_header, out))
             return out, pos
+        length = fast_lengths[length]
         if length and _len(out[-1][2]) < length:
             # read() met the end of ``buf``: only the last message
             # can be short, so it is checked here, not per message.
@@ -342,8 +372,7 @@ class Decoder:
                 length = int(length_b)
                 if len(_FAST_TYPES) < _FAST_TYPES_MAX:
                     _FAST_TYPES[type] = type
-                if len(_FAST_LENGTHS) < _FAST_LENGTHS_MAX:
-                    _FAST_LENGTHS[length_b.decode("ascii")] = length
+                _learn_length(length_b.decode("ascii"), length)
                 return type, args, length
         err = diagnose_header(buf[pos:lf], max_args)
         err.messages = out

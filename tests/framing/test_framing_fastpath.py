@@ -98,3 +98,27 @@ def test_non_ascii_args_decode_like_the_reference():
     items = fallback.Decoder().feed("ACK 0 été\nMESSAGE 2 ü 😀\nhi".encode())
     assert items == [fallback.Message("ACK", ["été"]),
                      fallback.Message("MESSAGE", ["ü", "😀"], b"hi")]
+
+
+def test_max_payload_changed_between_feeds(both):
+    """Each decoder's fast path knows only the lengths within its own limit."""
+    stream = b"MESSAGE 5 a b\nhello"
+    for Decoder in both:
+        decoder = Decoder()
+        assert decoder.feed(stream) == [fallback.Message("MESSAGE", ["a", "b"], b"hello")]
+        decoder.max_payload = 4
+        assert decoder.feed(stream) == [fallback.Oversized("MESSAGE", ["a", "b"], 5)]
+        decoder.max_payload = 5
+        assert decoder.feed(stream + b"PING 0\n") == [
+            fallback.Message("MESSAGE", ["a", "b"], b"hello"), fallback.Message("PING")]
+
+
+@pytest.mark.parametrize("length", [b"1500", b"0007", b"2048"])
+def test_lengths_learned_under_one_limit_respect_another(both, length):
+    size = int(length)
+    stream = b"ACK " + length + b" x\n" + b"y" * size + b"PING 0\n"
+    for max_payload in (1 << 20, size - 1, size, 0):
+        same_as_compiled(both, stream, max_payload=max_payload)  # learns it first
+        items = both[0](max_payload=max_payload).feed(stream)
+        kind = fallback.Message if size <= max_payload else fallback.Oversized
+        assert [i.__class__ for i in items] == [kind, fallback.Message]
