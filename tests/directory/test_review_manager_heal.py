@@ -1,5 +1,10 @@
 """Review findings on the presence Manager's healing (``--workers N``).
 
+A new-generation worker that dies while it starts (the Manager is fine) must
+be restarted like any crashed worker, after which the old generation goes:
+no slot may stay with an old worker bound to the dead Manager (whose BINDs
+all fail) for ever.
+
 The replacement Manager itself dies while its workers are starting (a second
 kill -9 right after the first, an OOM killer picking the new process): the
 new workers cannot reach it and fail.  The old workers must not be stopped
@@ -11,7 +16,10 @@ the port until a generation bound to a live Manager serves.
 from __future__ import annotations
 
 import os
+import re
+import select
 import signal
+import time
 
 from test_directory_manager_death import (
     MANAGER_RE,
@@ -24,6 +32,28 @@ from test_directory_manager_death import (
 from eurechat.framing import Message
 from support.client import Responder
 from support.processes import start_directory
+
+
+def wait_exited(pids, timeout: float = 10.0) -> set:
+    """Wait (on pidfds: an event) until each of ``pids`` has exited; returns
+    those still running at the timeout."""
+    fds = {}
+    for pid in pids:
+        try:
+            fds[os.pidfd_open(pid)] = pid
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    try:
+        while fds and time.monotonic() < deadline:
+            ready, _, _ = select.select(list(fds), [], [], deadline - time.monotonic())
+            for fd in ready:
+                os.close(fd)
+                del fds[fd]
+        return set(fds.values())
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def test_replacement_manager_killed_while_its_workers_start(tmp_path):
@@ -58,4 +88,42 @@ def test_replacement_manager_killed_while_its_workers_start(tmp_path):
         assert "Traceback" not in d.stderr()
     finally:
         probe.stop()
+        d.kill_group()
+
+
+def test_new_worker_dying_at_start_is_restarted_and_the_old_ones_go(tmp_path):
+    d = start_directory("--workers", "2", data_dir=str(tmp_path))
+    try:
+        old = set(worker_pids(d))
+        manager = kill_manager(d)
+        warned = d.wait_for_log(rf"WARNING: presence manager \(pid {manager}\)")
+        after = d.err_lines.index(warned.string)
+        # SIGKILL the first new worker process as soon as it exists (before it
+        # can say "ready": a start takes ~0.3 s; bounded look-out).
+        victim = 0
+        deadline = time.monotonic() + 10
+        while not victim and time.monotonic() < deadline:
+            fresh = set(worker_pids(d)) - old
+            if fresh:
+                victim = min(fresh)
+                os.kill(victim, signal.SIGKILL)
+        assert victim
+        d.wait_for_log(r"presence manager replaced in", start=after)
+        # Every slot serves on the new Manager in the end, and both old workers
+        # were stopped (each logs its shutdown).
+        for pid in old:
+            d.wait_for_log(rf" {pid} eurechat\.directory\.app INFO: shutting down",
+                           start=after)
+        assert wait_exited(old) == set()
+        served = {int(m.group(1)) for m in (re.search(r"worker \d serving \(pid (\d+)\)", line)
+                                            for line in d.err_lines[after:]) if m}
+        assert len(set(worker_pids(d)) & served) == 2
+        with Responder() as target:
+            for i in range(6):  # fresh connections spread over both workers: all BIND
+                with account(d, f"eve{i}", "eve-password") as c:
+                    assert c.request("BIND", "127.0.0.1", str(target.port)).type == "ACK"
+        assert d.stop() == 0
+        assert d.wait_group_gone(5) == []
+        assert "Traceback" not in d.stderr()
+    finally:
         d.kill_group()

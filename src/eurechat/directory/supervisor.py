@@ -91,6 +91,9 @@ class Worker:
         # and a Manager replacement never both start a process for one slot.
         # (Made in the running loop: before 3.10 a Lock binds to a loop.)
         self.lock: asyncio.Lock
+        # Set whenever ``proc`` is replaced, so the slot's watcher follows the
+        # new process at once instead of waiting for the old one to exit.
+        self.replaced: asyncio.Event
 
 
 def _death(code: Optional[int]) -> str:
@@ -149,6 +152,7 @@ class Supervisor:
             worker.proc = await asyncio.create_subprocess_exec(
                 *self._worker_argv(ready_w), env=env, stdin=subprocess.DEVNULL,
                 pass_fds=(self.sock.fileno(), ready_w, self.parent_r))
+            worker.replaced.set()
         finally:
             os.close(ready_w)
         worker.started = time.monotonic()
@@ -168,14 +172,25 @@ class Supervisor:
         return False
 
     async def _watch(self, worker: Worker) -> None:
-        """Restart ``worker`` whenever it exits, until shutdown."""
+        """Restart ``worker`` whenever it exits, until shutdown.  Follows the
+        slot, not a process: when a Manager replacement puts a new process in
+        the slot, the old one (kept listening until the new generation serves)
+        is no longer watched, and the new one is -- also if it dies at start."""
         while not self.stopping:
             proc = worker.proc
-            code = await proc.wait()
+            worker.replaced.clear()
+            exited = asyncio.ensure_future(proc.wait())
+            swapped = asyncio.ensure_future(worker.replaced.wait())
+            try:
+                await asyncio.wait({exited, swapped}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                exited.cancel()
+                swapped.cancel()
             if self.stopping:
                 return
-            if worker.proc is not proc:
-                continue  # retired on purpose (a new Manager): watch its successor
+            if worker.proc is not proc or proc.returncode is None:
+                continue  # replaced on purpose (a new Manager): watch its successor
+            code = proc.returncode
             log.error("worker %d (pid %d) exited with %s; restarting", worker.index,
                       proc.pid, code)
             if self.registry is not None and hasattr(self.registry, "drop_pid"):
@@ -291,6 +306,7 @@ class Supervisor:
             loop.add_signal_handler(sig, stop.set)
         for w in self.workers:
             w.lock = asyncio.Lock()
+            w.replaced = asyncio.Event()
         try:
             self.sock = _listen(self.opts.host, self.opts.port, REUSEPORT,
                                 listen=not REUSEPORT)
