@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
+import math
 import os
 import sys
 from typing import List, Optional
@@ -39,8 +40,10 @@ and type:  REGISTER 0 alice s3cret-pass   USER 0 alice   PASS 0 s3cret-pass   QU
 
 def _positive_float(text: str) -> float:
     value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be > 0")
+    # nan and inf parse as floats: nan passed "<= 0" and then crashed the lease
+    # ("cannot convert float NaN to integer") or made the checker's sleep meaningless.
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError("must be a finite number > 0")
     return value
 
 
@@ -55,6 +58,16 @@ def _int_at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}")
+        return value
+    return parse
+
+
+def _int_between(minimum: int, maximum: int):
+    """An argparse type: an integer in ``minimum..maximum``."""
+    def parse(text: str) -> int:
+        value = _int_at_least(minimum)(text)
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}")
         return value
     return parse
 
@@ -160,10 +173,10 @@ def build_serve_parser() -> argparse.ArgumentParser:
                    help="with --registry redis://: lease period of the liveness checker's "
                         "leases across hosts; a dead holder's shards are taken over within S "
                         "seconds (default: 10)")
-    t.add_argument("--checker-shards", type=_int_at_least(1), default=16, metavar="N",
+    t.add_argument("--checker-shards", type=_int_between(1, 1024), default=16, metavar="N",
                    help="with --registry redis://: registrations are split into N shards by "
                         "name, each with its own checker lease; every host probes at most its "
-                        "fair share of them; 1: a single checker (default: %(default)s)")
+                        "fair share of them; 1: a single checker; at most 1024 (default: %(default)s)")
     t.add_argument("--high-water", type=_int_at_least(1), default=64 * 1024, metavar="BYTES",
                    help="unsent reply bytes per session above which it is no longer read "
                         "(default: 65536)")
