@@ -410,11 +410,10 @@ class ShardedLease(Election):
         self._closing = True
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
             # redis-py can swallow a cancellation that lands while it reads a
-            # reply; the flag then ends the loop, and shutdown never waits
-            # longer than this.
-            await asyncio.wait({task}, timeout=2.0)
+            # reply; the flag then ends the loop, the cancellation is repeated,
+            # and shutdown never waits longer than this.
+            await stop_task(task, 2.0)
         if self._redis is not None:
             try:
                 await self._run(stay=False)
