@@ -16,7 +16,6 @@ the port until a generation bound to a live Manager serves.
 from __future__ import annotations
 
 import os
-import re
 import select
 import signal
 import time
@@ -115,9 +114,16 @@ def test_new_worker_dying_at_start_is_restarted_and_the_old_ones_go(tmp_path):
             d.wait_for_log(rf" {pid} eurechat\.directory\.app INFO: shutting down",
                            start=after)
         assert wait_exited(old) == set()
-        served = {int(m.group(1)) for m in (re.search(r"worker \d serving \(pid (\d+)\)", line)
-                                            for line in d.err_lines[after:]) if m}
-        assert len(set(worker_pids(d)) & served) == 2
+        # Two workers serving in the end, neither an old one nor the victim (if
+        # the kill came just after it said "ready", its restart may still be
+        # on its way: wait for that line too).
+        serving: dict = {}
+        index = after
+        while len({pid for pid in serving.values() if pid != victim}) < 2:
+            m = d.wait_for_log(r"worker (\d) serving \(pid (\d+)\)", start=index)
+            index = d.err_lines.index(m.string) + 1
+            serving[m.group(1)] = int(m.group(2))
+        assert set(serving.values()) == set(worker_pids(d))
         with Responder() as target:
             for i in range(6):  # fresh connections spread over both workers: all BIND
                 with account(d, f"eve{i}", "eve-password") as c:
