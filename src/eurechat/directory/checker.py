@@ -181,6 +181,8 @@ class LivenessChecker:
 
         async def prober() -> None:
             for reg in pending:
+                if self._closing:
+                    return  # close() even if a cancellation got swallowed
                 try:
                     await one(reg)
                 except asyncio.CancelledError:
