@@ -18,7 +18,9 @@ from __future__ import annotations
 import os
 import select
 import signal
+import threading
 import time
+from collections import Counter
 
 from test_directory_manager_death import (
     MANAGER_RE,
@@ -29,7 +31,7 @@ from test_directory_manager_death import (
 )
 
 from eurechat.framing import Message
-from support.client import Responder
+from support.client import ConnectionClosed, Responder
 from support.processes import start_directory
 
 
@@ -132,4 +134,88 @@ def test_new_worker_dying_at_start_is_restarted_and_the_old_ones_go(tmp_path):
         assert d.wait_group_gone(5) == []
         assert "Traceback" not in d.stderr()
     finally:
+        d.kill_group()
+
+
+class BindLoop(threading.Thread):
+    """One client that logs in, BINDs and QUERYs again and again (bounded),
+    recording every reply; reconnects when its session is closed."""
+
+    def __init__(self, d, name: str, port: int) -> None:
+        super().__init__(daemon=True)
+        self.d, self.name, self.port = d, name, port
+        self.done = threading.Event()
+        self.bound_after = threading.Event()   # an ACKed BIND once `armed` was set
+        self.armed = threading.Event()
+        self.replies: Counter = Counter()
+        self.errors: list = []
+
+    def run(self) -> None:
+        for _ in range(500):
+            if self.done.is_set():
+                return
+            try:
+                with account(self.d, self.name, self.name + "-password") as c:
+                    for _ in range(50):
+                        if self.done.is_set():
+                            return
+                        armed = self.armed.is_set()
+                        bind = c.request("BIND", "127.0.0.1", str(self.port))
+                        query = c.request("QUERY", self.name)
+                        self.replies[(bind.type, bind.text[:21])] += 1
+                        self.replies[(query.type,)] += 1
+                        if armed and bind.type == "ACK":
+                            self.bound_after.set()
+            except ConnectionClosed:
+                self.replies["closed"] += 1      # an old worker retired: reconnect
+            except OSError as exc:               # a reset from a retiring worker's queue
+                self.replies[type(exc).__name__] += 1
+            except Exception as exc:             # anything else is a finding
+                self.errors.append(repr(exc))
+                return
+
+
+def test_bind_and_query_in_flight_through_a_healing(tmp_path):
+    """Clients BIND and QUERY without pause while the Manager is killed: each
+    request gets ACK/RESULT, or ``ERR directory unavailable`` on an old worker
+    (the session stays), or its session is closed by a retiring worker -- no
+    hang, no other error; after the healing each client BINDs again and every
+    worker sees all of them."""
+    d = start_directory("--workers", "2", data_dir=str(tmp_path))
+    loops = []
+    try:
+        with Responder() as target:
+            loops = [BindLoop(d, f"fly{i}", target.port) for i in range(4)]
+            for loop in loops:
+                loop.start()
+            mark = len(d.err_lines)
+            kill_manager(d)
+            d.wait_for_log(r"presence manager replaced in .* 2 of 2 workers serving",
+                           start=mark)
+            for loop in loops:
+                loop.armed.set()
+            for loop in loops:
+                assert loop.bound_after.wait(20), (loop.name, loop.replies, loop.errors)
+                loop.done.set()
+            for loop in loops:
+                loop.join(20)
+            for loop in loops:
+                assert loop.errors == [], loop.errors
+                unexpected = {k for k in loop.replies if k not in (
+                    ("ACK", "bound successfully to"), ("ERR", "directory unavailable"),
+                    ("RESULT",), "closed", "ConnectionResetError", "BrokenPipeError")}
+                assert not unexpected, loop.replies
+            # The healing really cut through sessions in use.
+            assert sum(loop.replies["closed"] for loop in loops) >= 1
+            names = sorted(loop.name for loop in loops)
+            for _ in range(8):  # fresh connections: both workers answer alike
+                with account(d, "judge", "judge-password") as c:
+                    listed = sorted(line.split(",")[0] for line in
+                                    c.request("QUERY").text.split("\n"))
+                assert listed == names
+        assert d.stop() == 0
+        assert "Traceback" not in d.stderr()
+    finally:
+        for loop in loops:
+            loop.done.set()
         d.kill_group()
