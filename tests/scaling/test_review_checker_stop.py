@@ -23,7 +23,7 @@ from scaling_helpers import run
 from eurechat.directory.checker import LivenessChecker
 from eurechat.directory.interfaces import Registration
 from eurechat.directory.lease import RedisLease, ShardedLease
-from eurechat.directory.redis_registry import RedisRegistry
+from eurechat.directory.redis_registry import RedisRegistry, bucket_of
 from support.client import Responder
 from support.processes import start_directory
 
@@ -111,3 +111,37 @@ def test_directory_on_redis_exits_on_sigterm_mid_round(redis_url: str) -> None:
                 assert "Traceback" not in d.stderr()
             finally:
                 d.kill_group()
+
+
+def test_an_entry_with_an_impossible_port_is_ignored_not_a_failed_round(redis_url: str) -> None:
+    """A presence entry no directory could have written (port 70000, from a
+    foreign writer or a hand edit) used to reach the probe, whose
+    ``open_connection`` raised OverflowError: every round then failed with a
+    traceback.  It is a malformed entry like any other: ignored (logged),
+    and the round goes on."""
+    async def main() -> None:
+        reg = RedisRegistry(redis_url, follow=False)
+        await reg.start()
+        try:
+            with Responder() as peer:
+                await reg.bind(Registration("fine", "127.0.0.1", peer.port))
+                await reg.bind(Registration("odd", "127.0.0.1", 7000))
+                admin = reg._redis
+                assert admin is not None
+                await admin.hset("eurechat:presence", "odd", "127.0.0.1,70000")
+                await admin.hset(f"eurechat:presence:b:{bucket_of('odd')}", "odd",
+                                 "127.0.0.1,70000")
+                assert [r.name for r in await reg.snapshot()] == ["fine"]
+                lease = ShardedLease(redis_url, shards=4, lease=1.0)
+                await lease.start()
+                try:
+                    assert await lease.wait_for(lambda held: len(held) == 4, 10)
+                    checker = LivenessChecker(reg, lease, 3600, 1.0, 10)
+                    probed, removed = await checker.check_round()
+                    assert (probed, removed) == (1, [])
+                finally:
+                    await lease.close()
+        finally:
+            await reg.close()
+
+    run(main())

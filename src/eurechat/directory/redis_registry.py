@@ -148,7 +148,9 @@ def _value(reg: Registration) -> str:
 
 def _parse(name: str, value: str) -> Optional[Registration]:
     address, sep, port = value.rpartition(",")
-    if not sep or not port.isdigit():
+    # A port out of range (a foreign writer, a hand edit) would make the
+    # checker's connect raise OverflowError and fail every round.
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) <= 65535:
         log.warning("ignoring malformed presence entry %r=%r", name, value)
         return None
     return Registration(name, address, int(port))
