@@ -13,8 +13,7 @@ is collected as a list of chunks and joined once, when it is complete.
 Each header goes down one of two paths.  The fast path (``feed``) takes the
 common case -- no control byte, single spaces, a type and a length seen
 before -- iterating a ``BytesIO`` for the header lines, then ``translate``,
-``rstrip``, ``decode``, ``split``, a branch on the number of fields and two
-dict lookups.
+``decode``, ``split``, a branch on the number of fields and two dict lookups.
 Everything else takes the reference path: ``rules.HEADER_RE``, then
 ``rules.diagnose_header`` for a rejection.  What the fast path accepts, the
 reference path accepts with the same result, so it is purely an optimisation.
@@ -83,10 +82,12 @@ def _learn_length(text: str, length: int) -> None:
 
 _EMPTY = ()
 # Maps the bytes a header may hold (printable ASCII, 0x80-0xfe for UTF-8
-# args, and its LF) to themselves, and the control bytes (and 0xff) to 0xff,
-# which is never valid UTF-8: ``line.translate(_VALID).decode()`` fails
-# exactly when the line holds a control byte or is not UTF-8.
-_VALID = bytes(b if b >= 0x20 and b != 0x7f or b == 0x0a else 0xff for b in range(256))
+# args) to themselves, the control bytes (and 0xff) to 0xff, which is never
+# valid UTF-8, and the LF to a space: ``line.translate(_VALID).decode()``
+# fails exactly when the line holds a control byte or is not UTF-8, and
+# ``split(" ")`` of it ends in an empty field instead of one with the LF.
+_VALID = bytes(b if b >= 0x20 and b != 0x7f else 0x20 if b == 0x0a else 0xff
+               for b in range(256))
 _len = len
 #: Builds a Message from ``(type, args, payload)`` with tuple's own C
 #: constructor, skipping the validation of ``Message(...)``: the decoder
@@ -236,12 +237,13 @@ class Decoder:
         Each header goes down one of two paths.  The fast path takes the
         common case -- no control byte, single spaces, a type and a length
         seen before -- with one C pass of ``translate`` (control bytes
-        become 0xff, so ``decode`` rejects them along with bad UTF-8),
-        ``rstrip`` (the LF, and the trailing spaces the grammar tolerates),
-        ``split``, a branch on the number of fields that unpacks one or two
-        args straight into their tuple (no slice, no list, no ``tuple()``
-        call), and two dict lookups.  Everything else (a CR, a
-        new type, an oversized payload, any error) takes the reference path
+        become 0xff, so ``decode`` rejects them along with bad UTF-8, and
+        the LF a space, which costs ``split`` one empty last field where
+        cutting the LF off would cost a call and a copy), ``split``, a
+        branch on the number of fields that unpacks one or two args straight
+        into their tuple (no slice, no list, no ``tuple()`` call), and two
+        dict lookups.  Everything else (a CR, trailing spaces, a new type,
+        an oversized payload, any error) takes the reference path
         (``_reference``).  What the fast path accepts, the reference path
         accepts with the same result, so it is purely an optimisation.
         """
@@ -270,29 +272,31 @@ class Decoder:
         length = "0"  # the length (as text) of the last message taken by the fast path
         for line in bio:
             # Fast path.  Whatever it accepts, the reference path below
-            # accepts too, with the same result.  An empty arg is a double
-            # or a trailing space before an LF; every case checks
-            # ``max_header`` (iterated lines are unbounded).
+            # accepts too, with the same result.  The last field is the
+            # empty one after the LF (the line's last, without LF, is
+            # handled after the loop); an empty arg is a double or trailing
+            # space; every case checks ``max_header`` (iterated lines are
+            # unbounded).
             try:
-                fields = line.translate(valid).rstrip().decode().split(" ")
+                fields = line.translate(valid).decode().split(" ")
                 count = _len(fields)
-                if count == 4:
-                    type, length, a, b = fields
+                if count == 5:
+                    type, length, a, b, _ = fields
                     if not a or not b or _len(line) > max_header:
                         raise KeyError
                     args = (a, b)
-                elif count == 3:
-                    type, length, a = fields
+                elif count == 4:
+                    type, length, a, _ = fields
                     if not a or _len(line) > max_header:
                         raise KeyError
                     args = (a,)
-                elif count == 2:
-                    type, length = fields
+                elif count == 3:
+                    type, length, _ = fields
                     if _len(line) > max_header:
                         raise KeyError
                     args = empty
                 else:
-                    type, length, *args = fields  # ValueError for one field
+                    type, length, *args, _ = fields  # ValueError for 1-2 fields
                     if "" in args or _len(args) > max_args or _len(line) > max_header:
                         raise KeyError
                     args = _tuple(args)
