@@ -1,9 +1,9 @@
 """Review findings on the presence Manager's healing (``--workers N``).
 
 A new-generation worker that dies while it starts (the Manager is fine) must
-be restarted like any crashed worker, after which the old generation goes:
-no slot may stay with an old worker bound to the dead Manager (whose BINDs
-all fail) for ever.
+be restarted like any crashed worker, and the old generation must still go:
+no old worker bound to the dead Manager (whose BINDs all fail) may stay for
+ever.
 
 The replacement Manager itself dies while its workers are starting (a second
 kill -9 right after the first, an OOM killer picking the new process): the
@@ -110,8 +110,8 @@ def test_new_worker_dying_at_start_is_restarted_and_the_old_ones_go(tmp_path):
                 os.kill(victim, signal.SIGKILL)
         assert victim
         d.wait_for_log(r"presence manager replaced in", start=after)
-        # Every slot serves on the new Manager in the end, and both old workers
-        # were stopped (each logs its shutdown).
+        # Both old workers are stopped (each logs its shutdown) and every slot
+        # serves on the new Manager in the end.
         for pid in old:
             d.wait_for_log(rf" {pid} eurechat\.directory\.app INFO: shutting down",
                            start=after)

@@ -214,20 +214,21 @@ class Supervisor:
                     continue  # replaced meanwhile (a new Manager)
                 await self._spawn(worker)
             if self.previous:
-                await self._retire_previous()  # this slot was the last one missing
+                await self._retire_previous()  # the first to serve on this Manager
 
     async def _replace_all(self) -> int:
         """A fresh process for every slot (bound to the current Manager); the
-        old ones are stopped only once *every* slot serves on the current
-        Manager.  So with SO_REUSEPORT the port always has listeners, and a
-        peer whose old session is closed reconnects to a new worker -- were an
-        old worker still listening, it could land there and have its BIND
-        refused (``ERR directory unavailable``).  New workers that fail (the
-        new Manager died too, while they started) leave the old ones serving
-        (logins, QUERY from their last view) until a later generation, or the
-        crash restart of the missing slots, completes.  A slot whose process
-        already serves on the current Manager (restarted meanwhile after a
-        crash) is left alone.  Returns how many slots serve on it."""
+        old ones are stopped, all at once, only when every new one has started
+        (or failed to) and at least one serves.  So with SO_REUSEPORT the port
+        always has listeners, and a peer whose old session is closed
+        reconnects to a new worker -- were an old worker still listening, it
+        could land there and have its BIND refused (``ERR directory
+        unavailable``).  If no new worker serves (the new Manager died too,
+        while they started), the old ones keep the port (logins, QUERY from
+        their last view) until a later generation, or the crash restart of a
+        slot, brings one up.  A slot whose process already serves on the
+        current Manager (restarted meanwhile after a crash) is left alone.
+        Returns how many slots serve on it."""
         async def renew(worker: Worker) -> bool:
             async with worker.lock:
                 if self.stopping:
@@ -243,14 +244,16 @@ class Supervisor:
         await self._retire_previous()
         return sum(results)
 
-    def _all_serving(self) -> bool:
-        return all(w.serving and w.address == self.address and w.proc is not None
+    def _any_serving(self) -> bool:
+        return any(w.serving and w.address == self.address and w.proc is not None
                    and w.proc.returncode is None for w in self.workers)
 
     async def _retire_previous(self) -> None:
-        """Stop the earlier generation once every slot serves on the current
-        Manager (not before: they are the port's listeners meanwhile)."""
-        if not self.previous or self.stopping or not self._all_serving():
+        """Stop the earlier generation once a worker serves on the current
+        Manager (not before: they are the port's only listeners meanwhile).
+        Called when a replacement has tried every slot, and after a crashed
+        slot was restarted."""
+        if not self.previous or self.stopping or not self._any_serving():
             return
         old, self.previous = self.previous, set()
         self.retiring |= old
@@ -470,7 +473,8 @@ class Supervisor:
                     "workers serving%s", time.monotonic() - started,
                     self.manager._process.pid, serving, len(self.workers),
                     "" if serving == len(self.workers) else
-                    " (the previous workers keep the port until all do)")
+                    " (the previous workers keep the port until one does)" if not serving
+                    else " (the others are restarted)")
 
     async def _reconnect_registry(self) -> None:
         """The supervisor's own hub client (checker, ``drop_pid``) follows the
