@@ -21,7 +21,9 @@ The Manager heals too.  When it dies, the registrations it held are gone
 (nothing else has them), and every worker is bound to a dead address.  The
 supervisor logs one WARNING, starts a new Manager, then replaces every worker
 with a fresh one bound to it -- the new workers first, the old ones stopped
-only once all new ones serve, so the port never lacks a listener.  Stopping
+only once all new ones have started and at least one serves (if none can,
+the new Manager died too: the old ones keep the port until the next
+replacement), so the port never lacks a listener.  Stopping
 the old workers closes their sessions, and that is what rebuilds presence:
 peers re-BIND when their directory connection drops.  (Reconnecting the
 old workers in place would keep those sessions open, and their peers would
