@@ -121,12 +121,16 @@ cdef extern from *:
        cyclic GC at once (CPython does that lazily for exact tuples, never
        for subclasses); collections then skip them. */
     static PyObject *ec_new3(PyObject *tp, PyObject *a, PyObject *b, PyObject *c) {
-        PyObject *o = ((PyTypeObject *)tp)->tp_alloc((PyTypeObject *)tp, 3);
+        /* PyObject_GC_NewVar rather than tp_alloc (PyType_GenericAlloc):
+           the object comes back untracked and unzeroed, and all three slots
+           are set before anything else can see it.  Valid because Message
+           and Oversized add nothing to tuple's layout (__slots__ = (): no
+           __dict__ or __weakref__ slot to zero) -- checked at import. */
+        PyObject *o = (PyObject *)PyObject_GC_NewVar(PyTupleObject, (PyTypeObject *)tp, 3);
         if (o == NULL) return NULL;
         Py_INCREF(a); PyTuple_SET_ITEM(o, 0, a);
         Py_INCREF(b); PyTuple_SET_ITEM(o, 1, b);
         Py_INCREF(c); PyTuple_SET_ITEM(o, 2, c);
-        PyObject_GC_UnTrack(o);            /* a no-op on an untracked object */
         return o;
     }
 
@@ -183,6 +187,12 @@ ec_init_tables()
 
 cdef object _Message = Message
 cdef object _Oversized = Oversized
+# ec_new3 allocates them without zeroing: they must add nothing to tuple.
+for _item_type in (Message, Oversized):
+    if (_item_type.__basicsize__ != tuple.__basicsize__
+            or _item_type.__itemsize__ != tuple.__itemsize__
+            or _item_type.__dictoffset__ or _item_type.__weakrefoffset__):
+        raise ImportError(f"{_item_type.__name__} must add no slot to tuple's layout")
 # Larger limits than this behave the same: a length has at most 10 digits.
 cdef Py_ssize_t _HUGE = 1 << 62
 # Above this capacity the tail buffer is released once it empties, so one
