@@ -244,6 +244,10 @@ class Supervisor:
 
         results = await asyncio.gather(*(renew(w) for w in self.workers))
         await self._retire_previous()
+        # A slot's crash restart may have begun retiring the old generation
+        # already: "replaced" is only logged once the old workers are gone.
+        if self.retiring and self._any_serving():
+            await asyncio.gather(*(p.wait() for p in list(self.retiring)))
         return sum(results)
 
     def _any_serving(self) -> bool:
