@@ -16,7 +16,6 @@ the port until a generation bound to a live Manager serves.
 from __future__ import annotations
 
 import os
-import select
 import signal
 import threading
 import time
@@ -32,29 +31,13 @@ from test_directory_manager_death import (
 
 from eurechat.framing import Message
 from support.client import ConnectionClosed, Responder
-from support.processes import start_directory
+from support.processes import start_directory, wait_pids_gone
 
 
 def wait_exited(pids, timeout: float = 10.0) -> set:
     """Wait (on pidfds: an event) until each of ``pids`` has exited; returns
     those still running at the timeout."""
-    fds = {}
-    for pid in pids:
-        try:
-            fds[os.pidfd_open(pid)] = pid
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + timeout
-    try:
-        while fds and time.monotonic() < deadline:
-            ready, _, _ = select.select(list(fds), [], [], deadline - time.monotonic())
-            for fd in ready:
-                os.close(fd)
-                del fds[fd]
-        return set(fds.values())
-    finally:
-        for fd in fds:
-            os.close(fd)
+    return set(wait_pids_gone(pids, timeout))
 
 
 def test_replacement_manager_killed_while_its_workers_start(tmp_path):

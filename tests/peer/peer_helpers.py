@@ -53,6 +53,38 @@ EXTRA_EVENTS = {
 }
 
 
+#: Where /proc/PID/wchan shows a process sleeping on a full pipe.
+BLOCKED_ON_STDOUT = ("pipe_write", "poll_schedule_timeout")
+
+
+def wait_blocked_on_stdout(pid: int, timeout: float = 30.0) -> str:
+    """Wait until the process sleeps writing to (or waiting for room in) its
+    stdout pipe, as the kernel reports it in /proc; returns that wchan."""
+    deadline = time.monotonic() + timeout
+    wchan = ""
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/wchan") as f:
+            wchan = f.read()
+        if any(w in wchan for w in BLOCKED_ON_STDOUT):
+            return wchan
+        time.sleep(0.01)   # polling the kernel's view of an event we cannot be told about
+    raise AssertionError(f"the peer never blocked on its stdout (wchan {wchan!r})")
+
+
+def read_json_lines(fd: int, whole_lines: bool = True) -> list:
+    """Read ``fd`` to its end and parse each line as a JSON event;
+    ``whole_lines``: fail if the last line was cut off."""
+    data = b""
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    if whole_lines:
+        assert data.endswith(b"\n") or not data, "a partial line reached the reader"
+    return [json.loads(line) for line in data.splitlines()]
+
+
 def peer_cmd() -> List[str]:
     return [sys.executable, "-m", "eurechat.peer"]
 

@@ -13,36 +13,8 @@ import json
 import os
 import signal
 import subprocess
-import time
 
-from peer_helpers import peer_cmd
-
-BLOCKED_ON_STDOUT = ("pipe_write", "poll_schedule_timeout")
-
-
-def _wait_blocked_on_stdout(pid: int, timeout: float = 30.0) -> str:
-    """Wait until the process's main thread sleeps writing to (or waiting for
-    room in) its stdout pipe, as the kernel reports it in /proc."""
-    deadline = time.monotonic() + timeout
-    wchan = ""
-    while time.monotonic() < deadline:
-        with open(f"/proc/{pid}/wchan") as f:
-            wchan = f.read()
-        if any(w in wchan for w in BLOCKED_ON_STDOUT):
-            return wchan
-        time.sleep(0.01)   # polling the kernel's view of an event we cannot be told about
-    raise AssertionError(f"the peer never blocked on its stdout (wchan {wchan!r})")
-
-
-def _read_lines(fd: int) -> list:
-    data = b""
-    while True:
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            break
-        data += chunk
-    assert data.endswith(b"\n") or not data, "a partial line reached the reader"
-    return [json.loads(line) for line in data.splitlines()]
+from peer_helpers import peer_cmd, read_json_lines, wait_blocked_on_stdout
 
 
 def test_kill_while_stdout_is_full_loses_no_display_and_repeats_none(cluster):
@@ -65,10 +37,10 @@ def test_kill_while_stdout_is_full_loses_no_display_and_repeats_none(cluster):
         pad = "x" * 1000                # 200 lines of 1 KB: far more than a pipe holds
         alice.cmd(*[f"/msg bob m{i} {pad}" for i in range(n)])
         alice.count("queued", n)
-        _wait_blocked_on_stdout(bob.pid)
+        wait_blocked_on_stdout(bob.pid)
         os.killpg(bob.pid, signal.SIGKILL)
         bob.wait(10)
-        seen = [e for e in _read_lines(r) if e["event"] == "message"]
+        seen = [e for e in read_json_lines(r) if e["event"] == "message"]
     finally:
         if bob.poll() is None:
             os.killpg(bob.pid, signal.SIGKILL)

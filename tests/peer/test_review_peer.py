@@ -15,11 +15,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from peer_helpers import PASSWORD, peer_cmd
+from peer_helpers import PASSWORD, peer_cmd, read_json_lines, wait_blocked_on_stdout
 
 from support.processes import test_env
 
-BLOCKED_ON_STDOUT = ("pipe_write", "poll_schedule_timeout")
 DAY = 86400
 
 
@@ -43,30 +42,6 @@ def _inbox_size(path: Path) -> int:
         return db.execute("SELECT count(*) FROM inbox").fetchone()[0]
     finally:
         db.close()
-
-
-def _wait_blocked_on_stdout(pid: int, timeout: float = 30.0) -> None:
-    """Wait until the process sleeps writing to (or waiting for room in) its
-    stdout pipe, as the kernel reports it in /proc."""
-    deadline = time.monotonic() + timeout
-    wchan = ""
-    while time.monotonic() < deadline:
-        with open(f"/proc/{pid}/wchan") as f:
-            wchan = f.read()
-        if any(w in wchan for w in BLOCKED_ON_STDOUT):
-            return
-        time.sleep(0.01)   # polling the kernel's view of an event we cannot be told about
-    raise AssertionError(f"the peer never blocked on its stdout (wchan {wchan!r})")
-
-
-def _drain(fd: int) -> list:
-    data = b""
-    while True:
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            break
-        data += chunk
-    return [json.loads(line) for line in data.splitlines()]
 
 
 def test_a_fully_pruned_inbox_does_not_hide_messages_recorded_before_a_kill(cluster):
@@ -107,10 +82,10 @@ def test_a_fully_pruned_inbox_does_not_hide_messages_recorded_before_a_kill(clus
         pad = "x" * 2000                # 50 lines of 2 KB: more than a pipe holds
         alice.cmd(*[f"/msg bob late{i} {pad}" for i in range(n)])
         alice.count("queued", k + n)
-        _wait_blocked_on_stdout(bob.pid)
+        wait_blocked_on_stdout(bob.pid)
         os.killpg(bob.pid, signal.SIGKILL)
         bob.wait(10)
-        seen = [e["text"].split()[0] for e in _drain(r) if e["event"] == "message"]
+        seen = [e["text"].split()[0] for e in read_json_lines(r, whole_lines=False) if e["event"] == "message"]
     finally:
         if bob.poll() is None:
             os.killpg(bob.pid, signal.SIGKILL)

@@ -63,6 +63,31 @@ def directory_cmd() -> List[str]:
     return [sys.executable, "-m", "eurechat.directory"]
 
 
+def wait_pids_gone(pids, timeout: float = 10.0) -> List[int]:
+    """Wait (on pidfds: an event, not polling) until each of ``pids`` has
+    exited; returns, sorted, those still running at the timeout."""
+    fds = {}
+    for pid in pids:
+        try:
+            fds[os.pidfd_open(pid)] = pid
+        except ProcessLookupError:
+            continue
+    deadline = time.monotonic() + timeout
+    try:
+        while fds:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            ready, _, _ = select.select(list(fds), [], [], left)
+            for fd in ready:
+                os.close(fd)
+                del fds[fd]
+        return sorted(fds.values())
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 class Process:
     """A child process in its own process group, its stdout followed by a thread."""
 
@@ -181,26 +206,7 @@ class Process:
     def wait_group_gone(self, timeout: float = 10.0) -> List[int]:
         """Wait (on pidfds: an event, not polling) until every process of the
         group has exited; returns the PIDs still alive at the timeout."""
-        fds = {}
-        for pid in self.group_alive():
-            try:
-                fds[os.pidfd_open(pid)] = pid
-            except ProcessLookupError:
-                continue
-        deadline = time.monotonic() + timeout
-        try:
-            while fds:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                ready, _, _ = select.select(list(fds), [], [], left)
-                for fd in ready:
-                    os.close(fd)
-                    del fds[fd]
-            return sorted(fds.values())
-        finally:
-            for fd in fds:
-                os.close(fd)
+        return wait_pids_gone(self.group_alive(), timeout)
 
     def group_alive(self) -> List[int]:
         """PIDs still in this process group (empty when everything is gone)."""
