@@ -10,7 +10,7 @@ Work is linear in the bytes fed however the stream is chunked: a partial
 header is searched for its LF only in the new bytes, and a partial payload
 is collected as a list of chunks and joined once, when it is complete.
 
-Each header goes down one of two paths.  The fast path (``feed``) takes the
+Each header goes down one of two paths.  The fast path (``_drain_all``) takes the
 common case -- no control byte, single spaces, a type and a length seen
 before -- iterating a ``BytesIO`` for the header lines, then ``translate``,
 ``decode``, ``split``, a branch on the number of fields and two dict lookups.
