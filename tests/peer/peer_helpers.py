@@ -154,6 +154,31 @@ class PeerProc:
         self.wait_for(pred, f"{kind} {match}", timeout)
         return found[0]
 
+    def who_until(self, done: Callable[[dict], bool], name: str = "",
+                  timeout: float = 30.0) -> dict:
+        """Repeat ``/who [name]`` until an answer satisfies ``done``; return it.
+
+        Each try waits on its own answer (a ``who`` or an ``error`` event), so
+        this waits on events, never on a clock.  It is bounded by *time*, not
+        by a number of tries: a try takes a millisecond or two, so a count
+        would run out before a reconnect backoff does (CI saw 200 tries end
+        inside the peers' 0.3 s backoff after a directory restart)."""
+        deadline = time.monotonic() + timeout
+        answers: List[dict] = []
+        while True:
+            mark = len(self.events())
+            self.cmd(f"/who {name}".rstrip())
+            evs = self.wait_for(
+                lambda evs, m=mark: any(x.get("event") in ("who", "error") for x in evs[m:]),
+                "who or error")
+            answer = [x for x in evs[mark:] if x.get("event") in ("who", "error")][0]
+            answers.append(answer)
+            if answer["event"] == "who" and done(answer):
+                return answer
+            if time.monotonic() > deadline:
+                raise AssertionError(f"/who {name}: no satisfying answer within {timeout} s "
+                                     f"({len(answers)} tries); last answers: {answers[-3:]}")
+
     def count(self, kind: str, n: int, timeout: float = 60.0) -> List[dict]:
         """Wait for at least ``n`` events of ``kind``; return them."""
         evs = self.wait_for(lambda evs: sum(e.get("event") == kind for e in evs) >= n,

@@ -235,16 +235,7 @@ def test_directory_restart_mid_conversation(cluster):
     alice.wait_event("error")
     cluster.restart_directory()
     # Both log in and BIND again on their own: a QUERY sees them both.
-    for _ in range(200):
-        mark = len(alice.events())
-        alice.cmd("/who")
-        e = alice.wait_for(lambda evs, m=mark: any(x.get("event") in ("who", "error")
-                                                   for x in evs[m:]), "who or error")
-        last = [x for x in e[mark:] if x.get("event") in ("who", "error")][0]
-        if last["event"] == "who" and {u["name"] for u in last["users"]} == {"alice", "bob"}:
-            break
-    else:
-        raise AssertionError("alice and bob never re-bound after the directory restart")
+    alice.who_until(lambda who: {u["name"] for u in who["users"]} == {"alice", "bob"})
     # A newcomer finds them through the restarted directory.
     carol = cluster.peer("carol")
     carol.cmd("/msg alice,bob hello after restart")
@@ -440,12 +431,7 @@ def test_directory_down_at_start_then_the_peer_logs_in_and_binds(cluster):
     bob = cluster.peer("bob")
     # alice logged in and BOUND on her own once the directory was up: bob finds her.
     ready = alice.events("ready")[0]
-    for _ in range(300):
-        mark = len(bob.events())
-        bob.cmd("/who alice")
-        who = bob.wait_event("who", start=mark)
-        if who["users"]:
-            break
+    who = bob.who_until(lambda who: bool(who["users"]), "alice")
     host, port = ready["listen"].rsplit(":", 1)
     assert who["users"] == [{"name": "alice", "address": host, "port": int(port)}]
     bob.cmd("/msg alice found you")
@@ -550,12 +536,7 @@ def test_a_peer_dropped_by_a_failed_liveness_probe_binds_again(cluster):
     finally:
         os.kill(bob.p.pid, signal.SIGCONT)
     bob.p.wait_for_log(r"no longer lists us")
-    for _ in range(300):
-        mark = len(alice.events())
-        alice.cmd("/who bob")
-        who = alice.wait_event("who", start=mark)
-        if who["users"]:
-            break
+    who = alice.who_until(lambda who: bool(who["users"]), "bob")
     assert [u["name"] for u in who["users"]] == ["bob"]
     alice.cmd("/msg bob you are back")
     bob.wait_event("message", text="you are back")
