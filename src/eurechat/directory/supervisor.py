@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import shutil
@@ -88,6 +89,7 @@ class Worker:
         self.started = 0.0
         self.failures = 0
         self.serving = False           # its process said "ready"
+        self.spawn_error: Optional[BaseException] = None  # why its last start failed
         self.address: Optional[str] = None  # the Manager it was started on
         # Held while this slot's process is being (re)started: a crash restart
         # and a Manager replacement never both start a process for one slot.
@@ -96,6 +98,21 @@ class Worker:
         # Set whenever ``proc`` is replaced, so the slot's watcher follows the
         # new process at once instead of waiting for the old one to exit.
         self.replaced: asyncio.Event
+
+
+def _backoff(failures: int) -> float:
+    """Delay before restarting a slot after ``failures`` quick failures in a
+    row (a process that died within 5 s of its start, or could not be started
+    at all): 0.2 s, 0.4 s, ... at most 10 s."""
+    return min(0.1 * (2 ** min(failures, 10)), 10.0)
+
+
+def _why(exc: BaseException) -> str:
+    """``EMFILE (Too many open files)``, for the log."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        name = errno.errorcode.get(exc.errno, f"errno {exc.errno}")
+        return f"{name} ({exc.strerror or os.strerror(exc.errno)})"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _death(code: Optional[int]) -> str:
@@ -142,69 +159,105 @@ class Supervisor:
                 "reuseport" if REUSEPORT else str(self.sock.fileno()),
                 "--ready-fd", str(ready_w), "--parent-fd", str(self.parent_r)]
 
-    async def _spawn(self, worker: Worker) -> bool:
-        """Start ``worker``'s process and wait for it to say it is serving."""
-        ready_r, ready_w = os.pipe()
+    async def _spawn(self, worker: Worker, quiet: bool = False) -> bool:
+        """Start ``worker``'s process and wait for it to say it is serving.
+
+        The process may not start at all: ``pipe()``, ``fork()`` or ``exec()``
+        fail with EMFILE/ENFILE (descriptor limits), EAGAIN (process limit),
+        ENOMEM...  That must never end the slot's watcher (the slot would stay
+        empty for the life of the directory, which would look alive): the
+        slot is left without a process (``proc`` None), the failure counts as
+        a quick one for the restart backoff, and the slot's watcher retries.
+        Nothing opened here outlives a failed attempt.  ``quiet``: the caller
+        (start-up) reports the failure itself."""
         env = dict(os.environ)
         worker.serving, worker.address = False, self.address
         if self.address is not None:
             env[ENV_ADDRESS] = self.address
             env[ENV_AUTHKEY] = self.authkey.hex()
         try:
-            worker.proc = await asyncio.create_subprocess_exec(
-                *self._worker_argv(ready_w), env=env, stdin=subprocess.DEVNULL,
-                pass_fds=(self.sock.fileno(), ready_w, self.parent_r))
-            worker.replaced.set()
-        finally:
-            os.close(ready_w)
+            ready_r, ready_w = os.pipe()
+        except OSError as exc:
+            return self._spawn_failed(worker, exc, quiet)
+        try:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *self._worker_argv(ready_w), env=env, stdin=subprocess.DEVNULL,
+                    pass_fds=(self.sock.fileno(), ready_w, self.parent_r))
+            finally:
+                os.close(ready_w)
+        except (OSError, RuntimeError) as exc:
+            # RuntimeError: "can't start new thread" (the child watcher's).
+            os.close(ready_r)
+            return self._spawn_failed(worker, exc, quiet)
+        worker.proc = proc
+        worker.replaced.set()
         worker.started = time.monotonic()
         loop = asyncio.get_running_loop()
         try:
             data = await asyncio.wait_for(
                 loop.run_in_executor(None, os.read, ready_r, 16), READY_TIMEOUT)
-        except asyncio.TimeoutError:
+        except (asyncio.TimeoutError, OSError, RuntimeError):
             data = b""
         finally:
             os.close(ready_r)
         if data.startswith(b"ready"):
-            log.info("worker %d serving (pid %d)", worker.index, worker.proc.pid)
+            log.info("worker %d serving (pid %d)", worker.index, proc.pid)
             worker.serving = True
+            worker.spawn_error = None
             return True
-        log.error("worker %d (pid %d) did not start", worker.index, worker.proc.pid)
+        log.error("worker %d (pid %d) did not start", worker.index, proc.pid)
+        return False
+
+    def _spawn_failed(self, worker: Worker, exc: BaseException, quiet: bool) -> bool:
+        """No process could be started for ``worker``: leave the slot empty (its
+        watcher notices -- ``replaced`` -- and retries after the backoff)."""
+        worker.proc = None
+        worker.failures += 1
+        worker.spawn_error = exc
+        worker.replaced.set()
+        if not quiet:
+            log.error("worker %d: cannot start a process: %s; will retry in %.1f s",
+                      worker.index, _why(exc), _backoff(worker.failures))
         return False
 
     async def _watch(self, worker: Worker) -> None:
         """Restart ``worker`` whenever it exits, until shutdown.  Follows the
         slot, not a process: when a Manager replacement puts a new process in
         the slot, the old one (kept listening until the new generation serves)
-        is no longer watched, and the new one is -- also if it dies at start."""
+        is no longer watched, and the new one is -- also if it dies at start.
+        A slot left without a process (its last start failed) is started
+        again after the backoff, as often as it takes."""
         while not self.stopping:
             proc = worker.proc
-            worker.replaced.clear()
-            exited = asyncio.ensure_future(proc.wait())
-            swapped = asyncio.ensure_future(worker.replaced.wait())
-            try:
-                await asyncio.wait({exited, swapped}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                exited.cancel()
-                swapped.cancel()
-            if self.stopping:
-                return
-            if worker.proc is not proc or proc.returncode is None:
-                continue  # replaced on purpose (a new Manager): watch its successor
-            code = proc.returncode
-            log.error("worker %d (pid %d) exited with %s; restarting", worker.index,
-                      proc.pid, code)
-            if self.registry is not None and hasattr(self.registry, "drop_pid"):
+            if proc is not None:
+                worker.replaced.clear()
+                exited = asyncio.ensure_future(proc.wait())
+                swapped = asyncio.ensure_future(worker.replaced.wait())
                 try:
-                    await self.registry.drop_pid(proc.pid)
-                except Exception as exc:
-                    log.warning("presence hub: %s", exc)
-            if time.monotonic() - worker.started < 5.0:
-                worker.failures += 1
-            else:
-                worker.failures = 0
-            delay = min(0.1 * (2 ** worker.failures), 10.0) if worker.failures else 0.0
+                    await asyncio.wait({exited, swapped},
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    exited.cancel()
+                    swapped.cancel()
+                if self.stopping:
+                    return
+                if worker.proc is not proc or proc.returncode is None:
+                    continue  # replaced on purpose (a new Manager): watch its successor
+                code = proc.returncode
+                log.error("worker %d (pid %d) exited with %s; restarting", worker.index,
+                          proc.pid, code)
+                if self.registry is not None and hasattr(self.registry, "drop_pid"):
+                    try:
+                        await self.registry.drop_pid(proc.pid)
+                    except Exception as exc:
+                        log.warning("presence hub: %s", exc)
+                if time.monotonic() - worker.started < 5.0:
+                    worker.failures += 1
+                else:
+                    worker.failures = 0
+            # else: its last start failed (and was counted as a quick failure).
+            delay = _backoff(worker.failures) if worker.failures else 0.0
             if delay:
                 await asyncio.sleep(delay)
             if self.stopping:
@@ -217,6 +270,16 @@ class Supervisor:
                 await self._spawn(worker)
             if self.previous:
                 await self._retire_previous()  # the first to serve on this Manager
+
+    def _watcher_done(self, task: asyncio.Future, stop: asyncio.Event) -> None:
+        """A bug in a slot's watcher must not leave that slot silently empty
+        for the life of the directory: say so and stop (exit 1)."""
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("worker watcher failed: %r; stopping the directory (exit 1)",
+                  task.exception(), exc_info=task.exception())
+        self.exit_code = 1
+        stop.set()
 
     async def _replace_all(self) -> int:
         """A fresh process for every slot (bound to the current Manager); the
@@ -355,12 +418,24 @@ class Supervisor:
                 return 2
             finally:
                 await probe.close()
-            results = await asyncio.gather(*(self._spawn(w) for w in self.workers))
+            results = await asyncio.gather(*(self._spawn(w, quiet=True)
+                                             for w in self.workers))
+            unstarted = [w for w in self.workers if w.proc is None]
+            if unstarted:
+                # Not retried: at start-up there is nothing to protect, and a
+                # limit that stops the first processes is a configuration to
+                # fix (a service manager restarts us); one line says which.
+                log.error("cannot start: %d of %d worker processes could not be started "
+                          "(%s); stopping (exit 1)", len(unstarted), len(self.workers),
+                          _why(unstarted[0].spawn_error))
+                return 1
             if not all(results):
                 log.error("not every worker started; giving up")
                 return 1
             for w in self.workers:
-                watchers.append(asyncio.ensure_future(self._watch(w)))
+                task = asyncio.ensure_future(self._watch(w))
+                task.add_done_callback(lambda t: self._watcher_done(t, stop))
+                watchers.append(task)
             election = make_election(self.opts.registry, lease=self.opts.lease,
                                      shards=self.opts.checker_shards)
             await election.start()
