@@ -19,7 +19,7 @@ import time
 
 from eurechat.framing import Message
 from support.client import FramedClient, Responder
-from support.processes import Directory, start_directory
+from support.processes import Directory, Process, directory_cmd, start_directory, test_env
 
 SERVING_RE = r"worker {} serving \(pid (\d+)\)"
 WAIT = 30.0  # generous: the machine may be loaded; never reached when it works
@@ -87,6 +87,8 @@ def test_a_failed_restart_is_retried_until_it_works(tmp_path):
     try:
         workers = worker_pids(d)
         assert len(workers) == 2
+        for pid in workers:  # stderr is read by its own thread: may lag behind stdout
+            d.wait_for_log(rf"worker \d serving \(pid {pid}\)", timeout=WAIT)
         before = open_fds(d.pid)
         mark = len(d.err_lines)
         # Room for 3 descriptors: the ready pipe (2) opens, then the spawn
@@ -139,3 +141,53 @@ def test_a_failed_restart_is_retried_until_it_works(tmp_path):
             except ProcessLookupError:
                 pass
         d.kill_group()
+
+
+def exec_size(argv: list, env: dict) -> int:
+    """Bytes that execve() counts against its limit (Linux, fs/exec.c): the
+    file name, every argument and ``KEY=VALUE`` string with its NUL, and one
+    pointer per argument and environment string."""
+    strings = sum(len(a.encode()) + 1 for a in argv)
+    strings += sum(len(k.encode()) + len(v.encode()) + 2 for k, v in env.items())
+    return len(argv[0].encode()) + 1 + strings + 8 * (len(argv) + len(env))
+
+
+def test_no_worker_can_be_started_at_start_up_is_one_error_and_exit_1(tmp_path):
+    """Start-up does not retry: when the first processes cannot be started,
+    that is one ERROR and exit 1 (a service manager, or a human, takes it
+    from there), nothing left behind.  How it is made to fail, for real:
+    the supervisor's argument list and environment are padded to just below
+    what execve() accepts; a worker's are larger (the supervisor adds
+    ``--data-dir``, the Manager's address and key...), so every worker's
+    exec fails with E2BIG."""
+    stack = resource.getrlimit(resource.RLIMIT_STACK)[0]
+    stack = stack if stack != resource.RLIM_INFINITY else 1 << 62
+    limit = max(min(6 << 20, stack // 4), 128 << 10)   # execve's argument space
+    data_dir = str(tmp_path / ("d" * 200))  # passed twice to a worker: a wide margin
+    argv = [*directory_cmd(), "--port", "0", "--data-dir", data_dir, "--workers", "2",
+            "--check-interval", "3600"]
+    env = test_env()
+    room = limit - exec_size(argv, env) - 150  # the supervisor itself fits
+    assert room > 0
+    i = 0
+    while room > 0:  # one string may not exceed 128 KiB
+        n = min(room - len(f"EURECHAT_TEST_PAD{i}=") - 1 - 8, 100_000)
+        if n < 0:
+            break
+        env[f"EURECHAT_TEST_PAD{i}"] = "x" * n
+        room -= len(f"EURECHAT_TEST_PAD{i}=") + n + 1 + 8
+        i += 1
+    assert 0 <= limit - exec_size(argv, env) <= 300
+    p = Process(argv, env=env)
+    try:
+        assert p.wait(30) == 1
+        p.wait_for_log(r"ERROR: cannot start: 2 of 2 worker processes could not be started "
+                       r"\(E2BIG \(Argument list too long\)\); stopping \(exit 1\)$")
+        assert p.lines == []  # never said it was listening
+        assert p.wait_group_gone(5) == []
+        p.kill_group()  # nothing left to kill: joins the readers (all of stderr is in)
+        text = p.stderr()
+        assert "Traceback" not in text and "will retry" not in text, text
+        assert len([line for line in p.err_lines if " ERROR: " in line]) == 1, text
+    finally:
+        p.kill_group()

@@ -12,7 +12,8 @@ Effects (password checks, BIND probes, registry writes) run as tasks; while
 one runs, the session is not read from either, so a pipelining client can
 never make a worker queue unbounded work.  Every backend failure is turned
 into ``Result.UNAVAILABLE`` in one place (``Services.perform``): the client
-gets ``ERR directory unavailable, retry later`` and keeps its session.
+gets ``ERR directory unavailable, retry later`` and keeps its session, and the
+outage is logged once, then summarised (``OutageLog``), never once per request.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Set
+from typing import Callable, Dict, Optional, Set
 
 from .interfaces import (
     AccountExists,
@@ -50,7 +51,7 @@ CLOSED = State.CLOSED
 log = logging.getLogger("eurechat.directory.server")
 trace_log = logging.getLogger("eurechat.directory.trace")
 
-__all__ = ["ServerConfig", "Services", "DirectoryServer", "probe_tcp", "listening_socket"]
+__all__ = ["ServerConfig", "Services", "OutageLog", "DirectoryServer", "probe_tcp", "listening_socket"]
 
 FULL = err("max number of clients reached")
 
@@ -85,29 +86,99 @@ async def probe_tcp(address: str, port: int, timeout: float) -> Optional[str]:
     return None
 
 
+class OutageLog:
+    """The log of one kind of request failing because a backend is down, as
+    one worker sees it: a WARNING when the first one fails, then at most one
+    WARNING per ``interval`` with the number of failures since the previous
+    line, and an INFO with the total once such a request works again.
+
+    Why: during an outage (the Manager being replaced, Redis or PostgreSQL
+    down) every peer retries, and one line per failed request was thousands
+    of lines per second -- a flood that buries everything else and costs the
+    disk.  The counts keep what those lines said.  A summary is written when
+    a failure arrives after the interval (no timer: a quiet outage has nothing
+    new to say; its count is in the recovery line).  ``clock`` is a parameter
+    so the rate is testable without waiting."""
+
+    def __init__(self, what: str, interval: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.what = what              # e.g. "BIND/LEAVE", names the requests
+        self.interval = interval
+        self.clock = clock
+        self.since: Optional[float] = None   # outage start; None: working
+        self.total = 0                # failures in this outage
+        self.unlogged = 0             # failures since the last line
+        self.logged_at = 0.0
+
+    @property
+    def down(self) -> bool:
+        return self.since is not None
+
+    def failure(self, request: str, exc: BaseException) -> None:
+        now = self.clock()
+        if self.since is None:
+            self.since = self.logged_at = now
+            self.total, self.unlogged = 1, 0
+            log.warning("%s: backend unavailable: %s (more %s failures are counted and "
+                        "logged at most every %g s until it works again)", request, exc,
+                        self.what, self.interval)
+            return
+        self.total += 1
+        self.unlogged += 1
+        if now - self.logged_at >= self.interval:
+            log.warning("%s: backend still unavailable: %d failures since the last message "
+                        "(%d since the outage began %.0f s ago); last: %s: %s", self.what,
+                        self.unlogged, self.total, now - self.since, request, exc)
+            self.unlogged = 0
+            self.logged_at = now
+
+    def success(self) -> None:
+        if self.since is None:
+            return
+        log.info("%s: backend available again after %.1f s; %d failures during the outage "
+                 "(%d since the last message)", self.what, self.clock() - self.since,
+                 self.total, self.unlogged)
+        self.since = None
+        self.total = self.unlogged = 0
+
+
 class Services:
     """Carries out a session's effects against the backends."""
 
     def __init__(self, registry: Registry, accounts: AccountStore, throttle: Throttle,
-                 bind_timeout: float = 2.0) -> None:
+                 bind_timeout: float = 2.0, outage_log_interval: float = 10.0) -> None:
         self.registry = registry
         self.accounts = accounts
         self.throttle = throttle
         self.bind_timeout = bind_timeout
+        # One outage log per kind of request (they need different backends:
+        # logins work while the presence registry is down, and must not end
+        # its outage in the log).
+        presence = OutageLog("BIND/LEAVE", outage_log_interval)
+        self.outages: Dict[type, OutageLog] = {
+            Bind: presence, Leave: presence,
+            Authenticate: OutageLog("login", outage_log_interval),
+            Register: OutageLog("REGISTER", outage_log_interval)}
 
     async def perform(self, effect: Effect, source: str) -> Result:
-        """The one place where backend outages become ``Result.UNAVAILABLE``."""
+        """The one place where backend outages become ``Result.UNAVAILABLE``
+        (and are logged, rate-limited: ``OutageLog``)."""
         try:
-            return await self._perform(effect, source)
+            result = await self._perform(effect, source)
         except (RegistryUnavailable, AccountsUnavailable) as exc:
-            log.warning("%s for %s: backend unavailable: %s", type(effect).__name__,
-                        source, exc)
+            self.outages[type(effect)].failure(f"{type(effect).__name__} for {source}", exc)
             return Result.UNAVAILABLE
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("%s for %s failed", type(effect).__name__, source)
             return Result.UNAVAILABLE
+        # Evidence that the backend works: the request reached it (a BIND whose
+        # probe failed, or a throttled login, did not).
+        outage = self.outages[type(effect)]
+        if outage.down and result is not Result.INVALID and result is not Result.THROTTLED:
+            outage.success()
+        return result
 
     async def _perform(self, effect: Effect, source: str) -> Result:
         cls = effect.__class__
