@@ -37,11 +37,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import itertools
 import logging
 import os
 import secrets
 import socket
+import struct
+import sys
+import termios
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -115,7 +119,12 @@ class Timings:
     directory_wait: float = 3.0     #: a lookup waits this long for a reconnecting directory
     lookup_interval: float = 3.0    #: look an unreachable recipient up at least this often
     connect_timeout: float = 5.0
+    #: a PING (``/ping``, or the probe of a silent connection) unanswered this
+    #: long has failed
     ping_timeout: float = 5.0
+    #: messages of ours unacknowledged and nothing at all received for this
+    #: long: probe the connection with a PING (0: never probe).  See ``Liveness``.
+    ack_timeout: float = 10.0
     window: int = 1024              #: unacknowledged messages in flight per recipient
     frame_timeout: float = 60.0     #: a frame once started must complete within this
     idle_timeout: float = 300.0     #: close a connection that sent nothing for this long
@@ -136,6 +145,8 @@ class Timings:
         t.directory_wait = _env_float("EURECHAT_DIRECTORY_WAIT", t.directory_wait)
         t.lookup_interval = _env_float("EURECHAT_LOOKUP_INTERVAL", t.lookup_interval)
         t.connect_timeout = _env_float("EURECHAT_CONNECT_TIMEOUT", t.connect_timeout)
+        t.ping_timeout = _env_float("EURECHAT_PING_TIMEOUT", t.ping_timeout)
+        t.ack_timeout = _env_float("EURECHAT_ACK_TIMEOUT", t.ack_timeout)
         t.window = int(_env_float("EURECHAT_WINDOW", t.window))
         t.frame_timeout = _env_float("EURECHAT_FRAME_TIMEOUT", t.frame_timeout)
         t.idle_timeout = _env_float("EURECHAT_IDLE_TIMEOUT", t.idle_timeout)
@@ -202,6 +213,78 @@ class _OutItem:
         return self.frame[self.frame.index(b"\n") + 1:].decode("utf-8")
 
 
+class Liveness:
+    """When to probe a connection that owes us an answer, and when to give it up.
+
+    A connection whose other host vanished without a FIN or RST (power cut,
+    network change, a NAT or firewall that dropped its state) stays "open"
+    here: writes succeed, nothing ever comes back.  Waiting for the idle
+    timeout (300 s) would hold our messages that long, so:
+
+    1. **Probe.** Messages of ours are in flight, unacknowledged, and nothing
+       at all has arrived for ``ack_timeout`` since we started waiting (the
+       later of the last receive and the first write after it): send a PING.
+       An idle connection with nothing in flight is never probed.
+    2. **Give up.** Nothing at all arrives within ``ping_timeout`` of the
+       probe: the connection is dead.  Anything received (the PONG, an ACK,
+       a message) answers the probe.
+
+    One exception keeps slow links working: while our own bytes queued ahead
+    of the PING are still being taken by the remote TCP (``delivered``
+    grows while something is ``outstanding``), the PING has not reached the
+    other side yet, so its clock restarts.  A 1 MiB message on a slow uplink
+    is not a dead connection.
+
+    Sans-IO: times (``time.monotonic()``) and byte counts in, a verdict
+    out; the caller sends the PING or closes the connection.
+    """
+
+    OK = "ok"
+    PROBE = "probe"
+    DEAD = "dead"
+
+    __slots__ = ("ack_timeout", "ping_timeout", "probe_at", "delivered")
+
+    def __init__(self, ack_timeout: float, ping_timeout: float) -> None:
+        self.ack_timeout = ack_timeout
+        self.ping_timeout = ping_timeout
+        self.probe_at = 0.0    #: when the unanswered probe was sent (0: none)
+        self.delivered = 0     #: ``delivered`` at the previous check
+
+    def check(self, now: float, in_flight: bool, last_rx: float, tx_since: float,
+              delivered: int = 0, outstanding: int = 0) -> str:
+        """One look at the connection.
+
+        ``in_flight``: messages of ours sent on it and unacknowledged;
+        ``last_rx``: when anything last arrived; ``tx_since``: when we first
+        wrote after that (<= ``last_rx`` if we have not); ``delivered``: bytes
+        the remote TCP has taken so far; ``outstanding``: our bytes not yet
+        taken by it (in our buffer or the kernel's).  Returns ``OK``,
+        ``PROBE`` (send a PING now) or ``DEAD`` (close it)."""
+        moved = delivered > self.delivered
+        self.delivered = delivered
+        if self.probe_at:
+            if last_rx > self.probe_at:
+                self.probe_at = 0.0          # answered: alive; judge afresh below
+            elif outstanding and moved:
+                self.probe_at = now          # still pushing what is ahead of the PING
+                return self.OK
+            elif now - self.probe_at > self.ping_timeout:
+                return self.DEAD
+            else:
+                return self.OK
+        if in_flight and self.ack_timeout > 0 and \
+                now - max(last_rx, tx_since) > self.ack_timeout:
+            self.probe_at = now
+            return self.PROBE
+        return self.OK
+
+
+#: Linux's SIOCOUTQ (== TIOCOUTQ): bytes in a TCP socket's send queue that
+#: the remote has not acknowledged yet.  Elsewhere only our own buffer counts.
+_SIOCOUTQ = getattr(termios, "TIOCOUTQ", None) if sys.platform.startswith("linux") else None
+
+
 class _Conn(asyncio.Protocol):
     """Transport edge of one peer connection; the logic is in PeerProtocol and Peer."""
 
@@ -216,6 +299,11 @@ class _Conn(asyncio.Protocol):
         self.frame_since = 0.0   # when the unfinished frame started (0: none)
         self.addr: Optional[Tuple[str, int]] = None   # the address we dialled (dialled only)
         self.last_rx = time.monotonic()   # when the remote last sent us anything
+        self.tx_since = 0.0   # when we first wrote after last_rx (<= last_rx: not yet)
+        self.written = 0      # bytes handed to the transport
+        self.fd = -1
+        t = node.timings
+        self.live = Liveness(t.ack_timeout, t.ping_timeout)
 
     @property
     def remote(self) -> Optional[str]:
@@ -227,6 +315,8 @@ class _Conn(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with contextlib.suppress(Exception):
+                self.fd = sock.fileno()
         self.peername = transport.get_extra_info("peername")
         self.node._conns_all.add(self)
 
@@ -255,11 +345,29 @@ class _Conn(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         if not self.closed and self.transport is not None:
+            if self.tx_since <= self.last_rx:
+                self.tx_since = time.monotonic()
+            self.written += len(data)
             self.transport.write(data)
 
     def close(self) -> None:
         if not self.closed and self.transport is not None:
             self.transport.close()
+
+    def abort(self) -> None:
+        """Close now, dropping what is buffered (``close`` would wait for a
+        buffer that a dead remote never drains, and never report the loss)."""
+        if not self.closed and self.transport is not None:
+            self.transport.abort()
+
+    def progress(self) -> Tuple[int, int]:
+        """(bytes the remote TCP has taken, bytes of ours it has not yet)."""
+        outstanding = self.transport.get_write_buffer_size() if self.transport else 0
+        if _SIOCOUTQ is not None and self.fd >= 0:
+            with contextlib.suppress(OSError, ValueError):
+                outstanding += struct.unpack(
+                    "i", fcntl.ioctl(self.fd, _SIOCOUTQ, b"\0\0\0\0"))[0]
+        return self.written - outstanding, outstanding
 
     def __repr__(self) -> str:
         return (f"<conn {'to' if self.dialled else 'from'} {self.remote or '?'} "
@@ -634,11 +742,23 @@ class Peer:
         remote sent nothing for ``idle_timeout`` (not even the ACK of what we
         sent), so idle or abandoned connections do not pin file descriptors
         forever.  Closing an idle pair connection costs nothing: the next
-        message dials again, and anything unacknowledged is sent again."""
-        limit = self.timings.frame_timeout
-        idle = self.timings.idle_timeout
+        message dials again, and anything unacknowledged is sent again.
+
+        And a connection that owes us ACKs but has gone silent is probed with
+        a PING and, if that goes unanswered too, closed as dead (``Liveness``),
+        so our messages are sent again over a new one within seconds instead
+        of waiting out the idle timeout."""
+        t = self.timings
+        limit = t.frame_timeout
+        idle = t.idle_timeout
+        period = min(10.0, limit / 2, idle / 2)
+        if t.ack_timeout > 0:
+            # Quarters: a dead connection is given up at most half a
+            # ping_timeout and a quarter of an ack_timeout late.
+            period = min(period, t.ack_timeout / 4, t.ping_timeout / 4)
+        period = max(0.05, period)
         while True:
-            await asyncio.sleep(max(0.05, min(10.0, limit / 2, idle / 2)))
+            await asyncio.sleep(period)
             now = time.monotonic()
             for conn in list(self._conns_all):
                 if conn.frame_since and now - conn.frame_since > limit:
@@ -647,6 +767,29 @@ class Peer:
                 elif now - conn.last_rx > idle:
                     log.info("%r: idle for %.0f s, closing", conn, now - conn.last_rx)
                     conn.close()
+                else:
+                    self._check_live(conn, now)
+
+    def _check_live(self, conn: _Conn, now: float) -> None:
+        """Probe ``conn`` or give it up, as ``Liveness`` says (see there)."""
+        route = self._routes.get(conn.remote) if conn.remote is not None else None
+        in_flight = route.sent if route is not None and route.conn is conn else 0
+        live = conn.live
+        if not (in_flight or live.probe_at):
+            return   # nothing owed (an idle connection): only the idle timeout applies
+        verdict = live.check(now, in_flight > 0, conn.last_rx, conn.tx_since, *conn.progress())
+        if verdict is Liveness.PROBE:
+            log.info("%r: %d message(s) unacknowledged and nothing received for %.1f s: "
+                     "probing with PING", conn, in_flight, now - max(conn.last_rx, conn.tx_since))
+            conn.write(encode_ping("probe"))
+        elif verdict is Liveness.DEAD:
+            log.warning("%r: no answer to a PING within %.1f s (nothing received for %.1f s, "
+                        "%d message(s) unacknowledged): the other side is gone or the "
+                        "connection half-open; closing it, to look %s up and send again",
+                        conn, live.ping_timeout, now - conn.last_rx, in_flight, conn.remote)
+            if conn.remote is not None:
+                self._forget(conn.remote)   # its address may be what changed
+            conn.abort()
 
     def prune_inbox(self) -> int:
         """One bounded pass (``timings.prune_batch`` rows at most) deleting the
@@ -1108,9 +1251,18 @@ class Peer:
             # No backoff reset here: only an ACK proves the route (on_ack).
             route.use(conn)
             return
-        # Two connections for one pair: keep the one dialled by the smaller name.
+        # Two connections for one pair: keep the one dialled by the smaller
+        # name (both sides apply that rule to a simultaneous dial, so they
+        # agree).  Both dialled by the same side: it dials only when it has no
+        # connection, so it gave the older one up (closed it, or lost it
+        # without our hearing: its host vanished, it restarted, a NAT forgot
+        # the mapping); keeping the older one would close, at once, every
+        # connection it makes, until the dead one idles out.
         keep_mine = self.user < name
-        keep = current if current.dialled == keep_mine else conn
+        if current.dialled == conn.dialled:
+            keep = conn
+        else:
+            keep = current if current.dialled == keep_mine else conn
         lose = conn if keep is current else current
         log.debug("duplicate connection with %s: keeping %r, closing %r", name, keep, lose)
         route.use(keep)

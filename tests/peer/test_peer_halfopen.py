@@ -1,0 +1,435 @@
+"""A pair connection that went silent (half-open) is noticed within seconds.
+
+When the other side's host vanishes without a FIN or RST (power cut, network
+change, a NAT that forgot the mapping), our connection stays "open": writes
+succeed and nothing comes back.  The peer probes a connection that owes it
+ACKs and has been silent for ``EURECHAT_ACK_TIMEOUT`` with a PING, closes it
+when the PING goes unanswered for ``EURECHAT_PING_TIMEOUT``, and sends again
+over a new one (the receiver dedupes).  An idle connection, with nothing of
+ours in flight, is never probed.
+
+The half-open connection is made for real: bob's registration points to a
+TCP relay in this test that forwards to the real bob, then stops forwarding
+("blackholes") while keeping both sockets open.  Connections made after that
+are relayed normally: the route is back, as when a NAT makes a new mapping.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import queue
+import selectors
+import socket
+import threading
+from typing import Callable, Dict, List, Tuple
+
+import pytest
+from peer_helpers import PASSWORD
+
+from eurechat.framing import Decoder, Message, encode
+from eurechat.peer.node import Liveness
+from support.client import FramedClient
+
+FAST_PROBE = {"EURECHAT_ACK_TIMEOUT": "0.5", "EURECHAT_PING_TIMEOUT": "0.5"}
+
+
+def texts(peer) -> List[str]:
+    return [e["text"] for e in peer.events("message")]
+
+
+def listen_of(peer) -> Tuple[str, int]:
+    host, port = peer.events("ready")[0]["listen"].rsplit(":", 1)
+    return host, int(port)
+
+
+def bind_as(cluster, name: str, port: int, register: bool = False) -> None:
+    """Log in to the directory as ``name`` and BIND 127.0.0.1:``port`` (the last
+    BIND wins, and the registration outlives this session)."""
+    with FramedClient("127.0.0.1", cluster.dir_port) as c:
+        if register:
+            reply = c.request("REGISTER", name, payload=PASSWORD)
+            assert reply.type == "ACK", reply
+        assert c.request("USER", name).type == "ACK"
+        assert c.request("PASS", payload=PASSWORD) == Message(
+            "ACK", (), "successfully authenticated")
+        reply = c.request("BIND", "127.0.0.1", str(port))
+        assert reply == Message("ACK", (), f"bound successfully to 127.0.0.1:{port}"), reply
+
+
+class _Pair:
+    """One relayed connection: ``client`` (who dialled us) and ``server`` (target)."""
+
+    def __init__(self, client: socket.socket, server: socket.socket) -> None:
+        self.client = client
+        self.server = server
+        self.blackholed = False
+        self.closed = False
+
+
+class Relay:
+    """A TCP relay on 127.0.0.1 to ``target``: to a connection, what a NAT or
+    the network between two hosts is.
+
+    ``blackhole()`` silences the connections relayed so far: it stops reading
+    (so stops forwarding) from both sides, or with ``forth=False`` only from
+    the target (what the target says never comes back).  Their sockets stay
+    open, and so does one side when the other closes: nobody gets a FIN or a
+    RST — a half-open connection.  Connections accepted later are relayed
+    normally.  All socket work runs in one thread; ``call`` runs a function
+    there between two forwards."""
+
+    def __init__(self, target: Tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.pairs: List[_Pair] = []
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._calls: queue.Queue = queue.Queue()
+        self._stop = False
+        self._sel.register(self.listener, selectors.EVENT_READ, None)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"relay-{self.port}")
+        self._thread.start()
+
+    # -- the relay thread ------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop:
+            for key, _ in self._sel.select():
+                sock = key.fileobj
+                if sock is self._wake_r:
+                    self._wake_r.recv(4096)
+                    while not self._calls.empty():
+                        fn, fut = self._calls.get()
+                        try:
+                            fut.set_result(fn())
+                        except BaseException as exc:   # reported to the caller
+                            fut.set_exception(exc)
+                elif sock is self.listener:
+                    self._accept()
+                else:
+                    self._forward(key.data, sock)   # type: ignore[arg-type]
+
+    def _accept(self) -> None:
+        client, _ = self.listener.accept()
+        try:
+            server = socket.create_connection(self.target, timeout=5)
+        except OSError:
+            client.close()
+            return
+        for s in (client, server):
+            s.settimeout(5)
+        pair = _Pair(client, server)
+        self.pairs.append(pair)
+        self._sel.register(client, selectors.EVENT_READ, pair)
+        self._sel.register(server, selectors.EVENT_READ, pair)
+
+    def _forward(self, pair: _Pair, sock: socket.socket) -> None:
+        other = pair.server if sock is pair.client else pair.client
+        try:
+            data = sock.recv(65536)
+        except OSError:
+            data = b""
+        if data:
+            try:
+                other.sendall(data)
+                return
+            except OSError:
+                pass
+        if pair.blackholed:
+            self._sel.unregister(sock)   # keep both open: nobody hears of it
+            return
+        self._close(pair)
+
+    def _close(self, pair: _Pair) -> None:
+        for s in (pair.client, pair.server):
+            try:
+                self._sel.unregister(s)
+            except (KeyError, ValueError):
+                pass
+            s.close()
+        pair.closed = True
+
+    # -- the test's side -------------------------------------------------------
+    def call(self, fn: Callable[[], object], timeout: float = 10.0) -> object:
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._calls.put((fn, fut))
+        self._wake_w.send(b"x")
+        return fut.result(timeout)
+
+    def blackhole(self, forth: bool = True) -> int:
+        """Silence every open relayed connection; returns how many."""
+        def do() -> int:
+            n = 0
+            for pair in self.pairs:
+                if pair.closed:
+                    continue
+                pair.blackholed = True
+                n += 1
+                for s in (pair.server, pair.client) if forth else (pair.server,):
+                    try:
+                        self._sel.unregister(s)
+                    except (KeyError, ValueError):
+                        pass
+            return n
+        return self.call(do)  # type: ignore[return-value]
+
+    def held(self) -> List[Tuple[bytes, bool]]:
+        """Per blackholed connection: the bytes its client sent that were never
+        forwarded, and whether the client has closed its end."""
+        def do() -> List[Tuple[bytes, bool]]:
+            out = []
+            for pair in self.pairs:
+                if not pair.blackholed or pair.closed:
+                    continue
+                data, eof = b"", False
+                pair.client.setblocking(False)   # (a timeout would wait for data)
+                while True:
+                    try:
+                        chunk = pair.client.recv(65536)
+                    except BlockingIOError:
+                        break
+                    except OSError:   # reset
+                        eof = True
+                        break
+                    if not chunk:
+                        eof = True
+                        break
+                    data += chunk
+                pair.client.settimeout(5)
+                out.append((data, eof))
+            return out
+        return self.call(do)  # type: ignore[return-value]
+
+    def close(self) -> None:
+        def do() -> None:
+            self._stop = True
+            for pair in self.pairs:
+                if not pair.closed:
+                    self._close(pair)
+        try:
+            self.call(do)
+        finally:
+            self._thread.join(10)
+            for s in (self.listener, self._wake_r, self._wake_w):
+                s.close()
+            self._sel.close()
+
+
+@pytest.fixture
+def relays():
+    made: List[Relay] = []
+
+    def make(target: Tuple[str, int]) -> Relay:
+        r = Relay(target)
+        made.append(r)
+        return r
+
+    try:
+        yield make
+    finally:
+        for r in made:
+            r.close()
+
+
+def test_a_half_open_connection_is_probed_dropped_and_the_message_delivered_once(
+        cluster, relays):
+    """Alice's connections to bob and to carol both go silent.  The one that
+    owes alice an ACK is probed, given up within a second or two (not the
+    300 s idle timeout) and replaced; the message arrives once.  The idle one
+    (nothing in flight) is neither probed nor closed, however long it has
+    been silent."""
+    # Bob trusts his lookups for long (alice's address, checked when she first
+    # connected, is still in his cache when she connects again).
+    bob = cluster.peer("bob", env=cluster.env(EURECHAT_QUERY_TTL="60"))
+    carol = cluster.peer("carol")
+    via: Dict[str, Relay] = {}
+    for name, peer in (("bob", bob), ("carol", carol)):
+        via[name] = relays(listen_of(peer))
+        bind_as(cluster, name, via[name].port)
+    alice = cluster.peer("alice", "--log-level", "INFO", env=cluster.env(**FAST_PROBE))
+    alice.cmd("/msg bob one", "/msg carol hello carol")
+    bob.wait_event("message", text="one")
+    carol.wait_event("message", text="hello carol")
+    alice.count("delivered", 2)
+
+    assert via["bob"].blackhole() >= 1
+    assert via["carol"].blackhole() >= 1
+    mark = len(alice.p.err_lines)
+    alice.cmd("/msg bob two")
+    alice.p.wait_for_log(r"<conn to bob .*unacknowledged and nothing received .*probing with PING",
+                         start=mark)
+    alice.p.wait_for_log(r"<conn to bob .*no answer to a PING .*half-open; closing it",
+                         start=mark)
+    m = bob.wait_event("message", text="two")
+    alice.wait_event("delivered", to="bob", id=m["id"])
+    alice.cmd("/msg bob three")
+    bob.wait_event("message", text="three")
+    assert texts(bob) == ["one", "two", "three"]   # each once, in order
+
+    # What alice wrote on the dead connection, never forwarded: "two", then
+    # the probe; and she closed her end.
+    held = [(data, eof) for data, eof in via["bob"].held() if data]
+    assert len(held) == 1, held
+    data, eof = held[0]
+    assert b"two" in data and data.endswith(b"PING 0 probe\n") and eof, held
+    # Carol's connection was silent longer, but owed nothing: not a byte, not closed.
+    assert via["carol"].held() and all(h == (b"", False) for h in via["carol"].held())
+    assert not [line for line in alice.p.err_lines if "conn to carol" in line]
+
+
+def test_acks_lost_on_a_silent_connection_the_resent_copy_is_shown_once(cluster, relays):
+    """Only the way back goes silent: bob records "two" and ACKs it, the ACK
+    (and the PONG) never reach alice.  She gives the connection up, sends
+    "two" again over a new one, bob acknowledges the duplicate without showing
+    it, and keeps the new connection (the old one, from the same dialler,
+    looks open to him)."""
+    bob = cluster.peer("bob", env=cluster.env(EURECHAT_QUERY_TTL="60"))
+    relay = relays(listen_of(bob))
+    bind_as(cluster, "bob", relay.port)
+    alice = cluster.peer("alice", "--log-level", "INFO", env=cluster.env(**FAST_PROBE))
+    alice.cmd("/msg bob one")
+    alice.wait_event("delivered", to="bob")
+    assert relay.blackhole(forth=False) >= 1
+    mark = len(alice.p.err_lines)
+    alice.cmd("/msg bob two")
+    m = bob.wait_event("message", text="two")       # recorded and ACKed; the ACK is lost
+    alice.p.wait_for_log(r"<conn to bob .*no answer to a PING .*closing it", start=mark)
+    alice.wait_event("delivered", to="bob", id=m["id"])
+    alice.cmd("/msg bob three")
+    bob.wait_event("message", text="three")
+    alice.count("delivered", 3)
+    assert texts(bob) == ["one", "two", "three"]
+    assert len(alice.events("delivered")) == 3
+
+
+class SlowPeer:
+    """Plays bob: answers every PING at once, but acknowledges no message until
+    ``release()`` (a receiver alive but slow to record, e.g. a stalled disk)."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.lock = threading.Lock()
+        self.acking = False
+        self.unacked: List[Tuple[socket.socket, str]] = []
+        self.senders: List[socket.socket] = []    # connections that sent a MESSAGE
+        self.socks: List[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.socks.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        dec = Decoder()
+        while True:
+            try:
+                data = conn.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            try:
+                for m in dec.feed(data):
+                    with self.lock:
+                        if m.type == "PING":
+                            conn.sendall(encode("PONG", m.args))
+                        elif m.type == "MESSAGE":
+                            if conn not in self.senders:
+                                self.senders.append(conn)
+                            if self.acking:
+                                conn.sendall(encode("ACK", m.args[1:]))
+                            else:
+                                self.unacked.append((conn, m.args[1]))
+            except OSError:   # closed under us at the end of the test
+                return
+
+    def release(self) -> None:
+        with self.lock:
+            self.acking = True
+            for conn, msgid in self.unacked:
+                conn.sendall(encode("ACK", (msgid,)))
+            self.unacked = []
+
+    def close(self) -> None:
+        # shutdown, not just close: it is what wakes a thread blocked in
+        # accept() or recv() on the socket (Linux).
+        with self.lock:
+            for s in [self.listener, *self.socks]:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+
+
+def test_a_receiver_that_answers_the_probe_keeps_its_connection(cluster):
+    """Alive but slow: bob takes long to ACK but answers PING.  Alice probes
+    again and again (every ACK timeout of silence) over the same connection
+    and never gives it up; the ACK, when it comes, is taken on it."""
+    slow = SlowPeer()
+    try:
+        bind_as(cluster, "bob", slow.port, register=True)
+        alice = cluster.peer("alice", "--log-level", "INFO", env=cluster.env(
+            EURECHAT_ACK_TIMEOUT="0.3", EURECHAT_PING_TIMEOUT="10"))
+        mark = len(alice.p.err_lines)
+        alice.cmd("/msg bob take your time")
+        conns = set()
+        for _ in range(3):
+            m = alice.p.wait_for_log(r"(<conn to bob [^>]*>): 1 message\(s\) unacknowledged "
+                                     r".*probing with PING", start=mark)
+            conns.add(m[1])
+            mark = alice.p.err_lines.index(m.string, mark) + 1
+        assert len(conns) == 1, conns           # the same connection each time
+        slow.release()
+        alice.wait_event("delivered", to="bob")
+        assert len(slow.senders) == 1
+        assert "no answer to a PING" not in alice.p.stderr()
+    finally:
+        slow.close()
+
+
+def test_the_liveness_rule():
+    """``Liveness`` on its own: times in, verdicts out."""
+    ok, probe, dead = Liveness.OK, Liveness.PROBE, Liveness.DEAD
+    live = Liveness(ack_timeout=10, ping_timeout=5)
+    # Idle (nothing in flight): never probed, however long the silence.
+    assert live.check(1000.0, False, last_rx=0.0, tx_since=0.0) == ok
+    # Sent at 100 on a connection silent since 0: the clock starts at the send.
+    assert live.check(109.0, True, last_rx=0.0, tx_since=100.0) == ok
+    assert live.check(110.5, True, last_rx=0.0, tx_since=100.0) == probe
+    assert live.check(115.0, True, last_rx=0.0, tx_since=110.5) == ok    # waiting for it
+    assert live.check(116.0, True, last_rx=0.0, tx_since=110.5) == dead
+    # Anything received after the probe answers it; the wait starts again.
+    live = Liveness(10, 5)
+    assert live.check(11.0, True, last_rx=0.0, tx_since=0.0) == probe
+    assert live.check(12.0, True, last_rx=11.5, tx_since=11.0) == ok
+    assert live.check(21.0, True, last_rx=11.5, tx_since=11.0) == ok
+    assert live.check(22.0, True, last_rx=11.5, tx_since=11.0) == probe
+    # Received recently, and we keep writing: not silent.
+    live = Liveness(10, 5)
+    assert live.check(50.0, True, last_rx=45.0, tx_since=30.0) == ok
+    # Our bytes ahead of the PING still draining (a slow link): its clock restarts.
+    live = Liveness(10, 5)
+    assert live.check(11.0, True, 0.0, 0.0, delivered=1000, outstanding=9000) == probe
+    assert live.check(17.0, True, 0.0, 0.0, delivered=4000, outstanding=6000) == ok
+    assert live.check(21.0, True, 0.0, 0.0, delivered=9000, outstanding=1000) == ok
+    assert live.check(25.0, True, 0.0, 0.0, delivered=9000, outstanding=1000) == ok
+    assert live.check(26.5, True, 0.0, 0.0, delivered=9000, outstanding=1000) == dead
+    # Nothing outstanding (all taken by the remote TCP, e.g. a middlebox): no reprieve.
+    live = Liveness(10, 5)
+    assert live.check(11.0, True, 0.0, 0.0, delivered=100, outstanding=0) == probe
+    assert live.check(16.5, True, 0.0, 0.0, delivered=120, outstanding=0) == dead
+    # ack_timeout 0: probing off.
+    assert Liveness(0, 5).check(1e6, True, 0.0, 0.0) == ok
