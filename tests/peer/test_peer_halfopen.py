@@ -304,6 +304,36 @@ def test_acks_lost_on_a_silent_connection_the_resent_copy_is_shown_once(cluster,
     assert len(alice.events("delivered")) == 3
 
 
+def test_the_kept_connection_half_open_the_other_side_redials_and_is_taken(
+        cluster, relays):
+    """Alice (whose name sorts first) dialled bob; both send over that one
+    connection.  It goes silent.  Bob, who owes an ACK, gives it up and dials
+    alice.  Alice has nothing in flight and still believes in the connection
+    she dialled, which the pair rule keeps over bob's new one: she closes
+    bob's, but probes hers, finds it dead, and takes bob's next dial."""
+    bob = cluster.peer("bob", "--log-level", "INFO", env=cluster.env(**FAST_PROBE))
+    relay = relays(listen_of(bob))
+    bind_as(cluster, "bob", relay.port)
+    # Alice trusts her lookups for long (the check of bob's new connection
+    # is then decided before his first message is even recorded).
+    alice = cluster.peer("alice", "--log-level", "INFO", env=cluster.env(
+        EURECHAT_QUERY_TTL="60", **FAST_PROBE))
+    alice.cmd("/msg bob a1")
+    alice.wait_event("delivered", to="bob")
+    bob.cmd("/msg alice b1")
+    bob.wait_event("delivered", to="alice")
+    assert relay.blackhole() >= 1
+    mark_a, mark_b = len(alice.p.err_lines), len(bob.p.err_lines)
+    bob.cmd("/msg alice b2")
+    bob.p.wait_for_log(r"<conn from alice .*no answer to a PING", start=mark_b)
+    m = alice.wait_event("message", text="b2")
+    bob.wait_event("delivered", to="alice", id=m["id"])
+    alice.p.wait_for_log(r"<conn to bob .*bob dialled us anew; probing", start=mark_a)
+    alice.cmd("/msg bob a2")
+    bob.wait_event("message", text="a2")
+    assert texts(alice) == ["b1", "b2"] and texts(bob) == ["a1", "a2"]
+
+
 class SlowPeer:
     """Plays bob: answers every PING at once, but acknowledges no message until
     ``release()`` (a receiver alive but slow to record, e.g. a stalled disk)."""

@@ -788,8 +788,19 @@ class Peer:
                         "connection half-open; closing it, to look %s up and send again",
                         conn, live.ping_timeout, now - conn.last_rx, in_flight, conn.remote)
             if conn.remote is not None:
-                self._forget(conn.remote)   # its address may be what changed
+                self._expire(conn.remote)   # its address may be what changed
             conn.abort()
+
+    def _probe_now(self, conn: _Conn) -> None:
+        """Doubt ``conn`` at once: PING it; the sweep closes it if nothing at
+        all comes back within ``ping_timeout`` (``Liveness``)."""
+        live = conn.live
+        if live.probe_at or conn.closed:
+            return
+        now = time.monotonic()
+        live.check(now, False, conn.last_rx, conn.tx_since, *conn.progress())  # (baseline)
+        live.probe_at = now
+        conn.write(encode_ping("probe"))
 
     def prune_inbox(self) -> int:
         """One bounded pass (``timings.prune_batch`` rows at most) deleting the
@@ -1268,6 +1279,14 @@ class Peer:
         route.use(keep)
         conns.discard(lose)
         lose.close()
+        if keep is current and self.timings.ack_timeout > 0:
+            # Either both dialled at once (then ``current`` is alive and
+            # answers at once), or the other side gave ``current`` up and
+            # dialled anew: then ``current`` is dead without our knowing,
+            # and keeping it would close every new connection of theirs
+            # until it idles out.  A PING tells the two apart.
+            log.info("%r: %s dialled us anew; probing the connection we keep", current, name)
+            self._probe_now(current)
 
     def _on_events(self, conn: _Conn, events: list, was: Optional[str]) -> None:
         if was is None and conn.remote is not None:
@@ -1402,6 +1421,13 @@ class Peer:
 
     def _forget(self, name: str) -> None:
         self._cache.pop(name, None)
+
+    def _expire(self, name: str) -> None:
+        """Look ``name`` up afresh next time, but keep its address as the
+        fallback for a directory that is unreachable just then."""
+        cached = self._cache.get(name)
+        if cached is not None:
+            self._cache[name] = (float("-inf"), cached[1])
 
     def _on_directory_online(self) -> None:
         self._cache.clear()
