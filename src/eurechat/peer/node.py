@@ -31,6 +31,12 @@ confirms that the claimed sender is registered at the connection's source IP.  I
 once, the connection dialled by the peer whose name sorts first is kept and
 the other one closed (both sides apply the same rule, so they agree without
 talking about it); anything unacknowledged on the closed one is sent again.
+Of two connections dialled by the same side, the newer is kept (it dials only
+after giving the older up).
+
+Dead connections: one that owes us ACKs and has gone silent is probed with a
+PING and closed if that goes unanswered too (``Liveness``, run by the sweep),
+so a half-open connection costs seconds, not the idle timeout.
 """
 
 from __future__ import annotations
