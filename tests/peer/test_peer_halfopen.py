@@ -21,6 +21,7 @@ import queue
 import selectors
 import socket
 import threading
+import time
 from typing import Callable, Dict, List, Tuple
 
 import pytest
@@ -76,11 +77,26 @@ class Relay:
     open, and so does one side when the other closes: nobody gets a FIN or a
     RST — a half-open connection.  Connections accepted later are relayed
     normally.  All socket work runs in one thread; ``call`` runs a function
-    there between two forwards."""
+    there between two forwards.
 
-    def __init__(self, target: Tuple[str, int]) -> None:
+    ``rate`` (bytes/s) makes the way from client to target a slow link: the
+    relay takes at most that much from the client per second, with small
+    socket buffers, so what is not yet forwarded waits in the client's own
+    send queue, as it would behind a slow uplink."""
+
+    CHUNK = 8192
+
+    def __init__(self, target: Tuple[str, int], rate: float = 0.0) -> None:
         self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.rate = rate
+        self._paced: List[Tuple[float, socket.socket, _Pair]] = []   # (resume at, sock, pair)
+        self.listener = socket.socket()
+        if rate:
+            # Inherited by accepted sockets; set before listen() so the
+            # window offered at the handshake is small too.
+            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.CHUNK)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
         self.port = self.listener.getsockname()[1]
         self.pairs: List[_Pair] = []
         self._sel = selectors.DefaultSelector()
@@ -96,7 +112,16 @@ class Relay:
     # -- the relay thread ------------------------------------------------------
     def _run(self) -> None:
         while not self._stop:
-            for key, _ in self._sel.select():
+            timeout = None
+            if self._paced:
+                now = time.monotonic()
+                for item in [p for p in self._paced if p[0] <= now]:
+                    self._paced.remove(item)
+                    if not item[2].closed and not item[2].blackholed:
+                        self._sel.register(item[1], selectors.EVENT_READ, item[2])
+                if self._paced:
+                    timeout = max(0.0, min(p[0] for p in self._paced) - now)
+            for key, _ in self._sel.select(timeout):
                 sock = key.fileobj
                 if sock is self._wake_r:
                     self._wake_r.recv(4096)
@@ -127,16 +152,21 @@ class Relay:
 
     def _forward(self, pair: _Pair, sock: socket.socket) -> None:
         other = pair.server if sock is pair.client else pair.client
+        paced = self.rate and sock is pair.client
         try:
-            data = sock.recv(65536)
+            data = sock.recv(self.CHUNK if paced else 65536)
         except OSError:
             data = b""
         if data:
             try:
                 other.sendall(data)
-                return
             except OSError:
                 pass
+            else:
+                if paced:   # the link's pace: next read when these bytes are "through"
+                    self._sel.unregister(sock)
+                    self._paced.append((time.monotonic() + len(data) / self.rate, sock, pair))
+                return
         if pair.blackholed:
             self._sel.unregister(sock)   # keep both open: nobody hears of it
             return
@@ -221,8 +251,8 @@ class Relay:
 def relays():
     made: List[Relay] = []
 
-    def make(target: Tuple[str, int]) -> Relay:
-        r = Relay(target)
+    def make(target: Tuple[str, int], rate: float = 0.0) -> Relay:
+        r = Relay(target, rate)
         made.append(r)
         return r
 
@@ -332,6 +362,28 @@ def test_the_kept_connection_half_open_the_other_side_redials_and_is_taken(
     alice.cmd("/msg bob a2")
     bob.wait_event("message", text="a2")
     assert texts(alice) == ["b1", "b2"] and texts(bob) == ["a1", "a2"]
+
+
+def test_a_slow_link_still_taking_our_bytes_is_not_given_up(cluster, relays):
+    """A 400 kB message over a 200 kB/s link takes 2 s, longer than both of
+    the probe's timeouts here.  The PING waits behind it in alice's send queue, but the
+    queue drains: the connection is alive, and it is kept until the ACK
+    (giving it up would resend the message from the start, for ever)."""
+    bob = cluster.peer("bob")
+    relay = relays(listen_of(bob), rate=200_000)
+    bind_as(cluster, "bob", relay.port)
+    alice = cluster.peer("alice", "--log-level", "INFO", env=cluster.env(
+        EURECHAT_ACK_TIMEOUT="0.2", EURECHAT_PING_TIMEOUT="1"))
+    mark = len(alice.p.err_lines)
+    big = "x" * 400_000
+    alice.cmd(f"/msg bob {big}")
+    m = alice.p.wait_for_log(r"(<conn to bob [^>]*>): 1 message\(s\) unacknowledged "
+                             r".*probing with PING", start=mark)
+    got = bob.wait_event("message")
+    alice.wait_event("delivered", to="bob", id=got["id"])
+    assert texts(bob) == [big]
+    assert "no answer to a PING" not in alice.p.stderr()
+    assert m[1] in alice.p.stderr()
 
 
 class SlowPeer:
