@@ -66,7 +66,10 @@ def test_a_burst_of_failures_is_a_bounded_number_of_lines_with_the_count(caplog)
     outage.failure("Leave for 10.0.0.1", ConnectionError("gone"))
     outage.failure("Leave for 10.0.0.1", ConnectionError("gone"))  # same instant: counted only
     assert [r.levelname for r in caplog.records] == ["WARNING"]
-    outage.success()
+    outage.success()  # a third change of state within a moment: its line waits (rationed)
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    clock.now += 10.0
+    outage.flush()    # what the timer does when the line is due
     assert caplog.records[-1].getMessage().endswith("2 failures during the outage "
                                                    "(1 since the last message)")
 

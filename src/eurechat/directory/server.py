@@ -95,10 +95,22 @@ class OutageLog:
     Why: during an outage (the Manager being replaced, Redis or PostgreSQL
     down) every peer retries, and one line per failed request was thousands
     of lines per second -- a flood that buries everything else and costs the
-    disk.  The counts keep what those lines said.  A summary is written when
-    a failure arrives after the interval (no timer: a quiet outage has nothing
-    new to say; its count is in the recovery line).  ``clock`` is a parameter
-    so the rate is testable without waiting."""
+    disk.  The counts keep what those lines said.
+
+    A backend can also *flap*: fail every other request (PostgreSQL timing
+    out under load, pooled connections that are stale after a restart).  A
+    line per change of state would be the same flood, so lines are also
+    rationed: a burst of ``BURST`` (the first WARNING and the recovery of a
+    short outage, at once), then one per ``interval``.  A line that is not
+    due yet waits: the failures (and the times it worked in between) are
+    counted into the same outage, and a timer writes the line when it is due
+    -- so a recovery line always comes, even if no request follows.  A
+    summary while the outage lasts is written when a failure arrives after
+    the interval (a quiet outage has nothing new to say).  ``clock`` is a
+    parameter so the rate is testable without waiting (``flush`` is then
+    what the timer does)."""
+
+    BURST = 2.0
 
     def __init__(self, what: str, interval: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -106,40 +118,104 @@ class OutageLog:
         self.interval = interval
         self.clock = clock
         self.since: Optional[float] = None   # outage start; None: working
+        self.up_since: Optional[float] = None  # worked again at (recovery not logged yet)
         self.total = 0                # failures in this outage
         self.unlogged = 0             # failures since the last line
-        self.logged_at = 0.0
+        self.flaps = 0                # times it worked and then failed again, this outage
+        self.reported = False         # this outage has had a line
+        self.last = ("", "")          # the last failure: request, error
+        self.logged_at = -float("inf")
+        self.budget = self.BURST      # lines that may be written now
+        self.budget_at = clock()
+        self._timer: Optional[asyncio.TimerHandle] = None
 
     @property
     def down(self) -> bool:
-        return self.since is not None
+        """Failing, as far as the log knows (a recovery whose line is still
+        to come counts as working)."""
+        return self.since is not None and self.up_since is None
 
     def failure(self, request: str, exc: BaseException) -> None:
         now = self.clock()
+        self.last = (request, exc)
         if self.since is None:
-            self.since = self.logged_at = now
-            self.total, self.unlogged = 1, 0
-            log.warning("%s: backend unavailable: %s (more %s failures are counted and "
-                        "logged at most every %g s until it works again)", request, exc,
-                        self.what, self.interval)
-            return
+            self.since, self.reported = now, False
+            self.total = self.unlogged = self.flaps = 0
+        elif self.up_since is not None:  # it worked for a while: the same outage goes on
+            self.up_since = None
+            self.flaps += 1
         self.total += 1
         self.unlogged += 1
-        if now - self.logged_at >= self.interval:
-            log.warning("%s: backend still unavailable: %d failures since the last message "
-                        "(%d since the outage began %.0f s ago); last: %s: %s", self.what,
-                        self.unlogged, self.total, now - self.since, request, exc)
-            self.unlogged = 0
-            self.logged_at = now
+        if not self.reported or now - self.logged_at >= self.interval:
+            self._write(now)
 
     def success(self) -> None:
-        if self.since is None:
+        if self.since is None or self.up_since is not None:
             return
-        log.info("%s: backend available again after %.1f s; %d failures during the outage "
-                 "(%d since the last message)", self.what, self.clock() - self.since,
-                 self.total, self.unlogged)
-        self.since = None
-        self.total = self.unlogged = 0
+        now = self.clock()
+        self.up_since = now
+        self._write(now)
+
+    def flush(self, force: bool = False) -> None:
+        """Write the line that is waiting, if it is due (``force``: now,
+        e.g. when the worker stops)."""
+        self._cancel_timer()
+        self._write(self.clock(), force)
+
+    # -- internals ---------------------------------------------------------
+    def _write(self, now: float, force: bool = False) -> None:
+        if self.since is None or (self.reported and not self.unlogged
+                                  and self.up_since is None):
+            return  # nothing new to say
+        if self.up_since is not None or not self.reported:
+            # A change of state (down, up again): rationed.  (A summary is
+            # due only ``interval`` after the previous line anyway.)
+            self.budget = min(self.BURST,
+                              self.budget + (now - self.budget_at) / self.interval)
+            self.budget_at = now
+            if self.budget < 1.0 and not force:
+                self._schedule((1.0 - self.budget) * self.interval)
+                return
+            self.budget = max(self.budget - 1.0, 0.0)
+        self._cancel_timer()
+        request, exc = self.last
+        flaps = f"; it worked again {self.flaps} times in between" if self.flaps else ""
+        if self.up_since is not None:
+            log.info("%s: backend available again after %.1f s; %d failures during the "
+                     "outage (%d since the last message)%s", self.what,
+                     self.up_since - self.since, self.total, self.unlogged, flaps)
+            self.since = self.up_since = None
+            self.total = self.unlogged = self.flaps = 0
+        elif not self.reported:
+            more = (f" ({self.unlogged} failures so far{flaps})" if self.unlogged > 1 else "")
+            log.warning("%s: backend unavailable: %s%s (more %s failures are counted and "
+                        "logged at most every %g s until it works again)", request, exc,
+                        more, self.what, self.interval)
+        else:
+            log.warning("%s: backend still unavailable: %d failures since the last message "
+                        "(%d since the outage began %.0f s ago%s); last: %s: %s", self.what,
+                        self.unlogged, self.total, now - self.since, flaps, request, exc)
+        self.reported = True
+        self.unlogged = 0
+        self.logged_at = now
+
+    def _schedule(self, delay: float) -> None:
+        if self._timer is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a test with its own clock): ``flush`` does it
+        self._timer = loop.call_later(delay, self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        self._write(self.clock())
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class Services:
@@ -159,6 +235,12 @@ class Services:
             Bind: presence, Leave: presence,
             Authenticate: OutageLog("login", outage_log_interval),
             Register: OutageLog("REGISTER", outage_log_interval)}
+
+    def flush_outage_logs(self) -> None:
+        """At shutdown: write the outage lines still waiting for their turn
+        (the counts of an outage would be lost otherwise)."""
+        for outage in set(self.outages.values()):
+            outage.flush(force=True)
 
     async def perform(self, effect: Effect, source: str) -> Result:
         """The one place where backend outages become ``Result.UNAVAILABLE``
@@ -505,3 +587,4 @@ class DirectoryServer:
             await asyncio.sleep(0.02)
         for proto in list(self.connections):
             proto.transport.abort()
+        self.services.flush_outage_logs()
