@@ -229,7 +229,8 @@ class Liveness:
 
     1. **Probe.** Messages of ours are in flight, unacknowledged, and nothing
        at all has arrived for ``ack_timeout`` since we started waiting (the
-       later of the last receive and the first write after it): send a PING.
+       later of the last receive and the first write after it that owes us
+       an answer, i.e. a MESSAGE or PING, not our ACK or PONG): send a PING.
        An idle connection with nothing in flight is never probed.
     2. **Give up.** Nothing at all arrives within ``ping_timeout`` of the
        probe: the connection is dead.  Anything received (the PONG, an ACK,
@@ -263,7 +264,7 @@ class Liveness:
 
         ``in_flight``: messages of ours sent on it and unacknowledged;
         ``last_rx``: when anything last arrived; ``tx_since``: when we first
-        wrote after that (<= ``last_rx`` if we have not); ``delivered``: bytes
+        wrote something owing us an answer after that (<= ``last_rx`` if we have not); ``delivered``: bytes
         the remote TCP has taken so far; ``outstanding``: our bytes not yet
         taken by it (in our buffer or the kernel's).  Returns ``OK``,
         ``PROBE`` (send a PING now) or ``DEAD`` (close it)."""
@@ -305,7 +306,7 @@ class _Conn(asyncio.Protocol):
         self.frame_since = 0.0   # when the unfinished frame started (0: none)
         self.addr: Optional[Tuple[str, int]] = None   # the address we dialled (dialled only)
         self.last_rx = time.monotonic()   # when the remote last sent us anything
-        self.tx_since = 0.0   # when we first wrote after last_rx (<= last_rx: not yet)
+        self.tx_since = 0.0   # first write owing us an answer after last_rx (<= last_rx: none)
         self.written = 0      # bytes handed to the transport
         self.fd = -1
         t = node.timings
@@ -349,9 +350,14 @@ class _Conn(asyncio.Protocol):
         self.paused = False
         self.node._on_resume(self)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, answer_due: bool = False) -> None:
+        """``answer_due``: the remote owes us an answer to ``data`` (our
+        MESSAGEs an ACK, our PING a PONG), so the wait for one (``Liveness``)
+        starts here if it has not yet.  Our ACKs and PONGs owe us nothing:
+        counting from one of them would make a reply sent long after we
+        acknowledged the other side look silent for all that while."""
         if not self.closed and self.transport is not None:
-            if self.tx_since <= self.last_rx:
+            if answer_due and self.tx_since <= self.last_rx:
                 self.tx_since = time.monotonic()
             self.written += len(data)
             self.transport.write(data)
@@ -455,7 +461,7 @@ class _Route:
             i += 1
         self.sent = limit
         if frames:
-            conn.write(b"".join(frames))
+            conn.write(b"".join(frames), answer_due=True)
 
     def on_ack(self, msgid: Optional[str], conn: _Conn) -> None:
         """An ACK arrived on ``conn``.  Only the connection we send over can
@@ -1002,7 +1008,7 @@ class Peer:
         fut = self._loop.create_future()
         self._pings[token] = fut
         t0 = time.perf_counter()
-        conn.write(encode_ping(token))
+        conn.write(encode_ping(token), answer_due=True)
         try:
             await asyncio.wait_for(fut, timeout or self.timings.ping_timeout)
         except asyncio.TimeoutError:

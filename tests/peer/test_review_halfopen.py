@@ -1,0 +1,107 @@
+"""Review of dead-connection detection (``Liveness`` in eurechat.peer.node):
+regression tests for what the review found.
+
+In-process peers on real sockets and real SQLite files; the other side is a
+raw framed socket where the test needs to control exactly what it says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import List
+
+from eurechat.framing import Decoder, Message
+from eurechat.peer import Peer, Timings
+
+#: Long probe timeouts: no probe fires on its own during these tests.
+SLOW_PROBE = Timings(retry_base=0.02, retry_max=0.1, query_ttl=0.05, directory_wait=0,
+                     ack_timeout=30.0, ping_timeout=30.0)
+
+
+def run(coro, timeout: float = 60.0):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+class RawPeer:
+    """A listening socket that plays bob frame by frame: what it receives is
+    in ``got``; ``wait_for(pred)`` waits (bounded) for a frame matching it."""
+
+    def __init__(self) -> None:
+        self.got: List[Message] = []
+        self.changed = asyncio.Event()
+        self.writer: asyncio.StreamWriter = None  # type: ignore[assignment]
+        self.server: asyncio.AbstractServer = None  # type: ignore[assignment]
+
+    async def start(self) -> tuple:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[:2]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        dec = Decoder()
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                return
+            self.got.extend(dec.feed(data))
+            self.changed.set()
+
+    async def wait_for(self, pred, timeout: float = 20.0) -> Message:
+        async def wait() -> Message:
+            while True:
+                for m in self.got:
+                    if pred(m):
+                        return m
+                self.changed.clear()
+                await self.changed.wait()
+        return await asyncio.wait_for(wait(), timeout)
+
+    def send(self, frame: bytes) -> None:
+        self.writer.write(frame)
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.server.close()
+        await self.server.wait_closed()
+
+
+def test_an_ack_we_send_does_not_start_the_wait_for_our_message(tmp_path: Path):
+    """The wait for an answer starts at the first write that *owes* us one
+    (a MESSAGE, a PING) after the last receive.  Our own ACK of bob's message
+    owes us nothing: counting from it made alice's reply, sent a while after
+    she acknowledged bob, look silent for that whole while at once (probed at
+    the next sweep, and given up after PING_TIMEOUT alone instead of
+    ACK_TIMEOUT + PING_TIMEOUT)."""
+    async def main() -> None:
+        bob = RawPeer()
+        addr = await bob.start()
+        alice = Peer("alice", data_dir=tmp_path / "alice", timings=SLOW_PROBE,
+                     addresses={"bob": addr})
+        await alice.start()
+        try:
+            m1 = await alice.send("bob", "m1")
+            await bob.wait_for(lambda m: m.type == "MESSAGE" and m.payload == b"m1")
+            bob.send(bytes(Message("ACK", (m1,))))
+            bob.send(bytes(Message("MESSAGE", ("bob", "x1"), "hello alice")))
+            await bob.wait_for(lambda m: m == Message("ACK", ("x1",)))
+            # Alice's last write is her ACK of x1; now she says something.
+            t0 = time.monotonic()
+            await alice.send("bob", "m2")
+            await bob.wait_for(lambda m: m.type == "MESSAGE" and m.payload == b"m2")
+            conn = alice._routes["bob"].conn
+            assert conn is not None and alice._routes["bob"].sent == 1
+            assert conn.tx_since >= t0, (
+                f"the wait for m2's ACK counts from {(t0 - conn.tx_since) * 1000:.3f} ms before m2 was sent")
+            # And the sweep's verdict at ACK_TIMEOUT after m2 (not after the ACK): a probe.
+            alice._check_live(conn, conn.tx_since + SLOW_PROBE.ack_timeout * 0.99)
+            assert not conn.live.probe_at
+            alice._check_live(conn, conn.tx_since + SLOW_PROBE.ack_timeout * 1.01)
+            assert conn.live.probe_at
+            await bob.wait_for(lambda m: m == Message("PING", ("probe",)))
+        finally:
+            await alice.close()
+            await bob.close()
+    run(main())
