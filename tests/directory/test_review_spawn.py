@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import signal
 import socket
 import time
 
 import redis
+from test_directory_manager_death import kill_manager, worker_pids
 
 from eurechat.directory.server import OutageLog
 from eurechat.framing import Message
 from support.client import FramedClient
-from support.processes import start_directory
+from support.processes import start_directory, wait_pids_gone
 from support.servers import RedisServer
 
 LOGGER = "eurechat.directory.server"
@@ -137,3 +140,33 @@ def test_a_flapping_redis_through_the_cli_is_a_few_lines_that_count_everything(t
             admin.close()
             target.close()
             d.kill_group()
+
+
+def test_sigterm_while_the_old_generation_is_retired_leaves_no_worker_behind(tmp_path):
+    """SIGTERM arrives while a Manager replacement retires the old workers
+    (they got SIGTERM; one does not exit -- stopped here, hung in real life).
+    Cancelling the retirement used to forget that worker: the supervisor
+    exited without waiting for it or SIGKILLing it, and it stayed for ever.
+    Now the shutdown stops it like every other worker (SIGKILL after 3 s)."""
+    d = start_directory("--workers", "2", "--check-interval", "3600", data_dir=str(tmp_path))
+    stuck = None
+    try:
+        old = worker_pids(d)
+        assert len(old) == 2
+        stuck, other = old
+        os.kill(stuck, signal.SIGSTOP)  # will not act on the SIGTERM that retires it
+        kill_manager(d)
+        # The other old worker exits: the old generation is being retired, and
+        # the stuck one is waited for (up to 3 s) -- shut down right now.
+        assert wait_pids_gone([other], 30) == []
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.proc.wait(30) == 0
+        # Nothing of the directory may outlive it (the stuck worker included).
+        assert wait_pids_gone(d.group_alive(), 10) == []
+    finally:
+        if stuck is not None:
+            try:
+                os.kill(stuck, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        d.kill_group()

@@ -347,7 +347,11 @@ class Supervisor:
                         pass
                     await proc.wait()
         finally:
-            self.retiring.discard(proc)
+            # Cancelled (a shutdown) before it exited: it stays in ``retiring``,
+            # so the shutdown stops it -- SIGKILL included -- instead of
+            # leaving it behind.
+            if proc.returncode is not None:
+                self.retiring.discard(proc)
 
     # -- lifecycle ---------------------------------------------------------
     def start_manager(self, method: Optional[str] = None) -> None:
