@@ -280,11 +280,17 @@ class Liveness:
                 return self.DEAD
             else:
                 return self.OK
-        if in_flight and self.ack_timeout > 0 and \
-                now - max(last_rx, tx_since) > self.ack_timeout:
+        if self.due(now, in_flight, last_rx, tx_since):
             self.probe_at = now
             return self.PROBE
         return self.OK
+
+    def due(self, now: float, in_flight: bool, last_rx: float, tx_since: float) -> bool:
+        """No probe out, and it is time for one.  ``check`` needs the byte
+        counts (a system call) only once this is true or a probe is out, so
+        the sweep asks this first."""
+        return bool(in_flight and self.ack_timeout > 0 and
+                    now - max(last_rx, tx_since) > self.ack_timeout)
 
 
 #: Linux's SIOCOUTQ (== TIOCOUTQ): bytes in a TCP socket's send queue that
@@ -787,8 +793,11 @@ class Peer:
         route = self._routes.get(conn.remote) if conn.remote is not None else None
         in_flight = route.sent if route is not None and route.conn is conn else 0
         live = conn.live
-        if not (in_flight or live.probe_at):
-            return   # nothing owed (an idle connection): only the idle timeout applies
+        if not live.probe_at and not live.due(now, in_flight > 0, conn.last_rx, conn.tx_since):
+            # Nothing owed (an idle connection: only the idle timeout
+            # applies), or not silent for long: no verdict to reach, and no
+            # byte count to take (an ioctl per connection and sweep).
+            return
         verdict = live.check(now, in_flight > 0, conn.last_rx, conn.tx_since, *conn.progress())
         if verdict is Liveness.PROBE:
             log.info("%r: %d message(s) unacknowledged and nothing received for %.1f s: "
