@@ -8,6 +8,7 @@ raw framed socket where the test needs to control exactly what it says.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from pathlib import Path
 from typing import List
@@ -22,6 +23,15 @@ SLOW_PROBE = Timings(retry_base=0.02, retry_max=0.1, query_ttl=0.05, directory_w
 
 def run(coro, timeout: float = 60.0):
     return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def until(pred, timeout: float = 20.0) -> None:
+    """Wait, bounded, for a state of an in-process peer that it announces to
+    nobody (which connection a route uses, a transport's buffer)."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.005)
 
 
 class RawPeer:
@@ -104,4 +114,61 @@ def test_an_ack_we_send_does_not_start_the_wait_for_our_message(tmp_path: Path):
         finally:
             await alice.close()
             await bob.close()
+    run(main())
+
+
+def test_the_older_connection_of_the_same_dialler_is_dropped_with_its_unsent_bytes(
+        tmp_path: Path):
+    """Alice dials bob anew only after giving her connection up, so bob drops
+    the older one.  Its unsent bytes can never drain (alice reads nothing on
+    it any more; a vanished host not even that), so closing it gracefully
+    would keep it, its descriptor and megabytes of buffer until TCP gives up
+    (some 15 minutes; for ever while a live kernel keeps its window shut).
+    It is aborted; what was on it goes again over the new one."""
+    async def main() -> None:
+        alice_listener = socket.create_server(("127.0.0.1", 0))
+        bob = Peer("bob", data_dir=tmp_path / "bob", timings=SLOW_PROBE,
+                   addresses={"alice": alice_listener.getsockname()[:2]})
+        await bob.start()
+        socks: List[socket.socket] = []
+
+        def dial(msgid: str) -> None:
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)   # a tiny window
+            s.connect(bob.address)
+            s.sendall(bytes(Message("MESSAGE", ("alice", msgid), "hi")))
+            socks.append(s)
+
+        def route_conn():
+            route = bob._routes.get("alice")
+            return route.conn if route is not None else None
+
+        lost = asyncio.Event()
+        dropped: List[object] = []
+        on_conn_lost = bob._on_conn_lost
+
+        def watch(conn) -> None:
+            on_conn_lost(conn)
+            if conn in dropped:
+                lost.set()
+        bob._on_conn_lost = watch   # type: ignore[method-assign]
+        try:
+            dial("a1")
+            await until(lambda: route_conn() is not None)
+            old = route_conn()
+            for i in range(6):   # more than the kernel buffers of both ends hold
+                bob.send_nowait("alice", f"{i}" * 1_000_000)
+            await until(lambda: old.transport.get_write_buffer_size() > 0)
+            dropped.append(old)
+            dial("a2")   # alice gave the first one up and dials again
+            await until(lambda: route_conn() is not old)
+            new = route_conn()
+            assert new is not None and not new.dialled and not new.closed
+            await asyncio.wait_for(lost.wait(), 10)
+            assert old.closed and route_conn() is new
+        finally:
+            await bob.close()
+            for s in socks:
+                s.close()
+            alice_listener.close()
     run(main())

@@ -1299,7 +1299,13 @@ class Peer:
         log.debug("duplicate connection with %s: keeping %r, closing %r", name, keep, lose)
         route.use(keep)
         conns.discard(lose)
-        lose.close()
+        if lose.dialled == keep.dialled:
+            # Given up by its dialler: nobody will ever read what is still
+            # buffered on it, and a graceful close would wait for that
+            # (until TCP gives up, minutes; for ever behind a shut window).
+            lose.abort()
+        else:
+            lose.close()
         if keep is current and self.timings.ack_timeout > 0:
             # Either both dialled at once (then ``current`` is alive and
             # answers at once), or the other side gave ``current`` up and
