@@ -4,12 +4,15 @@ pins down)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import errno
 import logging
 import os
 import re
 import signal
 import socket
+import threading
 import time
 
 import redis
@@ -170,3 +173,74 @@ def test_sigterm_while_the_old_generation_is_retired_leaves_no_worker_behind(tmp
             except ProcessLookupError:
                 pass
         d.kill_group()
+
+
+def children(pid: int) -> dict:
+    """pid -> state letter of every child of ``pid`` (zombies included)."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out[int(entry)] = fields[0].decode()
+    return out
+
+
+def test_a_process_started_but_not_watched_is_killed_not_lost(tmp_path, monkeypatch):
+    """asyncio starts a worker's process and only then registers it with its
+    child watcher (a thread per child before Python 3.12, a pidfd since).
+    When that step fails -- no thread or descriptor to be had, the very
+    conditions that make spawns fail -- ``create_subprocess_exec`` raises
+    although the process runs: the supervisor took it for a failed start and
+    the process went on unwatched (a worker the supervisor does not know, on
+    the port; then a zombie), one more at each retry.
+
+    The supervisor's real ``_spawn``, a real worker process; only the
+    watcher's thread is made to fail (as root, no process or thread limit
+    applies, and glibc reuses the stack of an exited thread, so an
+    address-space limit cannot fail it alone).  What must hold: a failed
+    start, and no process left behind."""
+    from eurechat.directory.supervisor import REUSEPORT, Supervisor, _listen
+
+    real_start = threading.Thread.start
+
+    def start(thread: threading.Thread) -> None:
+        if "waitpid-" in thread.name:  # asyncio's ThreadedChildWatcher
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    def no_pidfd(pid: int, flags: int = 0) -> int:  # 3.12+: use the threaded watcher
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    opts = argparse.Namespace(workers=1, registry="memory", data_dir=str(tmp_path))
+    sup = Supervisor(opts, ["--check-interval", "3600"])
+    before = set(children(os.getpid()))
+
+    async def main() -> None:
+        worker = sup.workers[0]
+        worker.lock, worker.replaced = asyncio.Lock(), asyncio.Event()
+        sup.sock = _listen("127.0.0.1", 0, REUSEPORT, listen=not REUSEPORT)
+        sup.parent_r, sup.parent_w = os.pipe()
+        try:
+            with monkeypatch.context() as patch:
+                patch.setattr(threading.Thread, "start", start)
+                patch.setattr(os, "pidfd_open", no_pidfd, raising=False)
+                assert await sup._spawn(worker, quiet=True) is False
+            assert worker.proc is None and isinstance(worker.spawn_error, RuntimeError), repr(worker.spawn_error)
+            assert worker.replaced.is_set() and worker.failures == 1
+        finally:
+            sup.sock.close()
+            os.close(sup.parent_r)
+            os.close(sup.parent_w)
+
+    try:
+        asyncio.run(main())
+        assert set(children(os.getpid())) == before  # killed and reaped, not left running
+    finally:
+        for pid in set(children(os.getpid())) - before:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)

@@ -115,6 +115,36 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _stop_unwatched(exc: BaseException) -> None:
+    """asyncio starts the process first and registers it with its child
+    watcher second (a thread per child before Python 3.12, a pidfd since).
+    When *that* fails -- no thread, no descriptor to be had: the very
+    conditions under which spawns fail -- the exception leaves a running
+    process that nobody will ever wait for: a worker the supervisor does not
+    know, serving on the port (and, if the Manager is replaced, bound to a
+    dead one for ever), then a zombie -- one more at each retry.  asyncio
+    does not stop it (its clean-up covers only a failure after that step),
+    but its transport is in the traceback: kill the process and reap it
+    (SIGKILL: it exits at once).  If a later asyncio names things otherwise,
+    this finds nothing and changes nothing."""
+    tb = exc.__traceback__
+    while tb is not None:
+        transport = tb.tb_frame.f_locals.get("transp")
+        if isinstance(transport, asyncio.SubprocessTransport):
+            popen = transport.get_extra_info("subprocess")
+            if isinstance(popen, subprocess.Popen):
+                if popen.poll() is None:
+                    popen.kill()
+                    try:
+                        popen.wait(5.0)
+                    except subprocess.TimeoutExpired:  # reaped by Popen's own clean-up later
+                        log.warning("process %d did not die after SIGKILL", popen.pid)
+                transport.close()  # reaped: nothing left for it to kill
+                log.debug("killed process %d: started, but could not be watched", popen.pid)
+            return
+        tb = tb.tb_next
+
+
 def _death(code: Optional[int]) -> str:
     """``exited with code 3`` / ``was killed by SIGKILL``, for the log."""
     if code is None:
@@ -189,6 +219,7 @@ class Supervisor:
         except (OSError, RuntimeError) as exc:
             # RuntimeError: "can't start new thread" (the child watcher's).
             os.close(ready_r)
+            _stop_unwatched(exc)
             return self._spawn_failed(worker, exc, quiet)
         worker.proc = proc
         worker.replaced.set()
