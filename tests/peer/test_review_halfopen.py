@@ -8,6 +8,7 @@ raw framed socket where the test needs to control exactly what it says.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from pathlib import Path
@@ -172,3 +173,48 @@ def test_the_older_connection_of_the_same_dialler_is_dropped_with_its_unsent_byt
                 s.close()
             alice_listener.close()
     run(main())
+
+
+def test_an_idle_connection_whose_close_cannot_drain_is_aborted(tmp_path: Path, caplog):
+    """The idle timeout closes a connection on which alice sent nothing for
+    that long.  When what bob still has to send on it never drains (alice's
+    window stays shut; a vanished host does not even answer), the graceful
+    close never ends: the sweep found it idle again every round (a log line
+    per sweep, now every quarter second here, 1.25 s by default) until TCP
+    gave up.  The next sweep aborts it instead."""
+    caplog.set_level(logging.INFO, logger="eurechat.peer.node")
+
+    async def main() -> None:
+        alice_listener = socket.create_server(("127.0.0.1", 0))
+        timings = Timings(retry_base=0.02, retry_max=0.1, query_ttl=0.05, directory_wait=0,
+                          ack_timeout=30.0, ping_timeout=30.0, idle_timeout=0.5)
+        bob = Peer("bob", data_dir=tmp_path / "bob", timings=timings,
+                   addresses={"alice": alice_listener.getsockname()[:2]})
+        await bob.start()
+        s = socket.socket()
+        lost = asyncio.Event()
+        on_conn_lost = bob._on_conn_lost
+
+        def watch(conn) -> None:
+            on_conn_lost(conn)
+            if conn.remote == "alice":
+                lost.set()
+        bob._on_conn_lost = watch   # type: ignore[method-assign]
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)   # a tiny window
+            s.connect(bob.address)
+            s.sendall(bytes(Message("MESSAGE", ("alice", "a1"), "hi")))
+            await until(lambda: "alice" in bob._routes and bob._routes["alice"].conn is not None)
+            conn = bob._routes["alice"].conn
+            for i in range(6):   # more than the kernel buffers of both ends hold
+                bob.send_nowait("alice", f"{i}" * 1_000_000)
+            await until(lambda: conn.transport.get_write_buffer_size() > 0)
+            await asyncio.wait_for(lost.wait(), 10)
+            assert conn.closed
+        finally:
+            await bob.close()
+            s.close()
+            alice_listener.close()
+    run(main())
+    idle = [r for r in caplog.records if "idle for" in r.getMessage()]
+    assert len(idle) == 1, [r.getMessage() for r in idle]

@@ -780,13 +780,26 @@ class Peer:
             now = time.monotonic()
             for conn in list(self._conns_all):
                 if conn.frame_since and now - conn.frame_since > limit:
-                    log.warning("%r: frame unfinished after %.0f s, closing", conn, limit)
-                    conn.close()
+                    if not self._closed_before(conn):
+                        log.warning("%r: frame unfinished after %.0f s, closing", conn, limit)
+                        conn.close()
                 elif now - conn.last_rx > idle:
-                    log.info("%r: idle for %.0f s, closing", conn, now - conn.last_rx)
-                    conn.close()
+                    if not self._closed_before(conn):
+                        log.info("%r: idle for %.0f s, closing", conn, now - conn.last_rx)
+                        conn.close()
                 else:
                     self._check_live(conn, now)
+
+    @staticmethod
+    def _closed_before(conn: _Conn) -> bool:
+        """``conn`` was closed by an earlier sweep and is still here: the
+        graceful close waits for our unsent bytes, which this remote does not
+        take (a shut window, a vanished host; TCP gives up after minutes, or
+        never).  Abort it; True if it was closing."""
+        if conn.transport is not None and conn.transport.is_closing():
+            conn.abort()
+            return True
+        return False
 
     def _check_live(self, conn: _Conn, now: float) -> None:
         """Probe ``conn`` or give it up, as ``Liveness`` says (see there)."""
