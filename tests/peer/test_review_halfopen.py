@@ -35,6 +35,16 @@ async def until(pred, timeout: float = 20.0) -> None:
         await asyncio.sleep(0.005)
 
 
+def stuff(peer: Peer, conn) -> None:
+    """Queue more for ``conn``'s remote than the kernel buffers of both ends
+    hold (the remote's receive buffer is tiny and it never reads), so the
+    rest waits in ``conn``'s transport."""
+    sock = conn.transport.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    for i in range(3):
+        peer.send_nowait(conn.remote, f"{i}" * 100_000)
+
+
 class RawPeer:
     """A listening socket that plays bob frame by frame: what it receives is
     in ``got``; ``wait_for(pred)`` waits (bounded) for a frame matching it."""
@@ -157,8 +167,7 @@ def test_the_older_connection_of_the_same_dialler_is_dropped_with_its_unsent_byt
             dial("a1")
             await until(lambda: route_conn() is not None)
             old = route_conn()
-            for i in range(6):   # more than the kernel buffers of both ends hold
-                bob.send_nowait("alice", f"{i}" * 1_000_000)
+            stuff(bob, old)
             await until(lambda: old.transport.get_write_buffer_size() > 0)
             dropped.append(old)
             dial("a2")   # alice gave the first one up and dials again
@@ -180,14 +189,14 @@ def test_an_idle_connection_whose_close_cannot_drain_is_aborted(tmp_path: Path, 
     that long.  When what bob still has to send on it never drains (alice's
     window stays shut; a vanished host does not even answer), the graceful
     close never ends: the sweep found it idle again every round (a log line
-    per sweep, now every quarter second here, 1.25 s by default) until TCP
+    per sweep, every 0.75 s here, 1.25 s by default) until TCP
     gave up.  The next sweep aborts it instead."""
     caplog.set_level(logging.INFO, logger="eurechat.peer.node")
 
     async def main() -> None:
         alice_listener = socket.create_server(("127.0.0.1", 0))
         timings = Timings(retry_base=0.02, retry_max=0.1, query_ttl=0.05, directory_wait=0,
-                          ack_timeout=30.0, ping_timeout=30.0, idle_timeout=0.5)
+                          ack_timeout=30.0, ping_timeout=30.0, idle_timeout=1.5)
         bob = Peer("bob", data_dir=tmp_path / "bob", timings=timings,
                    addresses={"alice": alice_listener.getsockname()[:2]})
         await bob.start()
@@ -206,8 +215,7 @@ def test_an_idle_connection_whose_close_cannot_drain_is_aborted(tmp_path: Path, 
             s.sendall(bytes(Message("MESSAGE", ("alice", "a1"), "hi")))
             await until(lambda: "alice" in bob._routes and bob._routes["alice"].conn is not None)
             conn = bob._routes["alice"].conn
-            for i in range(6):   # more than the kernel buffers of both ends hold
-                bob.send_nowait("alice", f"{i}" * 1_000_000)
+            stuff(bob, conn)
             await until(lambda: conn.transport.get_write_buffer_size() > 0)
             await asyncio.wait_for(lost.wait(), 10)
             assert conn.closed
