@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import socket
+import sys
 import threading
 import time
 
@@ -244,3 +245,78 @@ def test_a_process_started_but_not_watched_is_killed_not_lost(tmp_path, monkeypa
         for pid in set(children(os.getpid())) - before:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
+
+
+def in_supervisor(tmp_path, body) -> None:
+    """Run ``body(sup, worker)`` on a fresh event loop with a real
+    ``Supervisor`` ready to ``_spawn`` its one worker slot (a real socket
+    and parent pipe); processes left by the body are killed afterwards."""
+    from eurechat.directory.supervisor import REUSEPORT, Supervisor, _listen
+
+    opts = argparse.Namespace(workers=1, registry="memory", data_dir=str(tmp_path))
+    sup = Supervisor(opts, ["--check-interval", "3600"])
+    before = set(children(os.getpid()))
+
+    async def main() -> None:
+        worker = sup.workers[0]
+        worker.lock, worker.replaced = asyncio.Lock(), asyncio.Event()
+        sup.sock = _listen("127.0.0.1", 0, REUSEPORT, listen=not REUSEPORT)
+        sup.parent_r, sup.parent_w = os.pipe()
+        try:
+            await body(sup, worker)
+        finally:
+            sup.sock.close()
+            os.close(sup.parent_r)
+            os.close(sup.parent_w)
+
+    try:
+        asyncio.run(main())
+    finally:
+        for pid in set(children(os.getpid())) - before:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass  # reaped by the child watcher meanwhile
+
+
+def test_the_ready_report_is_read_without_a_thread(tmp_path, monkeypatch):
+    """The supervisor read a new worker's ``ready`` on an executor thread.
+    With no thread to be had (the conditions under which spawns fail), a
+    worker that started fine was reported as "did not start" and left
+    running, unaccounted for; its ``ready`` then hit a closed pipe (a
+    traceback, a crash, a restart).  The pipe is now watched by the event
+    loop: a real worker that starts is reported serving, threads or not."""
+    real_start = threading.Thread.start
+
+    def start(thread: threading.Thread) -> None:
+        if "waitpid-" not in thread.name:  # the child watcher's own thread may start
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    async def body(sup, worker) -> None:
+        with monkeypatch.context() as patch:
+            patch.setattr(threading.Thread, "start", start)
+            assert await sup._spawn(worker, quiet=True) is True
+        assert worker.serving and worker.proc.returncode is None
+        worker.proc.kill()
+        await worker.proc.wait()
+
+    in_supervisor(tmp_path, body)
+
+
+def test_a_process_that_never_says_ready_is_stopped(tmp_path, monkeypatch):
+    """A worker process that does not report ``ready`` in time used to stay:
+    the slot held a process that never served, and its watcher waited for
+    it to exit -- for ever if it hung.  Now it is killed, so the watcher
+    restarts the slot like any crashed worker."""
+    from eurechat.directory import supervisor
+
+    monkeypatch.setattr(supervisor, "READY_TIMEOUT", 0.5)
+
+    async def body(sup, worker) -> None:
+        sup._worker_argv = lambda ready_w: [sys.executable, "-c", "import time; time.sleep(120)"]
+        assert await sup._spawn(worker, quiet=True) is False
+        assert await asyncio.wait_for(worker.proc.wait(), 30) == -signal.SIGKILL
+
+    in_supervisor(tmp_path, body)

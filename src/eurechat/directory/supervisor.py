@@ -115,6 +115,21 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+async def _read_when_ready(fd: int) -> bytes:
+    """The first read from the pipe ``fd`` (its EOF: ``b""``), awaited on the
+    event loop.  Not on an executor thread: a spawn is retried exactly when
+    threads may be impossible to create, and a thread blocked on a worker
+    that hangs would stay blocked (one fewer for everything else)."""
+    loop = asyncio.get_running_loop()
+    readable = loop.create_future()
+    loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
+    try:
+        await readable
+    finally:
+        loop.remove_reader(fd)
+    return os.read(fd, 16)
+
+
 def _stop_unwatched(exc: BaseException) -> None:
     """asyncio starts the process first and registers it with its child
     watcher second (a thread per child before Python 3.12, a pidfd since).
@@ -224,11 +239,9 @@ class Supervisor:
         worker.proc = proc
         worker.replaced.set()
         worker.started = time.monotonic()
-        loop = asyncio.get_running_loop()
         try:
-            data = await asyncio.wait_for(
-                loop.run_in_executor(None, os.read, ready_r, 16), READY_TIMEOUT)
-        except (asyncio.TimeoutError, OSError, RuntimeError):
+            data = await asyncio.wait_for(_read_when_ready(ready_r), READY_TIMEOUT)
+        except (asyncio.TimeoutError, OSError):
             data = b""
         finally:
             os.close(ready_r)
@@ -238,6 +251,14 @@ class Supervisor:
             worker.spawn_error = None
             return True
         log.error("worker %d (pid %d) did not start", worker.index, proc.pid)
+        if proc.returncode is None:
+            # Hung, or it cannot tell us: a process that does not serve must
+            # not hold the slot (its watcher would wait for it for ever).
+            # Killed, it is restarted like any crashed worker.
+            try:
+                proc.kill()
+            except ProcessLookupError:
+                pass
         return False
 
     def _spawn_failed(self, worker: Worker, exc: BaseException, quiet: bool) -> bool:
