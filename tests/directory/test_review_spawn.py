@@ -118,7 +118,7 @@ def test_a_flapping_redis_through_the_cli_is_a_few_lines_that_count_everything(t
         target = socket.socket()
         try:
             target.bind(("127.0.0.1", 0))
-            target.listen(64)
+            target.listen(1024)  # never accepted: room for every BIND probe
             port = str(target.getsockname()[1])
             with FramedClient(*d.address) as c:
                 assert c.request("REGISTER", "ada", "ada-password").type == "ACK"
