@@ -86,11 +86,15 @@ def test_the_line_that_waits_for_its_turn_comes_without_another_request(caplog):
     outage that never ended)."""
     caplog.set_level(logging.INFO, logger=LOGGER)
 
+    clock = Clock()  # frozen while the requests come: however slow the machine
+
     async def main() -> None:
-        outage = OutageLog("REGISTER", interval=0.05)
+        outage = OutageLog("REGISTER", interval=0.05, clock=clock)
         for _ in range(3):  # three changes of state at once: the third waits
             outage.failure("Register for 10.0.0.2", ConnectionError("gone"))
             outage.success()
+        assert [level for level, _ in outage_lines(caplog)] == ["WARNING", "INFO"]
+        clock.now += 0.05   # its turn has come when the timer (real time) fires
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 30
         while not any(r.levelname == "INFO" and "worked again" in r.getMessage()
