@@ -173,7 +173,7 @@ class OutageLog:
             self.budget = min(self.BURST,
                               self.budget + (now - self.budget_at) / self.interval)
             self.budget_at = now
-            if self.budget < 1.0 and not force:
+            if self.budget < 0.999 and not force:  # (a timer may fire a hair early)
                 self._schedule((1.0 - self.budget) * self.interval)
                 return
             self.budget = max(self.budget - 1.0, 0.0)
