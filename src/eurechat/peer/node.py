@@ -264,9 +264,10 @@ class Liveness:
 
         ``in_flight``: messages of ours sent on it and unacknowledged;
         ``last_rx``: when anything last arrived; ``tx_since``: when we first
-        wrote something owing us an answer after that (<= ``last_rx`` if we have not); ``delivered``: bytes
-        the remote TCP has taken so far; ``outstanding``: our bytes not yet
-        taken by it (in our buffer or the kernel's).  Returns ``OK``,
+        wrote something owing us an answer after that (<= ``last_rx`` if we
+        have not); ``delivered``: bytes the remote TCP has taken so far;
+        ``outstanding``: our bytes not yet taken by it (in our buffer or the
+        kernel's).  Returns ``OK``,
         ``PROBE`` (send a PING now) or ``DEAD`` (close it)."""
         moved = delivered > self.delivered
         self.delivered = delivered
