@@ -46,6 +46,7 @@ import contextlib
 import fcntl
 import itertools
 import logging
+import math
 import os
 import secrets
 import socket
@@ -105,11 +106,25 @@ SEEN_SAVE_EVERY = 600.0
 Event = dict
 
 
-def _env_float(name: str, default: float) -> float:
-    try:
-        return float(os.environ[name])
-    except (KeyError, ValueError):
+def _env_float(name: str, default: float, zero_ok: bool = False) -> float:
+    """``name`` from the environment, if it is a usable setting: finite and
+    positive (or zero, where zero means "off").  Anything else is ignored with
+    a WARNING that names it: these are tuning knobs, and a typo must neither
+    stop the peer nor slip through as ``nan`` (every comparison false: a probe
+    never sent), ``inf`` or ``0`` (a window of 0 never sends; a timer of 0
+    spins)."""
+    raw = os.environ.get(name)
+    if raw is None:
         return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if math.isfinite(value) and (value > 0 or (zero_ok and value == 0)):
+        return value
+    log.warning("ignoring %s=%r: not a %s number; using %g", name, raw,
+                "non-negative" if zero_ok else "positive", default)
+    return default
 
 
 @dataclass
@@ -147,18 +162,18 @@ class Timings:
                                             t.directory_retry_base)
         t.directory_retry_max = _env_float("EURECHAT_DIRECTORY_RETRY_MAX",
                                            t.directory_retry_max)
-        t.query_ttl = _env_float("EURECHAT_QUERY_TTL", t.query_ttl)
-        t.directory_wait = _env_float("EURECHAT_DIRECTORY_WAIT", t.directory_wait)
+        t.query_ttl = _env_float("EURECHAT_QUERY_TTL", t.query_ttl, zero_ok=True)
+        t.directory_wait = _env_float("EURECHAT_DIRECTORY_WAIT", t.directory_wait, zero_ok=True)
         t.lookup_interval = _env_float("EURECHAT_LOOKUP_INTERVAL", t.lookup_interval)
         t.connect_timeout = _env_float("EURECHAT_CONNECT_TIMEOUT", t.connect_timeout)
         t.ping_timeout = _env_float("EURECHAT_PING_TIMEOUT", t.ping_timeout)
-        t.ack_timeout = _env_float("EURECHAT_ACK_TIMEOUT", t.ack_timeout)
-        t.window = int(_env_float("EURECHAT_WINDOW", t.window))
+        t.ack_timeout = _env_float("EURECHAT_ACK_TIMEOUT", t.ack_timeout, zero_ok=True)
+        t.window = max(1, int(_env_float("EURECHAT_WINDOW", t.window)))
         t.frame_timeout = _env_float("EURECHAT_FRAME_TIMEOUT", t.frame_timeout)
         t.idle_timeout = _env_float("EURECHAT_IDLE_TIMEOUT", t.idle_timeout)
         t.rebind_check = _env_float("EURECHAT_REBIND_CHECK", t.rebind_check)
         t.prune_interval = _env_float("EURECHAT_PRUNE_INTERVAL", t.prune_interval)
-        t.prune_batch = int(_env_float("EURECHAT_PRUNE_BATCH", t.prune_batch))
+        t.prune_batch = max(1, int(_env_float("EURECHAT_PRUNE_BATCH", t.prune_batch)))
         return t
 
 
