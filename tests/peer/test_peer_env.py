@@ -8,9 +8,10 @@ a traceback."""
 from __future__ import annotations
 
 import math
+import subprocess
 
 import pytest
-from peer_helpers import Cluster
+from peer_helpers import Cluster, peer_cmd
 
 from eurechat.peer.node import Timings
 
@@ -62,3 +63,16 @@ def test_peer_with_a_zero_window_still_delivers_and_says_why(cluster: Cluster):
     alice.wait_event("delivered")
     alice.p.wait_for_log(r"ignoring EURECHAT_WINDOW='0': not a positive number; using 1024")
     alice.p.wait_for_log(r"ignoring EURECHAT_ACK_TIMEOUT='nan': not a non-negative number")
+
+
+def test_piped_input_with_a_bad_linger_still_runs(cluster: Cluster):
+    """``EURECHAT_EOF_LINGER=abc``: a traceback at the end of piped input before."""
+    cluster.peer("bob")
+    env = cluster.env(EURECHAT_EOF_LINGER="abc")
+    res = subprocess.run(peer_cmd() + ["--user", "alice", "--directory", cluster.hostport,
+                                       "--data-dir", str(cluster.tmp / "peers" / "alice"),
+                                       "--register", "--json"],
+                         input=b"/msg bob piped\n", capture_output=True, env=env, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert b"ignoring EURECHAT_EOF_LINGER='abc'" in res.stderr
+    assert b'"event": "delivered"' in res.stdout

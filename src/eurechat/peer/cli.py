@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from .directory_client import AuthFailed, DirectoryError, NameTaken
-from .node import Peer, PeerError
+from .node import Peer, PeerError, _env_float
 from .protocol import valid_name
 from .store import INBOX_RETENTION, StoreLocked
 from .ui import Output, piped_lines, terminal_lines
@@ -224,7 +224,7 @@ class App:
                 return
         if not self.tty:
             # End of piped input: give what was just sent a moment to arrive.
-            linger = float(os.environ.get("EURECHAT_EOF_LINGER", "10"))
+            linger = _env_float("EURECHAT_EOF_LINGER", 10.0, zero_ok=True)
             if linger > 0:
                 await self.peer.wait_idle(linger)
 
