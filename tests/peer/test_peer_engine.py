@@ -427,3 +427,43 @@ def test_with_a_directory_lookups_do_not_redial_an_address_that_resets(tmp_path,
             await a.close()
             await bob.close()
     run(main())
+
+
+def test_the_lookup_cache_forgets_claimed_names_but_not_waiting_recipients(tmp_path, cluster):
+    """Each name an incoming connection claims is looked up in the real
+    directory (may we send over it?) and cached.  The sweep's prune drops
+    such entries once they are ``CACHE_KEEP`` old, so strangers claiming
+    names cannot grow the cache for ever; a recipient with a message
+    waiting keeps its entry (its last address is the fallback when the
+    directory is down)."""
+    from peer_helpers import PASSWORD
+
+    from eurechat.peer.node import CACHE_KEEP
+
+    async def main():
+        directory = ("127.0.0.1", cluster.dir_port)
+        a = Peer("alice", PASSWORD, directory=directory, register=True,
+                 data_dir=tmp_path / "alice",
+                 timings=Timings(retry_base=60, retry_max=60, directory_wait=1))
+        await a.start()
+        loop = asyncio.get_running_loop()
+        claims = []
+        try:
+            await a.send("zoe", "for a name with no account")   # waits, looked up
+            for i in range(5):
+                s = socket.create_connection(a.address, timeout=10)
+                claims.append(s)
+                s.sendall(bytes(Message("MESSAGE", (f"ghost{i}", f"g{i}"), "boo")))
+            want = {"zoe"} | {f"ghost{i}" for i in range(5)}
+            deadline = time.monotonic() + 20
+            while not want <= set(a._cache):
+                assert time.monotonic() < deadline, sorted(a._cache)
+                await asyncio.sleep(0.01)
+            assert a._prune_cache(loop.time()) == 0          # all fresh
+            assert a._prune_cache(loop.time() + CACHE_KEEP + 1) == 5
+            assert set(a._cache) == {"zoe"}
+        finally:
+            for s in claims:
+                s.close()
+            await a.close()
+    run(main())

@@ -96,6 +96,10 @@ from .store import INBOX_RETENTION, PeerStore, default_data_dir
 
 log = logging.getLogger("eurechat.peer.node")
 
+#: A lookup kept this long (seconds) for a name we have nothing queued for,
+#: then dropped by the sweep (``Peer._prune_cache``).
+CACHE_KEEP = 600.0
+
 #: Largest text ``send()`` accepts: what fits a peer's 1 MiB inbound limit.
 MAX_TEXT_BYTES = PEER_MAX_PAYLOAD
 
@@ -808,6 +812,7 @@ class Peer:
             if now < next_full:
                 continue
             next_full = now + full
+            self._prune_cache(self._loop.time())
             for conn in list(self._conns_all):
                 if conn.frame_since and now - conn.frame_since > limit:
                     if not self._closed_before(conn):
@@ -1494,6 +1499,23 @@ class Peer:
 
     def _forget(self, name: str) -> None:
         self._cache.pop(name, None)
+
+    def _prune_cache(self, now: float) -> int:
+        """Drop lookups older than ``CACHE_KEEP`` for names we have nothing
+        queued for; returns how many went.
+
+        Every name an incoming connection *claims* is looked up (to decide
+        whether we may send over it), and so is every name a ``/who`` lists:
+        without this the cache grows by one entry per name ever seen, which a
+        stranger claiming random names can drive.  A recipient with messages
+        waiting keeps its entry: when the directory is unreachable, its last
+        known address is still worth a dial."""
+        old = [name for name, (at, _) in self._cache.items()
+               if now - at > CACHE_KEEP
+               and not ((route := self._routes.get(name)) is not None and route.queue)]
+        for name in old:
+            del self._cache[name]
+        return len(old)
 
     def _expire(self, name: str) -> None:
         """Look ``name`` up afresh next time, but keep its address as the
