@@ -169,7 +169,7 @@ def test_manager_death_heals_presence_and_a_real_peer_binds_again(tmp_path):
             assert served == set(new_workers)
         assert d.stop() == 0  # SIGTERM after a healing: still exit 0...
         assert d.wait_group_gone(5) == []  # ...and nothing left behind
-        assert "Traceback" not in d.stderr()
+        assert "Traceback" not in d.stderr(), d.stderr()
     finally:
         if peer is not None:
             peer.stop()
@@ -197,7 +197,7 @@ def test_a_manager_that_keeps_dying_is_given_up(tmp_path, restarts):
         d.wait_for_log(rf"ERROR: presence manager \(pid {manager}\) was killed by SIGKILL: "
                        rf"registrations lost; {restarts + 1} deaths within 300 s "
                        rf"\(--manager-restarts {restarts}\): giving up")
-        assert "Traceback" not in d.stderr()
+        assert "Traceback" not in d.stderr(), d.stderr()
     finally:
         d.kill_group()
 
@@ -231,7 +231,7 @@ def test_console_script_heals_too(tmp_path):
             assert c.request("QUERY") == Message(
                 "RESULT", (), f"cleo,127.0.0.1,{target.port}")
         assert d.stop() == 0
-        assert "Traceback" not in d.stderr()
+        assert "Traceback" not in d.stderr(), d.stderr()
     finally:
         d.kill_group()
 
@@ -251,6 +251,6 @@ def test_signal_in_the_middle_of_a_healing_exits_zero_without_orphans(tmp_path, 
         os.killpg(d.pid, sig)
         assert d.wait(10) == 0
         assert d.wait_group_gone(5) == []
-        assert "Traceback" not in d.stderr()
+        assert "Traceback" not in d.stderr(), d.stderr()
     finally:
         d.kill_group()
