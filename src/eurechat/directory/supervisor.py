@@ -353,12 +353,14 @@ class Supervisor:
             if self.previous:
                 await self._retire_previous()  # the first to serve on this Manager
 
-    def _watcher_done(self, task: asyncio.Future, stop: asyncio.Event) -> None:
-        """A bug in a slot's watcher must not leave that slot silently empty
-        for the life of the directory: say so and stop (exit 1)."""
+    def _stop_if_failed(self, task: asyncio.Future, stop: asyncio.Event, what: str) -> None:
+        """A bug in a background task the directory relies on (a slot's
+        watcher, the Manager keeper) must not leave a directory that looks
+        alive but silently stopped restarting workers or healing: say so and
+        stop (exit 1)."""
         if task.cancelled() or task.exception() is None:
             return
-        log.error("worker watcher failed: %r; stopping the directory (exit 1)",
+        log.error("%s failed: %r; stopping the directory (exit 1)", what,
                   task.exception(), exc_info=task.exception())
         self.exit_code = 1
         stop.set()
@@ -520,7 +522,8 @@ class Supervisor:
                 return 1
             for w in self.workers:
                 task = asyncio.ensure_future(self._watch(w))
-                task.add_done_callback(lambda t: self._watcher_done(t, stop))
+                task.add_done_callback(
+                    lambda t: self._stop_if_failed(t, stop, "worker watcher"))
                 watchers.append(task)
             election = make_election(self.opts.registry, lease=self.opts.lease,
                                      shards=self.opts.checker_shards)
@@ -534,7 +537,8 @@ class Supervisor:
                 self._manager_died = asyncio.Event()
                 self._watch_manager(loop)
                 keeper = asyncio.ensure_future(self._keep_manager(stop))
-                keeper.add_done_callback(lambda t: self._keeper_done(t, stop))
+                keeper.add_done_callback(
+                    lambda t: self._stop_if_failed(t, stop, "presence manager keeper"))
             announce(host, port)
             await stop.wait()
             if self.exit_code:
@@ -574,16 +578,6 @@ class Supervisor:
                 self._manager_died.set()
 
         loop.add_reader(sentinel, gone)
-
-    def _keeper_done(self, task: asyncio.Future, stop: asyncio.Event) -> None:
-        """A bug in the keeper must not leave a directory that silently stopped
-        healing: say so and stop (exit 1)."""
-        if task.cancelled() or task.exception() is None:
-            return
-        log.error("presence manager keeper failed: %r; stopping the directory (exit 1)",
-                  task.exception(), exc_info=task.exception())
-        self.exit_code = 1
-        stop.set()
 
     async def _keep_manager(self, stop: asyncio.Event) -> None:
         """Each time the Manager dies: count it, then give up (exit 1) or start
