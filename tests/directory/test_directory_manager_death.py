@@ -23,31 +23,11 @@ import pytest
 
 from eurechat.framing import Message
 from support.client import FramedClient, Responder
-from support.processes import Directory, start_directory, start_process, test_env
+from support.processes import Directory, start_directory, start_process, test_env, worker_pids
 
 MANAGER_RE = r"presence manager started \(pid (\d+)\)"
 REPLACED_RE = r"presence manager replaced in [\d.]+ s: new manager pid (\d+), (\d+) of (\d+)"
 PEER_PASSWORD = "peer-password-1"
-
-
-def _children(pid: int) -> list:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    cmd = f.read()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] != b"Z":
-                out.append((int(entry), cmd))
-    return out
-
-
-def worker_pids(d: Directory) -> list:
-    return sorted(pid for pid, cmd in _children(d.pid) if b"--worker-fd" in cmd)
 
 
 def kill_manager(d: Directory, pid: int = 0) -> int:
@@ -114,7 +94,7 @@ def test_manager_death_heals_presence_and_a_real_peer_binds_again(tmp_path):
             assert anna.request("BIND", "127.0.0.1", str(target.port)).type == "ACK"
             listed = anna.request("QUERY").payload.decode()
             assert "anna," in listed and "pia,127.0.0.1," in listed
-            old_workers = worker_pids(d)
+            old_workers = worker_pids(d.pid)
             assert len(old_workers) == 2
 
             probe = ConnectProbe(d.address)
@@ -137,7 +117,7 @@ def test_manager_death_heals_presence_and_a_real_peer_binds_again(tmp_path):
             new_manager = int(replaced.group(1))
             alive = d.group_alive()
             assert manager not in alive and new_manager in alive
-            new_workers = worker_pids(d)
+            new_workers = worker_pids(d.pid)
             assert len(new_workers) == 2 and not set(new_workers) & set(old_workers)
             # The old workers were stopped: their sessions closed (peers reconnect).
             assert anna.read_until_closed() == []

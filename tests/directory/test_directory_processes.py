@@ -15,37 +15,16 @@ import pytest
 
 from eurechat.framing import Decoder, Message, encode
 from support.client import ConnectionClosed, FramedClient, Responder
-from support.processes import directory_cmd, run_directory, start_directory, test_env, useradd
+from support.processes import (
+    directory_cmd,
+    run_directory,
+    start_directory,
+    test_env,
+    useradd,
+    worker_pids,
+)
 
 USERS = {f"user{i}": f"password-{i}" for i in range(10)}
-
-
-def children(pid: int):
-    """PIDs whose parent is ``pid`` (from /proc)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            fields = stat.rsplit(b")", 1)[1].split()
-            if int(fields[1]) == pid and fields[0] != b"Z":
-                out.append(int(entry))
-    return out
-
-
-def cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def worker_pids(supervisor: int):
-    return sorted(p for p in children(supervisor) if "--worker-fd" in cmdline(p))
 
 
 @pytest.fixture(scope="module")

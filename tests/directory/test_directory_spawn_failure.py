@@ -19,26 +19,17 @@ import time
 
 from eurechat.framing import Message
 from support.client import FramedClient, Responder
-from support.processes import Directory, Process, directory_cmd, start_directory, test_env
+from support.processes import (
+    Directory,
+    Process,
+    directory_cmd,
+    start_directory,
+    test_env,
+    worker_pids,
+)
 
 SERVING_RE = r"worker {} serving \(pid (\d+)\)"
 WAIT = 30.0  # generous: the machine may be loaded; never reached when it works
-
-
-def worker_pids(d: Directory) -> list:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    cmd = f.read()
-            except OSError:
-                continue
-            if int(fields[1]) == d.pid and fields[0] != b"Z" and b"--worker-fd" in cmd:
-                out.append(int(entry))
-    return sorted(out)
 
 
 def open_fds(pid: int) -> dict:
@@ -85,7 +76,7 @@ def test_a_failed_restart_is_retried_until_it_works(tmp_path):
     lowered = False
     original = resource.prlimit(d.pid, resource.RLIMIT_NOFILE)
     try:
-        workers = worker_pids(d)
+        workers = worker_pids(d.pid)
         assert len(workers) == 2
         for pid in workers:  # stderr is read by its own thread: may lag behind stdout
             d.wait_for_log(rf"worker \d serving \(pid {pid}\)", timeout=WAIT)
@@ -106,7 +97,7 @@ def test_a_failed_restart_is_retried_until_it_works(tmp_path):
         new_pid = int(d.wait_for_log(SERVING_RE.format(index), start=mark,
                                      timeout=WAIT).group(1))
         assert new_pid not in workers
-        assert worker_pids(d) == sorted([workers[1], new_pid])
+        assert worker_pids(d.pid) == sorted([workers[1], new_pid])
 
         # The new worker answers on the port, bound to the live Manager.
         with Responder() as target:

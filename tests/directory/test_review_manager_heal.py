@@ -26,12 +26,11 @@ from test_directory_manager_death import (
     ConnectProbe,
     account,
     kill_manager,
-    worker_pids,
 )
 
 from eurechat.framing import Message
 from support.client import ConnectionClosed, Responder
-from support.processes import start_directory, wait_pids_gone
+from support.processes import start_directory, wait_pids_gone, worker_pids
 
 
 def wait_exited(pids, timeout: float = 10.0) -> set:
@@ -62,7 +61,7 @@ def test_replacement_manager_killed_while_its_workers_start(tmp_path):
         assert probe.attempts > 0 and probe.refused == 0, (probe.attempts, probe.refused,
                                                           d.stderr())
         assert healed.group(1) == healed.group(2) == "2"
-        assert len(worker_pids(d)) == 2  # the stand-ins were retired at the end
+        assert len(worker_pids(d.pid)) == 2  # the stand-ins were retired at the end
         with Responder() as target, account(d, "dora", "dora-password") as c:
             assert c.request("BIND", "127.0.0.1", str(target.port)).type == "ACK"
             assert c.request("QUERY", "dora") == Message(
@@ -78,7 +77,7 @@ def test_replacement_manager_killed_while_its_workers_start(tmp_path):
 def test_new_worker_dying_at_start_is_restarted_and_the_old_ones_go(tmp_path):
     d = start_directory("--workers", "2", data_dir=str(tmp_path))
     try:
-        old = set(worker_pids(d))
+        old = set(worker_pids(d.pid))
         manager = kill_manager(d)
         warned = d.wait_for_log(rf"WARNING: presence manager \(pid {manager}\)")
         after = d.err_lines.index(warned.string)
@@ -87,7 +86,7 @@ def test_new_worker_dying_at_start_is_restarted_and_the_old_ones_go(tmp_path):
         victim = 0
         deadline = time.monotonic() + 10
         while not victim and time.monotonic() < deadline:
-            fresh = set(worker_pids(d)) - old
+            fresh = set(worker_pids(d.pid)) - old
             if fresh:
                 victim = min(fresh)
                 os.kill(victim, signal.SIGKILL)
@@ -108,7 +107,7 @@ def test_new_worker_dying_at_start_is_restarted_and_the_old_ones_go(tmp_path):
             m = d.wait_for_log(r"worker (\d) serving \(pid (\d+)\)", start=index)
             index = d.err_lines.index(m.string) + 1
             serving[m.group(1)] = int(m.group(2))
-        assert set(serving.values()) == set(worker_pids(d))
+        assert set(serving.values()) == set(worker_pids(d.pid))
         with Responder() as target:
             for i in range(6):  # fresh connections spread over both workers: all BIND
                 with account(d, f"eve{i}", "eve-password") as c:

@@ -17,12 +17,12 @@ import threading
 import time
 
 import redis
-from test_directory_manager_death import kill_manager, worker_pids
+from test_directory_manager_death import kill_manager
 
 from eurechat.directory.server import OutageLog
 from eurechat.framing import Message
 from support.client import FramedClient
-from support.processes import start_directory, wait_pids_gone
+from support.processes import children, start_directory, wait_pids_gone, worker_pids
 from support.servers import RedisServer
 
 LOGGER = "eurechat.directory.server"
@@ -159,7 +159,7 @@ def test_sigterm_while_the_old_generation_is_retired_leaves_no_worker_behind(tmp
     d = start_directory("--workers", "2", "--check-interval", "3600", data_dir=str(tmp_path))
     stuck = None
     try:
-        old = worker_pids(d)
+        old = worker_pids(d.pid)
         assert len(old) == 2
         stuck, other = old
         os.kill(stuck, signal.SIGSTOP)  # will not act on the SIGTERM that retires it
@@ -180,21 +180,6 @@ def test_sigterm_while_the_old_generation_is_retired_leaves_no_worker_behind(tmp
         d.kill_group()
 
 
-def children(pid: int) -> dict:
-    """pid -> state letter of every child of ``pid`` (zombies included)."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                out[int(entry)] = fields[0].decode()
-    return out
-
-
 def test_a_process_started_but_not_watched_is_killed_not_lost(tmp_path, monkeypatch):
     """asyncio starts a worker's process and only then registers it with its
     child watcher (a thread per child before Python 3.12, a pidfd since).
@@ -209,8 +194,6 @@ def test_a_process_started_but_not_watched_is_killed_not_lost(tmp_path, monkeypa
     applies, and glibc reuses the stack of an exited thread, so an
     address-space limit cannot fail it alone).  What must hold: a failed
     start, and no process left behind."""
-    from eurechat.directory.supervisor import REUSEPORT, Supervisor, _listen
-
     real_start = threading.Thread.start
 
     def start(thread: threading.Thread) -> None:
@@ -221,45 +204,29 @@ def test_a_process_started_but_not_watched_is_killed_not_lost(tmp_path, monkeypa
     def no_pidfd(pid: int, flags: int = 0) -> int:  # 3.12+: use the threaded watcher
         raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
 
-    opts = argparse.Namespace(workers=1, registry="memory", data_dir=str(tmp_path))
-    sup = Supervisor(opts, ["--check-interval", "3600"])
-    before = set(children(os.getpid()))
+    async def body(sup, worker) -> None:
+        with monkeypatch.context() as patch:
+            patch.setattr(threading.Thread, "start", start)
+            patch.setattr(os, "pidfd_open", no_pidfd, raising=False)
+            assert await sup._spawn(worker, quiet=True) is False
+        assert worker.proc is None and isinstance(worker.spawn_error, RuntimeError), \
+            repr(worker.spawn_error)
+        assert worker.replaced.is_set() and worker.failures == 1
 
-    async def main() -> None:
-        worker = sup.workers[0]
-        worker.lock, worker.replaced = asyncio.Lock(), asyncio.Event()
-        sup.sock = _listen("127.0.0.1", 0, REUSEPORT, listen=not REUSEPORT)
-        sup.parent_r, sup.parent_w = os.pipe()
-        try:
-            with monkeypatch.context() as patch:
-                patch.setattr(threading.Thread, "start", start)
-                patch.setattr(os, "pidfd_open", no_pidfd, raising=False)
-                assert await sup._spawn(worker, quiet=True) is False
-            assert worker.proc is None and isinstance(worker.spawn_error, RuntimeError), repr(worker.spawn_error)
-            assert worker.replaced.is_set() and worker.failures == 1
-        finally:
-            sup.sock.close()
-            os.close(sup.parent_r)
-            os.close(sup.parent_w)
-
-    try:
-        asyncio.run(main())
-        assert set(children(os.getpid())) == before  # killed and reaped, not left running
-    finally:
-        for pid in set(children(os.getpid())) - before:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+    left = in_supervisor(tmp_path, body)
+    assert left == set()  # killed and reaped, not left running
 
 
-def in_supervisor(tmp_path, body) -> None:
+def in_supervisor(tmp_path, body) -> set:
     """Run ``body(sup, worker)`` on a fresh event loop with a real
     ``Supervisor`` ready to ``_spawn`` its one worker slot (a real socket
-    and parent pipe); processes left by the body are killed afterwards."""
+    and parent pipe).  Returns the child processes the body left behind
+    (killed afterwards, whatever happened)."""
     from eurechat.directory.supervisor import REUSEPORT, Supervisor, _listen
 
     opts = argparse.Namespace(workers=1, registry="memory", data_dir=str(tmp_path))
     sup = Supervisor(opts, ["--check-interval", "3600"])
-    before = set(children(os.getpid()))
+    before = set(children(os.getpid(), zombies=True))
 
     async def main() -> None:
         worker = sup.workers[0]
@@ -275,8 +242,9 @@ def in_supervisor(tmp_path, body) -> None:
 
     try:
         asyncio.run(main())
+        return set(children(os.getpid(), zombies=True)) - before
     finally:
-        for pid in set(children(os.getpid())) - before:
+        for pid in set(children(os.getpid(), zombies=True)) - before:
             try:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)

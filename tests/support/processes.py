@@ -22,6 +22,8 @@ Stable API (imported by the directory, peer and scaling tests):
 - ``Process.wait_for_line`` / ``wait_for_log`` (stdout / stderr lines, by
   regex, from index ``start``), ``stderr()``, ``stop()``, ``kill_group()``,
   ``group_alive()``, ``wait_group_gone(timeout)`` (pidfds, no polling)
+- ``proc_table()``, ``children(pid)``, ``cmdline(pid)``, ``worker_pids(supervisor_pid)``:
+  what /proc says about a process tree
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Dict, Iterator, List, Optional, Pattern, Sequence, Union
+from typing import Dict, Iterator, List, Optional, Pattern, Sequence, Tuple, Union
 
 __all__ = ["Process", "Directory", "start_process", "start_directory", "run_directory",
            "useradd", "test_env", "child_env", "directory_cmd", "READY_RE"]
@@ -61,6 +63,40 @@ child_env = test_env
 
 def directory_cmd() -> List[str]:
     return [sys.executable, "-m", "eurechat.directory"]
+
+
+def proc_table() -> Iterator[Tuple[int, str, int, int]]:
+    """(pid, state letter, ppid, pgrp) of every process, from /proc (those
+    that exit while it is read are skipped)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        yield int(entry), fields[0].decode(), int(fields[1]), int(fields[2])
+
+
+def children(pid: int, zombies: bool = False) -> Dict[int, str]:
+    """pid -> state letter of each child of ``pid`` (zombies only if asked)."""
+    return {child: state for child, state, ppid, _ in proc_table()
+            if ppid == pid and (zombies or state != "Z")}
+
+
+def cmdline(pid: int) -> str:
+    """``pid``'s command line, arguments joined by spaces ("" once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def worker_pids(supervisor: int) -> List[int]:
+    """The live worker processes of a ``--workers N`` directory, sorted."""
+    return sorted(p for p in children(supervisor) if "--worker-fd" in cmdline(p))
 
 
 def wait_pids_gone(pids, timeout: float = 10.0) -> List[int]:
@@ -210,20 +246,8 @@ class Process:
 
     def group_alive(self) -> List[int]:
         """PIDs still in this process group (empty when everything is gone)."""
-        pids = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            fields = stat.rsplit(b")", 1)[1].split()
-            # fields[0] = state, [1] = ppid, [2] = pgrp
-            if int(fields[2]) == self.pid and fields[0] != b"Z":
-                pids.append(int(entry))
-        return pids
+        return [pid for pid, state, _, pgrp in proc_table()
+                if pgrp == self.pid and state != "Z"]
 
     def __enter__(self) -> Process:
         return self
