@@ -27,8 +27,8 @@ import threading
 import time
 from typing import List, Optional
 
+from ..names import MAX_PASSWORD, check_account, valid_username
 from .interfaces import AccountExists, AccountStore, AccountsUnavailable
-from .session import MAX_PASSWORD, MIN_PASSWORD, valid_password, valid_username
 
 log = logging.getLogger("eurechat.directory.accounts")
 
@@ -132,18 +132,10 @@ class SyncAccounts:
         return [r[0] for r in self.db.execute("SELECT name FROM accounts ORDER BY name")]
 
     def create(self, name: str, password: bytes) -> None:
-        _validate(name, password)
+        check_account(name, password)
         if self.record(name) is not None:
             raise AccountExists(name)
         self.insert(name, hash_password(password))
-
-
-def _validate(name: str, password: bytes) -> None:
-    if not valid_username(name):
-        raise ValueError("invalid username: 1-32 characters of [A-Za-z0-9_.-], "
-                         "not starting with '.' or '-'")
-    if not valid_password(password):
-        raise ValueError(f"invalid password: {MIN_PASSWORD} to {MAX_PASSWORD} bytes")
 
 
 _hash_pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
@@ -196,7 +188,7 @@ class SqliteAccounts(AccountStore):
         self._db_thread.shutdown(wait=False)
 
     async def create(self, name: str, password: bytes) -> None:
-        _validate(name, password)
+        check_account(name, password)
         assert self._sync is not None
         if await self._db(self._sync.record, name) is not None:
             raise AccountExists(name)

@@ -25,17 +25,11 @@ import logging
 import os
 from typing import Optional
 
+from ..paths import default_data_dir
 from .interfaces import AccountStore, Election, Registry, Throttle
 
 __all__ = ["make_registry", "make_accounts", "make_throttle", "make_election",
            "default_data_dir", "is_distributed"]
-
-
-def default_data_dir() -> str:
-    """``$XDG_DATA_HOME/eurechat``, else ``~/.local/share/eurechat``."""
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "share")
-    return os.path.join(base, "eurechat")
 
 
 def is_distributed(spec: str) -> bool:

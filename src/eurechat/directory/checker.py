@@ -78,7 +78,7 @@ async def probe_peer(reg: Registration, timeout: float) -> Optional[str]:
             raise  # our problem, not the peer's: never a reason to remove it
         return f"connect failed: {exc.strerror or exc}"
     try:
-        writer.write(b"PING 0 " + nonce.encode() + b"\n")
+        writer.write(bytes(Message("PING", (nonce,))))
         decoder = Decoder(max_payload=64 * 1024)
         while True:
             left = deadline - time.monotonic()

@@ -14,7 +14,8 @@ import os
 import sys
 from typing import List, Optional
 
-from .backends import default_data_dir
+from ..names import USERNAME_RULE
+from ..paths import default_data_dir
 
 __all__ = ["main", "build_serve_parser"]
 
@@ -204,7 +205,7 @@ def setup_logging(level: str) -> None:
 def _serve(argv: List[str]) -> int:
     parser = build_serve_parser()
     opts = parser.parse_args(argv)
-    opts.data_dir = opts.data_dir or default_data_dir()
+    opts.data_dir = opts.data_dir or str(default_data_dir())
     if opts.workers < 1:
         parser.error("--workers must be >= 1")
     if opts.registry is None:
@@ -240,7 +241,7 @@ def _accounts(args: argparse.Namespace):
         return SyncPostgresAccounts(args.accounts)
     if args.accounts and args.accounts.startswith("sqlite:///"):
         return SyncAccounts(args.accounts[len("sqlite://"):])
-    data_dir = args.data_dir or default_data_dir()
+    data_dir = args.data_dir or str(default_data_dir())
     return SyncAccounts(os.path.join(data_dir, "directory.sqlite3"))
 
 
@@ -260,8 +261,7 @@ def _manage(argv: List[str]) -> int:
                                             "directory; the server may be running).")
     sub = p.add_subparsers(dest="command", required=True)
     add = sub.add_parser("useradd", help="create an account")
-    add.add_argument("name", help="1-32 characters of [A-Za-z0-9_.-], not starting "
-                                  "with '.' or '-'")
+    add.add_argument("name", help=USERNAME_RULE)
     add.add_argument("--password-stdin", action="store_true",
                      help="read the password from the first line of stdin (no prompt)")
     _data_dir_arg(add)

@@ -15,18 +15,12 @@ QUERY never pays a cross-process or network round trip.  Writes are rare and
 from __future__ import annotations
 
 import abc
-from typing import List, NamedTuple, Optional, Sequence
+from typing import List, Optional, Sequence
 
+from ..registration import Registration
 
-class Registration(NamedTuple):
-    """One published listening address: ``name,address,port`` on the wire."""
-
-    name: str
-    address: str
-    port: int
-
-    def line(self) -> str:
-        return f"{self.name},{self.address},{self.port}"
+__all__ = ["Registration", "RegistryUnavailable", "Registry", "AccountExists",
+           "AccountsUnavailable", "AccountStore", "Throttle", "Election"]
 
 
 class RegistryUnavailable(Exception):

@@ -33,6 +33,7 @@ import time
 from multiprocessing.managers import BaseManager
 from typing import Deque, Dict, List, Optional, Sequence, Tuple
 
+from ..backoff import Backoff
 from .interfaces import Registration, Registry, RegistryUnavailable
 from .registry import LocalView
 
@@ -276,12 +277,12 @@ class ManagerRegistry(Registry):
     # -- the feed ----------------------------------------------------------
     def _follow(self) -> None:
         """Feed thread: long-poll the hub, apply on the loop, repeat."""
-        backoff = 0.1
+        backoff = Backoff(0.1, 2.0)
         failing = False
         while not self._closing.is_set():
             try:
                 seq, changes, snapshot = self._hub.changes(self._sub, self.view.seq)
-                backoff = 0.1
+                backoff.reset()
                 failing = False
             except _UNAVAILABLE_ERRORS as exc:
                 if self._closing.is_set():
@@ -294,8 +295,7 @@ class ManagerRegistry(Registry):
                 else:
                     log.debug("presence feed still interrupted: %r", exc)
                 failing = True
-                self._closing.wait(backoff)
-                backoff = min(backoff * 2, 2.0)
+                self._closing.wait(backoff.next())
                 continue
             if snapshot is None and not changes:
                 continue

@@ -22,9 +22,10 @@ from typing import List, Optional
 
 import psycopg
 
+from ..backoff import Backoff
+from ..names import check_account, valid_username
 from .accounts import check_password, hash_password, hash_pool
 from .interfaces import AccountExists, AccountStore, AccountsUnavailable
-from .session import MAX_PASSWORD, MIN_PASSWORD, valid_password, valid_username
 
 log = logging.getLogger("eurechat.directory.pg_accounts")
 
@@ -59,7 +60,7 @@ class PostgresAccounts(AccountStore):
         self._idle: List[psycopg.AsyncConnection] = []
         self._slots: Optional[asyncio.Semaphore] = None
         self._dummy: Optional[str] = None
-        self._backoff = 0.0
+        self._backoff = Backoff(min(0.1, max_backoff), max_backoff)
         self._retry_at = 0.0
         self._down = False
         self._started = False  # before start() succeeds, failures are the caller's to report
@@ -74,8 +75,7 @@ class PostgresAccounts(AccountStore):
                 self.dsn, autocommit=True, connect_timeout=self.connect_timeout,
                 options="-c statement_timeout=5000")
         except psycopg.Error as exc:
-            self._backoff = min(max(self._backoff * 2, 0.1), self.max_backoff)
-            self._retry_at = time.monotonic() + self._backoff
+            self._retry_at = time.monotonic() + self._backoff.next()
             if not self._down and self._started:
                 log.warning("account database unreachable: %s", _one_line(exc))
             self._down = self._started
@@ -83,7 +83,7 @@ class PostgresAccounts(AccountStore):
         if self._down:
             log.warning("account database reachable again")
         self._down = False
-        self._backoff = 0.0
+        self._backoff.reset()
         self._retry_at = 0.0
         return conn
 
@@ -149,11 +149,7 @@ class PostgresAccounts(AccountStore):
 
     # -- AccountStore ------------------------------------------------------------
     async def create(self, name: str, password: bytes) -> None:
-        if not valid_username(name):
-            raise ValueError("invalid username: 1-32 characters of [A-Za-z0-9_.-], "
-                             "not starting with '.' or '-'")
-        if not valid_password(password):
-            raise ValueError(f"invalid password: {MIN_PASSWORD} to {MAX_PASSWORD} bytes")
+        check_account(name, password)
         # Refuse a taken name before paying for a hash.
         if await self._run("SELECT 1 FROM eurechat_accounts WHERE name = %s", (name,), "one"):
             raise AccountExists(name)
@@ -200,11 +196,7 @@ class SyncPostgresAccounts:
         self.db.close()
 
     def create(self, name: str, password: bytes) -> None:
-        if not valid_username(name):
-            raise ValueError("invalid username: 1-32 characters of [A-Za-z0-9_.-], "
-                             "not starting with '.' or '-'")
-        if not valid_password(password):
-            raise ValueError(f"invalid password: {MIN_PASSWORD} to {MAX_PASSWORD} bytes")
+        check_account(name, password)
         if self.db.execute("SELECT 1 FROM eurechat_accounts WHERE name = %s",
                            (name,)).fetchone():
             raise AccountExists(name)

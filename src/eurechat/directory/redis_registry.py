@@ -43,6 +43,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from ..backoff import Backoff
 from .interfaces import (
     AccountsUnavailable,
     Registration,
@@ -593,7 +594,7 @@ class RedisRegistry(Registry):
     async def _follow(self) -> None:
         """Follow the change log forever; on trouble, back off, then resume from
         the cursor when that is provably safe, else resync."""
-        backoff = 0.05
+        backoff = Backoff(min(0.05, self._max_backoff), self._max_backoff)
         need_resync = False
         reconnect = False
         down_since_logged = False
@@ -612,7 +613,7 @@ class RedisRegistry(Registry):
                 assert self._feed_redis is not None
                 reply = await self._feed_redis.xread({self._stream: self._last_id},
                                                      count=1000, block=self._block_ms)
-                backoff = 0.05
+                backoff.reset()
                 for _stream, entries in reply or ():
                     for entry_id, fields in entries:
                         seq = int(fields.get("s", 0))
@@ -640,8 +641,7 @@ class RedisRegistry(Registry):
                     log.warning("presence feed from Redis interrupted (%s); "
                                 "QUERY answers 'directory unavailable' until it is back", e)
                     down_since_logged = True
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self._max_backoff)
+                await asyncio.sleep(backoff.next())
 
 
 class ThrottleUnavailable(RegistryUnavailable, AccountsUnavailable):

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-import re
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Union
 
 from ..errors import ProtocolError
 from ..framing import Decoder, Message, Oversized
+from ..names import INVALID_PASSWORD, INVALID_USERNAME, valid_password, valid_username
 from .interfaces import Registration, RegistryUnavailable
 
 __all__ = [
@@ -38,18 +38,7 @@ __all__ = [
 ]
 
 DECODE_SLICE = 16 * 1024
-USERNAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
-MIN_PASSWORD, MAX_PASSWORD = 8, 1024
 UNAVAILABLE_TEXT = "directory unavailable, retry later"
-
-
-def valid_username(name: str) -> bool:
-    """1-32 of ``[A-Za-z0-9_.-]``, not starting with ``.`` or ``-`` (SPEC §2)."""
-    return bool(USERNAME_RE.fullmatch(name)) and name.isascii()
-
-
-def valid_password(password: bytes) -> bool:
-    return MIN_PASSWORD <= len(password) <= MAX_PASSWORD
 
 
 def normalize_ip(text: str) -> Optional[str]:
@@ -164,12 +153,16 @@ _LIST_FRAME: list = [None, 0, b""]
 
 
 def _frame(type_: str, text: Union[str, bytes] = b"", args: Sequence[str] = ()) -> bytes:
-    payload = text.encode("utf-8") if isinstance(text, str) else text
-    if args:
-        head = f"{type_} {len(payload)} {' '.join(args)}\n".encode()
-    else:
-        head = f"{type_} {len(payload)}\n".encode()
-    return head + payload
+    """The wire form of one reply: ``Message`` is the only encoder."""
+    return bytes(Message(type_, args, text))
+
+
+_NO_RESULT = _frame("RESULT")
+
+
+def _result(body: bytes, truncated: bool = False) -> bytes:
+    """A ``RESULT`` reply (built once per registration or list, then cached)."""
+    return _frame("RESULT", body, ("truncated",) if truncated else ())
 
 
 def ack(text: str) -> bytes:
@@ -435,10 +428,9 @@ class Session:
         name = args[0]
         password = payload if payload or len(args) < 2 else args[1].encode("utf-8")
         if not valid_username(name):
-            return err("invalid username: 1-32 characters of [A-Za-z0-9_.-], "
-                       "not starting with '.' or '-'"), False, None
+            return err(INVALID_USERNAME), False, None
         if not valid_password(password):
-            return err(f"invalid password: {MIN_PASSWORD} to {MAX_PASSWORD} bytes"), False, None
+            return err(INVALID_PASSWORD), False, None
         return b"", False, Register(name, password)
 
     def _ready(self, type_: str, args: tuple, payload: bytes) -> tuple:
@@ -450,21 +442,21 @@ class Session:
             except RegistryUnavailable:
                 return err(UNAVAILABLE_TEXT), False, None
             if not regs:
-                return b"RESULT 0\n", False, None
+                return _NO_RESULT, False, None
             if not args:
                 return self._list_frame(regs, limit), False, None
             if len(regs) == 1:
                 frame = _FRAMES.get(regs[0])
                 if frame is None:
                     body = regs[0].line().encode("utf-8")
-                    frame = b"RESULT %d\n%s" % (len(body), body)
+                    frame = _result(body)
                     if len(_FRAMES) >= _FRAMES_MAX:
                         _FRAMES.clear()
                     _FRAMES[regs[0]] = frame
                 return frame, False, None
             else:
                 body = "\n".join([r.line() for r in regs]).encode("utf-8")
-            return b"RESULT %d\n%s" % (len(body), body), False, None
+            return _result(body), False, None
         if type_ == "BIND":
             reg = self._check_bind(args)
             if reg is None:
@@ -486,10 +478,10 @@ class Session:
             return cached[2]
         if len(regs) > limit:  # one request never builds an unbounded reply
             body = "\n".join([r.line() for r in regs[:limit]]).encode("utf-8")
-            frame = b"RESULT %d truncated\n%s" % (len(body), body)
+            frame = _result(body, truncated=True)
         else:
             body = "\n".join([r.line() for r in regs]).encode("utf-8")
-            frame = b"RESULT %d\n%s" % (len(body), body)
+            frame = _result(body)
         cached[:] = [regs, limit, frame]
         return frame
 

@@ -51,6 +51,8 @@ import time
 from collections import deque
 from typing import Deque, Iterator, List, Optional, Set
 
+from ..backoff import delay
+
 log = logging.getLogger("eurechat.directory.supervisor")
 
 __all__ = ["supervise", "worker_main"]
@@ -105,7 +107,7 @@ def _backoff(failures: int) -> float:
     """Delay before restarting a slot after ``failures`` quick failures in a
     row (a process that died within 5 s of its start, or could not be started
     at all): 0.2 s, 0.4 s, ... at most 10 s."""
-    return min(0.1 * (2 ** min(failures, 10)), 10.0)
+    return delay(failures, 0.1, 10.0)
 
 
 def _why(exc: BaseException) -> str:

@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+from ..names import USERNAME_RULE
 from .directory_client import AuthFailed, DirectoryError, NameTaken
 from .node import Peer, PeerError, _env_float
 from .protocol import valid_name
@@ -314,8 +315,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not valid_name(args.user):
-        return _usage(f"invalid --user {args.user!r}: 1-32 of [A-Za-z0-9_.-], not starting "
-                      "with '.' or '-'")
+        return _usage(f"invalid --user {args.user!r}: {USERNAME_RULE}")
     try:
         password = read_password(args)
     except SystemExit as exc:

@@ -17,13 +17,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import socket
 from collections import deque
 from typing import Awaitable, Callable, List, Optional, Tuple
 
+from ..backoff import jittered_delay as backoff_delay
 from ..errors import ProtocolError
 from ..framing import Decoder, Message, Oversized
+from ..registration import Registration
+
+__all__ = ["DirectoryClient", "DirectoryError", "DirectoryUnavailable", "AuthFailed",
+           "NameTaken", "Registration", "parse_result", "backoff_delay"]
 
 log = logging.getLogger("eurechat.peer.directory")
 
@@ -51,30 +55,6 @@ class NameTaken(DirectoryError):
     """``--register`` of a name that belongs to somebody else (or registration is closed)."""
 
 
-class Registration(Tuple[str, str, int]):
-    """``name,address,port`` as returned by QUERY."""
-
-    __slots__ = ()
-
-    def __new__(cls, name: str, address: str, port: int) -> Registration:
-        return tuple.__new__(cls, (name, address, port))
-
-    @property
-    def name(self) -> str:
-        return self[0]
-
-    @property
-    def address(self) -> str:
-        return self[1]
-
-    @property
-    def port(self) -> int:
-        return self[2]
-
-    def as_dict(self) -> dict:
-        return {"name": self[0], "address": self[1], "port": self[2]}
-
-
 def parse_result(payload: bytes) -> List[Registration]:
     out = []
     for line in payload.decode("utf-8", "replace").split("\n"):
@@ -86,15 +66,6 @@ def parse_result(payload: bytes) -> List[Registration]:
             continue
         out.append(Registration(parts[0], parts[1], int(parts[2])))
     return out
-
-
-def backoff_delay(attempt: int, base: float, cap: float) -> float:
-    """Exponential backoff with jitter: in [d/2, d], d = min(cap, base * 2**attempt).
-
-    The jitter keeps a crowd of peers from reconnecting in lockstep after a
-    directory restart."""
-    d = min(cap, base * (2 ** min(attempt, 30)))
-    return d * random.uniform(0.5, 1.0)
 
 
 def _check_full(reply: Message) -> None:

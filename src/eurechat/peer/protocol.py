@@ -17,11 +17,11 @@ directory verified that user's password and BIND address.
 from __future__ import annotations
 
 import logging
-import re
 from typing import List, NamedTuple, Optional, Union
 
 from ..errors import ProtocolError
 from ..framing import Decoder, Message, Oversized
+from ..names import valid_username
 
 log = logging.getLogger("eurechat.peer.protocol")
 
@@ -67,12 +67,8 @@ class Violation(NamedTuple):
 Event = Union[MessageReceived, AckReceived, PingReceived, PongReceived, ErrReceived, Violation]
 
 
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
-
-
-def valid_name(name: str) -> bool:
-    """A user name usable on the wire: 1-32 of [A-Za-z0-9_.-], not starting with . or -."""
-    return _NAME.fullmatch(name) is not None
+#: A user name usable on the wire (the one rule of ``eurechat.names``).
+valid_name = valid_username
 
 
 def encode_message(sender: str, msgid: Optional[str], text: Union[str, bytes]) -> bytes:

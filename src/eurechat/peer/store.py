@@ -40,6 +40,8 @@ import sqlite3
 from pathlib import Path
 from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
+from ..paths import default_data_dir  # noqa: F401 (the Peer's default, shared with the directory)
+
 log = logging.getLogger("eurechat.peer.store")
 
 SCHEMA = """
@@ -87,13 +89,6 @@ class InRow(NamedTuple):
     sender: str
     msgid: Optional[str]
     text: str
-
-
-def default_data_dir() -> Path:
-    """``$XDG_DATA_HOME/eurechat``, else ``~/.local/share/eurechat`` (as the directory)."""
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local",
-                                                            "share")
-    return Path(base) / "eurechat"
 
 
 class PeerStore:
