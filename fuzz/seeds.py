@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Write the seed corpora ``fuzz/corpus/<target>/`` from the test suite's examples.
+
+Every ``bytes`` literal in the tests of a target's area is an example of what
+the network sends (or of how it goes wrong); each becomes one or two inputs in
+that target's layout (see the target's docstring), so the fuzzer starts from
+the cases people thought of.  Deterministic: the same tests give the same
+files, named by a hash of their content.  Run it again after the tests
+change: ``.venv/bin/python fuzz/seeds.py``.
+"""
+
+from __future__ import annotations
+
+import ast
+import glob
+import hashlib
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+os.environ.setdefault("EURECHAT_FUZZ_ENGINE", "replay")  # no instrumentation needed here
+
+import target_framing  # noqa: E402
+import target_peer  # noqa: E402
+import target_session  # noqa: E402
+
+from eurechat.directory.session import Result  # noqa: E402
+
+#: Most seeds per target: the corpus is committed, so it stays small.
+MAX_SEEDS = 300
+MAX_SEED_BYTES = 2048
+
+
+def literals(patterns) -> list:
+    """Every bytes literal of the matching test files, shortest first."""
+    found = set()
+    for pattern in patterns:
+        for path in sorted(glob.glob(os.path.join(ROOT, "tests", pattern), recursive=True)):
+            with open(path, encoding="utf-8") as f:
+                tree = ast.parse(f.read(), path)
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Constant) and isinstance(node.value, bytes):
+                    if 0 < len(node.value) <= MAX_SEED_BYTES:
+                        found.add(node.value)
+    return sorted(found, key=lambda b: (len(b), b))
+
+
+def framing_seeds() -> list:
+    out = []
+    examples = literals(["framing/**/*.py"])
+    for lit in examples:
+        out.append(target_framing.seed(lit))
+        if b"\n" in lit and len(lit) > 2:
+            out.append(target_framing.seed(lit, cuts=[len(lit) // 2]))
+    # Small limits, so the fuzzer starts next to every limit's edge.
+    for lit in examples[-20:]:
+        out.append(target_framing.seed(lit, max_payload=5, max_header=9, max_args=2))
+    return out
+
+
+LOGIN = [("feed", b"USER 0 alice\n"), ("feed", b"PASS 0 password1\n"), ("resume", Result.OK)]
+
+
+def session_seeds() -> list:
+    out = [target_session.seed(LOGIN + [
+        ("feed", b"BIND 0 127.0.0.1 5555\n"), ("resume", Result.OK),
+        ("feed", b"QUERY 0\nQUERY 0 bob\nPING 0 x\nLEAVE 0\n"), ("resume", Result.OK)]),
+        target_session.seed([("feed", b"REGISTER 0 alice secret-pass\n"),
+                             ("resume", Result.EXISTS), ("feed", b"USER 0 alice\n"),
+                             ("feed", b"PASS 11\nsecret-pass"), ("resume", Result.THROTTLED)])]
+    for lit in literals(["directory/test_directory_session.py",
+                         "directory/test_directory_protocol.py",
+                         "directory/test_directory_transcript.py"]):
+        if b"\n" not in lit:
+            continue
+        out.append(target_session.seed([("feed", lit), ("resume", Result.OK)]))
+        out.append(target_session.seed(LOGIN + [("feed", lit), ("resume", Result.OK)]))
+    return out
+
+
+def peer_seeds() -> list:
+    out = []
+    for lit in literals(["peer/test_peer_protocol.py", "framing/test_framing_api.py"]):
+        if b"\n" not in lit:
+            continue
+        out.append(target_peer.seed(lit))
+        out.append(target_peer.seed(lit, flags=1 | 2 * 2))  # pinned to bob, 10-byte limit
+    return out
+
+
+SEEDS = {"framing": framing_seeds, "session": session_seeds, "peer": peer_seeds}
+
+
+def write(target: str, seeds: list) -> int:
+    folder = os.path.join(HERE, "corpus", target)
+    os.makedirs(folder, exist_ok=True)
+    for name in os.listdir(folder):
+        if name.startswith("seed-"):
+            os.remove(os.path.join(folder, name))
+    unique = {hashlib.sha1(s).hexdigest()[:16]: s for s in seeds}
+    for digest, data in sorted(unique.items())[:MAX_SEEDS]:
+        with open(os.path.join(folder, f"seed-{digest}"), "wb") as f:
+            f.write(data)
+    return min(len(unique), MAX_SEEDS)
+
+
+def main() -> None:
+    for target, make in SEEDS.items():
+        print(f"{target}: {write(target, make())} seeds")
+
+
+if __name__ == "__main__":
+    main()
