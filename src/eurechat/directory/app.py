@@ -15,6 +15,7 @@ import signal
 import socket
 from typing import Callable, Optional
 
+from . import metrics
 from .backends import make_accounts, make_registry, make_throttle
 from .checker import LivenessChecker
 from .interfaces import AccountsUnavailable, RegistryUnavailable
@@ -91,6 +92,7 @@ async def serve(opts: argparse.Namespace, sock: Optional[socket.socket] = None,
     accounts = make_accounts(opts.accounts, opts.data_dir)
     throttle = make_throttle(opts.throttle, opts.data_dir, limit=opts.throttle_limit,
                              window=opts.throttle_window)
+    metrics.count_registrations(registry.query)
     started = []
     try:
         for backend in (registry, accounts, throttle):
@@ -136,9 +138,26 @@ async def serve(opts: argparse.Namespace, sock: Optional[socket.socket] = None,
 
 def announce(host: str, port: int) -> None:
     print(f"eurechat-directory listening on {host}:{port}", flush=True)
+    if metrics.url:  # second: the ready line stays the first line
+        print(f"eurechat-directory metrics on {metrics.url}", flush=True)
+
+
+def start_metrics(opts: argparse.Namespace, multiprocess: bool) -> bool:
+    """``--metrics``: count in this process and serve them from it (``announce``
+    prints the address).  False (logged) if it cannot listen."""
+    metrics.enable(multiprocess)
+    host, port = opts.metrics
+    try:
+        metrics.serve_http(host, port)
+    except OSError as exc:
+        log.error("cannot serve metrics on %s:%s: %s", host, port, exc.strerror or exc)
+        return False
+    return True
 
 
 def run(opts: argparse.Namespace) -> int:
     """``--workers 1``: everything in this process."""
     install_uvloop(not opts.no_uvloop)
+    if opts.metrics and not start_metrics(opts, multiprocess=False):
+        return 2
     return asyncio.run(serve(opts, ready=announce))

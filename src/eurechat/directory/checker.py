@@ -27,6 +27,7 @@ from typing import List, Optional, Tuple
 
 from ..errors import ProtocolError
 from ..framing import Decoder, Message
+from . import metrics
 from .interfaces import Election, Registration, Registry, RegistryUnavailable
 
 log = logging.getLogger("eurechat.directory.checker")
@@ -168,8 +169,10 @@ class LivenessChecker:
             except OSError as exc:
                 log.warning("could not probe %s: %s (kept)", reg.name, exc)
                 return
+            metrics.probe(why is None)
             if why is not None and await self.registry.remove(reg.name, expected=reg):
                 removed.append(reg)
+                metrics.removal()
                 log.info("removed %s (%s:%s): %s", reg.name, reg.address, reg.port, why)
 
         # At most ``concurrency`` tasks, each taking the next registration from
@@ -194,6 +197,7 @@ class LivenessChecker:
         if failures:
             raise failures[0]
         self.rounds += 1
+        metrics.checker_round(time.monotonic() - started)
         log.info("liveness round %d: %d probed, %d removed in %.2f s", self.rounds,
                  len(regs), len(removed), time.monotonic() - started)
         return len(regs), removed

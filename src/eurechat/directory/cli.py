@@ -83,6 +83,14 @@ def _port(text: str) -> int:
 ACCOUNT_URLS = ("sqlite:///", "postgresql://", "postgres://")
 
 
+def _host_port(text: str) -> tuple:
+    """``HOST:PORT`` (``[::1]:9100`` for IPv6; port 0 picks a free one)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError("expected HOST:PORT, e.g. 127.0.0.1:9100")
+    return host.strip("[]"), _port(port)
+
+
 def _accounts_url(text: str) -> str:
     if text and not text.startswith(ACCOUNT_URLS):
         raise argparse.ArgumentTypeError("expected sqlite:///PATH or postgresql://...")
@@ -145,6 +153,9 @@ def build_serve_parser() -> argparse.ArgumentParser:
                    help="logging threshold for eurechat.directory.* on stderr (default: info)")
     p.add_argument("--trace", action="store_true",
                    help="log every frame in and out (passwords masked)")
+    p.add_argument("--metrics", type=_host_port, default=None, metavar="HOST:PORT",
+                   help="serve Prometheus metrics on http://HOST:PORT/metrics (port 0 picks a "
+                        "free one; the address is printed); needs 'eurechat[metrics]'")
     p.add_argument("--no-uvloop", action="store_true",
                    help="use the standard asyncio loop even when uvloop is installed")
     t = p.add_argument_group("tuning (defaults follow the protocol specification)")
@@ -220,6 +231,12 @@ def _serve(argv: List[str]) -> int:
         opts.throttle = opts.registry  # several hosts: failed-login counters shared in Redis
     if opts.max_payload < 0 or opts.max_connections < 1:
         parser.error("--max-payload must be >= 0 and --max-connections >= 1")
+    if opts.metrics and opts.worker_fd is None:
+        from . import metrics
+        if not metrics.available():
+            print(f"eurechat-directory: --metrics needs prometheus_client: {metrics.EXTRA}",
+                  file=sys.stderr)
+            return 2
     setup_logging(opts.log_level)
     if opts.worker_fd is not None:
         from .supervisor import worker_main

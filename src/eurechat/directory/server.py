@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Set
 
+from . import metrics
 from .interfaces import (
     AccountExists,
     AccountStore,
@@ -139,6 +140,7 @@ class OutageLog:
         now = self.clock()
         self.last = (request, exc)
         if self.since is None:
+            metrics.outage_began(self.what)
             self.since, self.reported = now, False
             self.total = self.unlogged = self.flaps = 0
         elif self.up_since is not None:  # it worked for a while: the same outage goes on
@@ -181,6 +183,7 @@ class OutageLog:
         request, exc = self.last
         flaps = f"; it worked again {self.flaps} times in between" if self.flaps else ""
         if self.up_since is not None:
+            metrics.outage_ended(self.what, self.up_since - self.since)
             log.info("%s: backend available again after %.1f s; %d failures during the "
                      "outage (%d since the last message)%s", self.what,
                      self.up_since - self.since, self.total, self.unlogged, flaps)
@@ -325,7 +328,7 @@ class DirectoryProtocol(asyncio.Protocol):
             return
         # SO_KEEPALIVE is inherited from the listening socket (listening_socket).
         transport.set_write_buffer_limits(high=server.config.high_water)
-        self.session = Session(server.config.session, server.query,
+        self.session = metrics.SessionType(server.config.session, server.query,
                                peername[0] if peername else "",
                                self._trace_in if server.config.trace else None)
         server.connections.add(self)
@@ -380,6 +383,7 @@ class DirectoryProtocol(asyncio.Protocol):
         server.unauthenticated.pop(self, None)
         server.in_frame.discard(self)
         server.closing.pop(self, None)
+        metrics.session_closed(self.session)
         if self.session is not None:
             self.session.state = CLOSED
         if self.task is not None and self.task.done() is False \
@@ -441,6 +445,7 @@ class DirectoryProtocol(asyncio.Protocol):
 
     async def _effect(self, effect: Effect) -> None:
         result = await self.server.services.perform(effect, self.session.source)
+        metrics.effect_done(effect, result)
         self.task = None
         session = self.session
         if session.closed or self.transport.is_closing():
@@ -522,6 +527,7 @@ class DirectoryServer:
         """Log refusals past --max-connections at most once a second (with a
         count): a client hammering a full server must not flood the log."""
         self._refused += 1
+        metrics.refused()
         now = time.monotonic()
         if now - self._refused_logged >= 1.0:
             log.warning("refusing %s: max number of clients reached (%d); %d refused "

@@ -52,6 +52,7 @@ from collections import deque
 from typing import Deque, Iterator, List, Optional, Set
 
 from ..backoff import delay
+from . import metrics
 
 log = logging.getLogger("eurechat.directory.supervisor")
 
@@ -331,6 +332,7 @@ class Supervisor:
                 code = proc.returncode
                 log.error("worker %d (pid %d) exited with %s; restarting", worker.index,
                           proc.pid, code)
+                metrics.worker_exited(proc.pid, restarted=True)
                 if self.registry is not None and hasattr(self.registry, "drop_pid"):
                     try:
                         await self.registry.drop_pid(proc.pid)
@@ -438,6 +440,7 @@ class Supervisor:
             # leaving it behind.
             if proc.returncode is not None:
                 self.retiring.discard(proc)
+                metrics.worker_exited(proc.pid)
 
     # -- lifecycle ---------------------------------------------------------
     def start_manager(self, method: Optional[str] = None) -> None:
@@ -478,6 +481,12 @@ class Supervisor:
             return 2
         if not REUSEPORT:
             self.sock.set_inheritable(True)
+        if self.opts.metrics:
+            from .app import start_metrics
+            if not start_metrics(self.opts, multiprocess=True):
+                self.sock.close()
+                return 2
+            metrics.count_registrations(lambda: self.registry.snapshot())
         self.parent_r, self.parent_w = os.pipe()
         os.set_inheritable(self.parent_r, True)
         watchers = []
@@ -612,6 +621,7 @@ class Supervisor:
                         "they reconnect) [restart %d of at most %d within %g s]", pid, how,
                         len(self.workers), deaths, restarts, window)
             started = time.monotonic()
+            metrics.manager_heal()
             try:
                 os.unlink(self.address)
             except OSError:
@@ -701,11 +711,15 @@ def supervise(opts: argparse.Namespace, argv: List[str]) -> int:
     from .app import raise_nofile
     raise_nofile(opts.probe_concurrency + 256)  # the checker's probes
     sup = Supervisor(opts, [a for a in argv if a != "serve"])
+    # The workers' metric files: a private directory (they inherit its name).
+    metrics_dir = metrics.make_multiprocess_dir() if opts.metrics else None
     sup.start_manager()  # first: before this process has any thread
     try:
         return asyncio.run(sup.run())
     finally:
         sup.stop_manager()
+        if metrics_dir:
+            metrics.remove_multiprocess_dir(metrics_dir)
 
 
 def worker_main(opts: argparse.Namespace) -> int:
@@ -725,6 +739,8 @@ def worker_main(opts: argparse.Namespace) -> int:
     address = os.environ.pop(ENV_ADDRESS, None)
     authkey_hex = os.environ.pop(ENV_AUTHKEY, "")
     install_uvloop(not opts.no_uvloop)
+    if opts.metrics:
+        metrics.enable(multiprocess=True)
 
     def ready(host: str, port: int) -> None:
         if opts.ready_fd is not None:
