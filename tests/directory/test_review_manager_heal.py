@@ -21,13 +21,12 @@ import threading
 import time
 from collections import Counter
 
-from test_directory_manager_death import (
+from directory.test_manager_death import (
     MANAGER_RE,
     ConnectProbe,
     account,
     kill_manager,
 )
-
 from eurechat.framing import Message
 from support.client import ConnectionClosed, Responder
 from support.processes import start_directory, wait_pids_gone, worker_pids

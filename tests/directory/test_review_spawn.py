@@ -17,8 +17,8 @@ import threading
 import time
 
 import redis
-from test_directory_manager_death import kill_manager
 
+from directory.test_manager_death import kill_manager
 from eurechat.directory.server import OutageLog
 from eurechat.framing import Message
 from support.client import FramedClient

@@ -41,7 +41,7 @@ def Decoder(impl):  # noqa: N802 - it stands for the class
 def fr(impl, monkeypatch):
     """``eurechat.framing`` with its ``Decoder`` (used by parse/parse_all)
     switched to the implementation under test (hypothesis tests use
-    ``framing_trace.using`` instead: function-scoped fixtures and @given
+    ``support.framing_trace.using`` instead: function-scoped fixtures and @given
     do not mix)."""
     monkeypatch.setattr(framing, "Decoder", decoder_class(impl))
     return framing

@@ -1,11 +1,12 @@
-"""Fixtures for the peer tests (helpers live in peer_helpers.py)."""
+"""Fixtures for the peer tests (helpers live in support/peers.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from peer_helpers import Cluster
+
+from support.peers import Cluster
 
 
 @pytest.fixture

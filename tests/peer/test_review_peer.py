@@ -15,8 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from peer_helpers import PASSWORD, peer_cmd, read_json_lines, wait_blocked_on_stdout
-
+from support.peers import PASSWORD, peer_cmd, read_json_lines, wait_blocked_on_stdout
 from support.processes import test_env
 
 DAY = 86400
@@ -237,8 +236,7 @@ def test_a_full_directory_is_unavailable_not_a_failed_login(tmp_path):
     runs, and logs in once there is room (SPEC section 4)."""
     import socket
 
-    from peer_helpers import FAST
-
+    from support.peers import FAST
     from support.processes import run_directory, start_process, useradd
 
     data = str(tmp_path / "directory")

@@ -12,7 +12,6 @@ from typing import Iterator, List, Tuple
 
 import pytest
 import redis
-from scaling_helpers import PW, request_until, run
 
 from eurechat.directory.interfaces import Registration
 from eurechat.directory.redis_registry import RedisRegistry
@@ -20,6 +19,7 @@ from eurechat.framing import Message
 from support.client import FramedClient, Responder
 from support.processes import Directory, start_directory, test_env
 from support.servers import free_port
+from support.waits import PW, request_until, run
 
 
 def start_host(redis_url: str, pg_dsn: str, *extra: str) -> Directory:

@@ -18,13 +18,13 @@ from typing import Dict, List, Optional
 
 import pytest
 import redis
-from scaling_helpers import run, until
 
 from eurechat.directory.interfaces import Registration, RegistryUnavailable
 from eurechat.directory.lease import ShardedLease, fair_share, shard_of
 from eurechat.directory.redis_registry import RedisRegistry, bucket_of
 from support.client import Responder
 from support.processes import Directory, start_directory, test_env
+from support.waits import run, until
 
 SHARDS = 8
 

@@ -14,7 +14,7 @@ import os
 import signal
 import subprocess
 
-from peer_helpers import peer_cmd, read_json_lines, wait_blocked_on_stdout
+from support.peers import peer_cmd, read_json_lines, wait_blocked_on_stdout
 
 
 def test_kill_while_stdout_is_full_loses_no_display_and_repeats_none(cluster):

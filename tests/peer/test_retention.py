@@ -13,11 +13,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from peer_helpers import peer_cmd
-
 from eurechat.framing import Decoder, Message
 from eurechat.peer import Peer, Timings
 from eurechat.peer.store import PeerStore
+from support.peers import peer_cmd
 from support.processes import test_env
 
 

@@ -13,9 +13,9 @@ offset, and a few outcomes are also pinned, so that a shared mistake fails.
 from __future__ import annotations
 
 import pytest
-from framing_trace import outcome, split, trace
 
 from eurechat import fallback
+from support.framing_trace import outcome, split, trace
 
 # Teach the fast path the types and lengths used below (it only takes types
 # the reference path has seen once), so these streams really go through it.

@@ -18,14 +18,13 @@ import asyncio
 import random
 import signal
 
-from scaling_helpers import run
-
 from eurechat.directory.checker import LivenessChecker
 from eurechat.directory.interfaces import Registration
 from eurechat.directory.lease import RedisLease, ShardedLease
 from eurechat.directory.redis_registry import RedisRegistry, bucket_of
 from support.client import Responder
 from support.processes import start_directory
+from support.waits import run
 
 TRIALS = 40
 

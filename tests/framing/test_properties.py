@@ -3,11 +3,11 @@ comparison of the compiled decoder with its pure-Python twin."""
 
 from __future__ import annotations
 
-from framing_trace import bytewise, item_key, outcome, split, trace, using
 from hypothesis import given
 from hypothesis import strategies as st
 
 from eurechat.framing import Message, Oversized
+from support.framing_trace import bytewise, item_key, outcome, split, trace, using
 
 # -- strategies -------------------------------------------------------------
 

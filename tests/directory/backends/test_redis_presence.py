@@ -9,10 +9,10 @@ import shutil
 
 import pytest
 import redis
-from scaling_helpers import run, until
 
 from eurechat.directory.interfaces import Registration, RegistryUnavailable
 from eurechat.directory.redis_registry import RedisRegistry
+from support.waits import run, until
 
 ALICE = Registration("alice", "127.0.0.1", 5001)
 BOB = Registration("bob", "127.0.0.1", 5002)

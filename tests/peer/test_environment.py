@@ -11,9 +11,9 @@ import math
 import subprocess
 
 import pytest
-from peer_helpers import Cluster, peer_cmd
 
 from eurechat.peer.node import Timings
+from support.peers import Cluster, peer_cmd
 
 BAD = ["nan", "inf", "-inf", "-1", "abc", ""]
 

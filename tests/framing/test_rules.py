@@ -6,7 +6,6 @@ is raised (which feed call), since that is what a server acts on."""
 from __future__ import annotations
 
 import pytest
-from framing_trace import bytewise
 
 from eurechat.errors import (
     FrameTooLarge,
@@ -19,6 +18,7 @@ from eurechat.errors import (
     TooManyArgs,
 )
 from eurechat.framing import Message, Oversized
+from support.framing_trace import bytewise
 
 
 def reject(Decoder, line: bytes, cls, **limits) -> ProtocolError:

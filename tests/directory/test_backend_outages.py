@@ -9,11 +9,11 @@ lost."""
 from __future__ import annotations
 
 import pytest
-from scaling_helpers import PW, request_until
 
 from eurechat.framing import Message
 from support.client import FramedClient, Responder
 from support.processes import start_directory
+from support.waits import PW, request_until
 
 UNAVAILABLE = Message("ERR", (), "directory unavailable, retry later")
 

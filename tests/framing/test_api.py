@@ -11,10 +11,10 @@ import subprocess
 import sys
 
 import pytest
-from framing_trace import bytewise
 
 from eurechat import errors, fallback, framing
 from eurechat.framing import Message, Oversized
+from support.framing_trace import bytewise
 
 # -- the seed lecture ------------------------------------------------------------------
 

@@ -9,8 +9,7 @@ import re
 import subprocess
 import time
 
-from peer_helpers import peer_cmd
-
+from support.peers import peer_cmd
 from support.processes import start_process
 
 WAITING_KEYS = {"to", "queued", "since", "waited", "last_seen", "connected"}

@@ -403,7 +403,7 @@ def test_with_a_directory_lookups_do_not_redial_an_address_that_resets(tmp_path,
     address.  A connection lost before bob ACKed anything counts as a failed
     dial of that address, so those lookups do not redial it before its
     backoff (50-100 ms) has run out."""
-    from peer_helpers import PASSWORD
+    from support.peers import PASSWORD
 
     async def main():
         slam = Slammer()
@@ -436,9 +436,8 @@ def test_the_lookup_cache_forgets_claimed_names_but_not_waiting_recipients(tmp_p
     names cannot grow the cache for ever; a recipient with a message
     waiting keeps its entry (its last address is the fallback when the
     directory is down)."""
-    from peer_helpers import PASSWORD
-
     from eurechat.peer.node import CACHE_KEEP
+    from support.peers import PASSWORD
 
     async def main():
         directory = ("127.0.0.1", cluster.dir_port)

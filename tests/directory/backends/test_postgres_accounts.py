@@ -8,11 +8,11 @@ import os
 
 import psycopg
 import pytest
-from scaling_helpers import run
 
 from eurechat.directory.accounts import SqliteAccounts, check_password
 from eurechat.directory.interfaces import AccountExists, AccountsUnavailable
 from eurechat.directory.pg_accounts import PostgresAccounts
+from support.waits import run
 
 PW = b"correct horse battery"
 

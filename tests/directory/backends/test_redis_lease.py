@@ -9,9 +9,9 @@ import sys
 import textwrap
 
 import redis
-from scaling_helpers import run
 
 from eurechat.directory.lease import RedisLease
+from support.waits import run
 
 HOLDER = textwrap.dedent("""
     import asyncio, sys

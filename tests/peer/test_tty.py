@@ -15,7 +15,7 @@ import subprocess
 import threading
 import time
 
-from peer_helpers import peer_cmd
+from support.peers import peer_cmd
 
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]|\x1b[=>]|\r")
 

@@ -25,11 +25,11 @@ import time
 from typing import Callable, Dict, List, Tuple
 
 import pytest
-from peer_helpers import PASSWORD
 
 from eurechat.framing import Decoder, Message, encode
 from eurechat.peer.node import Liveness
 from support.client import FramedClient
+from support.peers import PASSWORD
 
 FAST_PROBE = {"EURECHAT_ACK_TIMEOUT": "0.5", "EURECHAT_PING_TIMEOUT": "0.5"}
 

@@ -352,7 +352,7 @@ def test_kill_9_of_the_presence_manager_is_healed(users_dir):
     """Presence lives in the Manager: when it dies, the directory does not go on
     refusing every BIND forever, nor exit; it says why, starts a new Manager and
     new workers, and BIND works again.  A service manager's group SIGTERM then
-    still ends everything with exit 0.  (More in test_directory_manager_death.py.)"""
+    still ends everything with exit 0.  (More in test_manager_death.py.)"""
     d = start_directory("--workers", "2", data_dir=users_dir)
     try:
         manager = int(d.wait_for_log(r"presence manager started \(pid (\d+)\)").group(1))

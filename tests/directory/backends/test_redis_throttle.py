@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import redis
-from scaling_helpers import run
 
 from eurechat.directory.interfaces import AccountsUnavailable, RegistryUnavailable
 from eurechat.directory.redis_registry import RedisThrottle, ThrottleUnavailable
+from support.waits import run
 
 
 def test_failures_are_shared_between_hosts(redis_url: str) -> None:

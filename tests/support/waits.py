@@ -1,5 +1,6 @@
-"""Small helpers shared by the scaling tests (a module name no other test
-directory uses, since every test directory lands on sys.path)."""
+"""Waiting without sleeping: run a coroutine bounded in time, re-check a
+condition on each event, repeat a request until its reply says what the test
+waits for."""
 
 from __future__ import annotations
 

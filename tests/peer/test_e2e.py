@@ -8,10 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from peer_helpers import PASSWORD, peer_cmd
-
 from eurechat.framing import Message
 from support.client import FramedClient
+from support.peers import PASSWORD, peer_cmd
 
 
 def texts(peer, sender=None):
