@@ -8,10 +8,13 @@ lines that still carry the exact count of failures.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import socket
 import time
+
+import redis
 
 from eurechat.directory.server import OutageLog
 from eurechat.framing import Message
@@ -119,5 +122,118 @@ def test_redis_outage_under_a_burst_of_binds_is_a_few_lines(tmp_path):
             assert " WARNING: Bind for 127.0.0.1: backend unavailable: " in lines[0]
             assert d.stop() == 0
         finally:
+            target.close()
+            d.kill_group()
+
+
+def outage_lines(caplog) -> list:
+    return [(r.levelname, r.getMessage()) for r in caplog.records if r.name == LOGGER]
+
+
+def test_a_flapping_backend_is_not_a_log_flood(caplog):
+    """A backend that fails every other request (PostgreSQL timing out under
+    load, a pool of connections of which some are stale after a restart) used
+    to write a WARNING and an INFO for *every* alternation: the flood the
+    outage log exists to prevent.  Now: a couple of lines at once, then at
+    most about one per interval, and the counts still add up."""
+    clock = Clock()
+    outage = OutageLog("login", interval=10.0, clock=clock)
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    failures = 5_000
+    for i in range(failures):           # 35 simulated seconds, failing every other time
+        clock.now = 1000.0 + 35.0 * i / failures
+        outage.failure("Authenticate for 10.0.0.1", ConnectionError("pool timeout"))
+        outage.success()
+    clock.now = 1050.0
+    outage.flush()                      # what the timer does (no event loop here)
+    lines = outage_lines(caplog)
+    assert 2 <= len(lines) <= 2 + 5, lines
+    assert lines[0][0] == "WARNING" and lines[-1][0] == "INFO", lines
+    # Every failure is in exactly one line's count since the previous line,
+    # and in exactly one outage's total (the recovery lines').
+    assert sum(accounted(text) for _, text in lines) == failures, lines
+    assert sum(int(re.search(r"; (\d+) failures during the outage", text)[1])
+               for level, text in lines if level == "INFO") == failures, lines
+    assert any("it worked again" in text for _, text in lines), lines
+
+
+def accounted(text: str) -> int:
+    """How many failures a line of the outage log reports as new."""
+    for pattern in (r"\((\d+) failures so far", r"(\d+) failures since the last message",
+                    r"\((\d+) since the last message\)"):
+        m = re.search(pattern, text)
+        if m:
+            return int(m[1])
+    assert ": backend unavailable: " in text, text
+    return 1
+
+
+def test_the_line_that_waits_for_its_turn_comes_without_another_request(caplog):
+    """The recovery of a flapping backend is rationed: its line waits -- and
+    is written by a timer when due, not only if some request happens to
+    come along later (an outage whose end is never logged reads as an
+    outage that never ended)."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+
+    clock = Clock()  # frozen while the requests come: however slow the machine
+
+    async def main() -> None:
+        outage = OutageLog("REGISTER", interval=0.05, clock=clock)
+        for _ in range(3):  # three changes of state at once: the third waits
+            outage.failure("Register for 10.0.0.2", ConnectionError("gone"))
+            outage.success()
+        assert [level for level, _ in outage_lines(caplog)] == ["WARNING", "INFO"]
+        clock.now += 0.05   # its turn has come when the timer (real time) fires
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while not any(r.levelname == "INFO" and "worked again" in r.getMessage()
+                      for r in caplog.records):
+            assert loop.time() < deadline, outage_lines(caplog)
+            await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+    lines = outage_lines(caplog)
+    assert [level for level, _ in lines] == ["WARNING", "INFO", "INFO"], lines
+    assert lines[-1][1].endswith("2 failures during the outage (2 since the last message); "
+                                 "it worked again 1 times in between"), lines
+
+
+def test_a_flapping_redis_through_the_cli_is_a_few_lines_that_count_everything(tmp_path):
+    """Through the CLI: Redis refuses writes (``maxmemory`` reached), then
+    takes them, 30 times over; every other BIND fails.  The log holds a few
+    lines, not one WARNING and one INFO per alternation, and the recovery
+    lines (the last one written at shutdown) count every failure."""
+    rounds = 30
+    with RedisServer() as redis_server:
+        d = start_directory("--registry", redis_server.url, "--check-interval", "3600",
+                            data_dir=str(tmp_path))
+        admin = redis.Redis(host="127.0.0.1", port=redis_server.port, socket_timeout=10)
+        target = socket.socket()
+        try:
+            target.bind(("127.0.0.1", 0))
+            target.listen(1024)  # never accepted: room for every BIND probe
+            port = str(target.getsockname()[1])
+            with FramedClient(*d.address) as c:
+                assert c.request("REGISTER", "ada", "ada-password").type == "ACK"
+                c.login("ada", "ada-password")
+                assert c.request("BIND", "127.0.0.1", port).type == "ACK"
+                mark = len(d.err_lines)
+                started = time.monotonic()
+                for _ in range(rounds):
+                    admin.config_set("maxmemory", "1")
+                    assert c.request("BIND", "127.0.0.1", port) == UNAVAILABLE
+                    admin.config_set("maxmemory", "0")
+                    assert c.request("BIND", "127.0.0.1", port).type == "ACK"
+                elapsed = time.monotonic() - started
+            assert d.stop() == 0
+            lines = [line for line in d.err_lines[mark:] if "BIND/LEAVE" in line]
+            assert len(lines) <= 2 + 2 * (int(elapsed / 10) + 1) + 1, lines
+            totals = [int(re.search(r" INFO: BIND/LEAVE: backend available again after "
+                                    r"[\d.]+ s; (\d+) failures during the outage", line)[1])
+                      for line in lines if " INFO: " in line]
+            assert sum(totals) == rounds, lines
+            assert " WARNING: Bind for 127.0.0.1: backend unavailable: " in lines[0], lines
+        finally:
+            admin.close()
             target.close()
             d.kill_group()

@@ -1,6 +1,6 @@
 """Processes of the directory, end to end: --workers N, 1,000 concurrent
 sessions, kill -9 of a worker, SIGTERM/SIGINT, the console script, account
-commands, --help and --trace."""
+commands, --help and --trace, options out of range as usage errors."""
 
 from __future__ import annotations
 
@@ -418,3 +418,20 @@ def test_no_options_uses_the_default_data_dir(tmp_path, where):
             c.login("dora", "dora-password")
     finally:
         assert d.stop() == 0
+
+
+@pytest.mark.parametrize("option,value,why", [
+    ("--lease", "nan", "must be a finite number > 0"),
+    ("--lease", "inf", "must be a finite number > 0"),
+    ("--check-interval", "nan", "must be a finite number > 0"),
+    ("--manager-restart-window", "inf", "must be a finite number > 0"),
+    ("--checker-shards", "1025", "must be <= 1024"),
+])
+def test_non_finite_or_too_large_values_are_usage_errors(tmp_path, option, value, why):
+    res = subprocess.run(
+        [sys.executable, "-m", "eurechat.directory", "--port", "0", "--data-dir", str(tmp_path),
+         "--registry", "redis://127.0.0.1:1/0", option, value],
+        capture_output=True, text=True, timeout=60, env=test_env())
+    assert res.returncode == 2, res.stderr
+    assert option in res.stderr and why in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr

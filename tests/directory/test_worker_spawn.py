@@ -7,14 +7,24 @@ is killed.  What must hold: an ERROR names the errno and says it will retry;
 once the limit is back, the slot serves again (a new process, answering on
 the port); the supervisor holds no more pipes or files than before.  Every
 wait is on a log line or a reply, with a timeout.
+
+Then the supervisor's own ``_spawn`` in this process, with a real worker
+process: one that asyncio started but could not watch is killed, not left
+running; the ready report is read without a thread; a worker that never
+reports ready is stopped.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import collections
+import errno
 import os
 import resource
 import signal
+import sys
+import threading
 import time
 
 from eurechat.framing import Message
@@ -22,6 +32,7 @@ from support.client import FramedClient, Responder
 from support.processes import (
     Directory,
     Process,
+    children,
     directory_cmd,
     start_directory,
     test_env,
@@ -182,3 +193,117 @@ def test_no_worker_can_be_started_at_start_up_is_one_error_and_exit_1(tmp_path):
         assert len([line for line in p.err_lines if " ERROR: " in line]) == 1, text
     finally:
         p.kill_group()
+
+
+def test_a_process_started_but_not_watched_is_killed_not_lost(tmp_path, monkeypatch):
+    """asyncio starts a worker's process and only then registers it with its
+    child watcher (a thread per child before Python 3.12, a pidfd since).
+    When that step fails -- no thread or descriptor to be had, the very
+    conditions that make spawns fail -- ``create_subprocess_exec`` raises
+    although the process runs: the supervisor took it for a failed start and
+    the process went on unwatched (a worker the supervisor does not know, on
+    the port; then a zombie), one more at each retry.
+
+    The supervisor's real ``_spawn``, a real worker process; only the
+    watcher's thread is made to fail (as root, no process or thread limit
+    applies, and glibc reuses the stack of an exited thread, so an
+    address-space limit cannot fail it alone).  What must hold: a failed
+    start, and no process left behind."""
+    real_start = threading.Thread.start
+
+    def start(thread: threading.Thread) -> None:
+        if "waitpid-" in thread.name:  # asyncio's ThreadedChildWatcher
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    def no_pidfd(pid: int, flags: int = 0) -> int:  # 3.12+: use the threaded watcher
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    async def body(sup, worker) -> None:
+        with monkeypatch.context() as patch:
+            patch.setattr(threading.Thread, "start", start)
+            patch.setattr(os, "pidfd_open", no_pidfd, raising=False)
+            assert await sup._spawn(worker, quiet=True) is False
+        assert worker.proc is None and isinstance(worker.spawn_error, RuntimeError), \
+            repr(worker.spawn_error)
+        assert worker.replaced.is_set() and worker.failures == 1
+
+    left = in_supervisor(tmp_path, body)
+    assert left == set()  # killed and reaped, not left running
+
+
+def in_supervisor(tmp_path, body) -> set:
+    """Run ``body(sup, worker)`` on a fresh event loop with a real
+    ``Supervisor`` ready to ``_spawn`` its one worker slot (a real socket
+    and parent pipe).  Returns the child processes the body left behind
+    (killed afterwards, whatever happened)."""
+    from eurechat.directory.supervisor import REUSEPORT, Supervisor, _listen
+
+    opts = argparse.Namespace(workers=1, registry="memory", data_dir=str(tmp_path))
+    sup = Supervisor(opts, ["--check-interval", "3600"])
+    before = set(children(os.getpid(), zombies=True))
+
+    async def main() -> None:
+        worker = sup.workers[0]
+        worker.lock, worker.replaced = asyncio.Lock(), asyncio.Event()
+        sup.sock = _listen("127.0.0.1", 0, REUSEPORT, listen=not REUSEPORT)
+        sup.parent_r, sup.parent_w = os.pipe()
+        try:
+            await body(sup, worker)
+        finally:
+            sup.sock.close()
+            os.close(sup.parent_r)
+            os.close(sup.parent_w)
+
+    try:
+        asyncio.run(main())
+        return set(children(os.getpid(), zombies=True)) - before
+    finally:
+        for pid in set(children(os.getpid(), zombies=True)) - before:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass  # reaped by the child watcher meanwhile
+
+
+def test_the_ready_report_is_read_without_a_thread(tmp_path, monkeypatch):
+    """The supervisor read a new worker's ``ready`` on an executor thread.
+    With no thread to be had (the conditions under which spawns fail), a
+    worker that started fine was reported as "did not start" and left
+    running, unaccounted for; its ``ready`` then hit a closed pipe (a
+    traceback, a crash, a restart).  The pipe is now watched by the event
+    loop: a real worker that starts is reported serving, threads or not."""
+    real_start = threading.Thread.start
+
+    def start(thread: threading.Thread) -> None:
+        if "waitpid-" not in thread.name:  # the child watcher's own thread may start
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    async def body(sup, worker) -> None:
+        with monkeypatch.context() as patch:
+            patch.setattr(threading.Thread, "start", start)
+            assert await sup._spawn(worker, quiet=True) is True
+        assert worker.serving and worker.proc.returncode is None
+        worker.proc.kill()
+        await worker.proc.wait()
+
+    in_supervisor(tmp_path, body)
+
+
+def test_a_process_that_never_says_ready_is_stopped(tmp_path, monkeypatch):
+    """A worker process that does not report ``ready`` in time used to stay:
+    the slot held a process that never served, and its watcher waited for
+    it to exit -- for ever if it hung.  Now it is killed, so the watcher
+    restarts the slot like any crashed worker."""
+    from eurechat.directory import supervisor
+
+    monkeypatch.setattr(supervisor, "READY_TIMEOUT", 0.5)
+
+    async def body(sup, worker) -> None:
+        sup._worker_argv = lambda ready_w: [sys.executable, "-c", "import time; time.sleep(120)"]
+        assert await sup._spawn(worker, quiet=True) is False
+        assert await asyncio.wait_for(worker.proc.wait(), 30) == -signal.SIGKILL
+
+    in_supervisor(tmp_path, body)

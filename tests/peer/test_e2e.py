@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 from eurechat.framing import Message
 from support.client import FramedClient
 from support.peers import PASSWORD, peer_cmd
+from support.processes import test_env
 
 
 def texts(peer, sender=None):
@@ -518,7 +521,6 @@ def test_a_peer_dropped_by_a_failed_liveness_probe_binds_again(cluster):
     """The directory removes a peer whose probe fails (here: the peer is
     stopped for a while) but keeps its session; the peer notices that it is
     no longer listed and BINDs again on its own, so it can be found."""
-    import signal
 
     from support.processes import start_directory, test_env
 
@@ -552,3 +554,59 @@ def test_pending_right_after_msg_lists_only_what_is_queued(cluster):
     q = alice.events("queued")[0]
     assert alice.events("pending")[0]["messages"] == [
         {"to": "zoe", "id": q["id"], "text": "first for zoe"}]
+
+
+def test_an_unusable_data_dir_is_reported_as_such_not_as_a_listen_failure(tmp_path):
+    """Bug: any OSError from start() was reported as "cannot listen on
+    127.0.0.1:0" with exit 6, also when the data directory could not be
+    created (here: its parent is a regular file)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    res = subprocess.run(peer_cmd() + ["--user", "alice", "--json", "--data-dir",
+                                       str(blocker / "sub"), "--directory", "127.0.0.1:1"],
+                         capture_output=True, stdin=subprocess.DEVNULL, timeout=30,
+                         env=test_env(EURECHAT_PASSWORD=PASSWORD))
+    assert res.returncode == 2, res.stderr
+    (line,) = res.stdout.decode().splitlines()
+    event = json.loads(line)
+    assert set(event) == {"event", "text"} and event["event"] == "error"
+    assert "--data-dir" in event["text"] and "listen" not in event["text"]
+    assert str(blocker / "sub").encode() in res.stderr
+
+
+def test_a_full_directory_is_unavailable_not_a_failed_login(tmp_path):
+    """Bug: a directory past ``--max-connections`` answers a new connection
+    ``ERR max number of clients reached`` (SPEC section 2); the peer took
+    that reply to its LOGIN for a refused password and exited 3 ("wrong
+    password?").  A full directory is an unavailable one: the peer starts,
+    runs, and logs in once there is room (SPEC section 4)."""
+    import socket
+
+    from support.peers import FAST
+    from support.processes import run_directory, start_process, useradd
+
+    data = str(tmp_path / "directory")
+    useradd(data, "alice", PASSWORD)
+    with run_directory("--max-connections", "1", data_dir=data) as d:
+        hog = socket.create_connection(d.address, timeout=10)   # takes the only slot
+        try:
+            hog.sendall(b"PING 0 hog\n")
+            assert hog.recv(64) == b"PONG 0 hog\n"      # the directory counts it now
+            argv = peer_cmd() + ["--user", "alice", "--json", "--directory", d.hostport,
+                                 "--data-dir", str(tmp_path / "alice"), "--log-level", "INFO"]
+            alice = start_process(argv, ready=r'"event": "ready"',
+                                  env=test_env(EURECHAT_PASSWORD=PASSWORD, **FAST),
+                                  stdin=subprocess.PIPE, timeout=30)
+        finally:
+            hog.close()
+        try:
+            first = json.loads(alice.lines[0])
+            assert first["event"] == "error" and "login" not in first["text"], first
+            alice.wait_for_log(r"directory session re-established", timeout=20)
+            alice.proc.stdin.write(b"/who\n/quit\n")
+            alice.proc.stdin.flush()
+            who = alice.wait_for_line(r'"event": "who"')
+            assert '"name": "alice"' in who.string
+            assert alice.wait(20) == 0
+        finally:
+            alice.stop()

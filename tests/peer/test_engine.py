@@ -14,6 +14,7 @@ from eurechat.framing import Decoder, Message
 from eurechat.peer import IncomingMessage, Peer, PeerError, StoreLocked, Timings
 from eurechat.peer.directory_client import DirectoryClient
 from eurechat.peer.store import PeerStore
+from support.peers import PASSWORD
 
 FAST = Timings(retry_base=0.02, retry_max=0.1, query_ttl=0.05, directory_wait=0)
 
@@ -403,7 +404,6 @@ def test_with_a_directory_lookups_do_not_redial_an_address_that_resets(tmp_path,
     address.  A connection lost before bob ACKed anything counts as a failed
     dial of that address, so those lookups do not redial it before its
     backoff (50-100 ms) has run out."""
-    from support.peers import PASSWORD
 
     async def main():
         slam = Slammer()
@@ -436,8 +436,8 @@ def test_the_lookup_cache_forgets_claimed_names_but_not_waiting_recipients(tmp_p
     names cannot grow the cache for ever; a recipient with a message
     waiting keeps its entry (its last address is the fallback when the
     directory is down)."""
+
     from eurechat.peer.node import CACHE_KEEP
-    from support.peers import PASSWORD
 
     async def main():
         directory = ("127.0.0.1", cluster.dir_port)
@@ -466,3 +466,30 @@ def test_the_lookup_cache_forgets_claimed_names_but_not_waiting_recipients(tmp_p
                 s.close()
             await a.close()
     run(main())
+
+
+def test_a_text_that_cannot_be_encoded_is_refused_alone_not_with_its_batch(tmp_path):
+    """Bug: ``send()`` of a str holding a lone surrogate (``os.fsdecode`` of a
+    non-UTF-8 file name gives one) was accepted, then failed the whole group
+    commit: every other message of that event-loop turn was refused as a
+    "storage failure".  It must be refused on its own, at once."""
+    import asyncio
+
+    from eurechat.peer import Peer, PeerError
+
+    async def main():
+        async with Peer("alice", data_dir=tmp_path, addresses={"bob": ("127.0.0.1", 1)}) as a:
+            errors = []
+            a.add_listener(lambda e: e["event"] == "error" and errors.append(e))
+            _, good = a.send_nowait("bob", "an innocent message")
+            try:
+                a.send_nowait("bob", "file \udc80.txt")
+            except PeerError as exc:
+                assert "\\udc80" in str(exc) or "surrogate" in str(exc)
+            else:
+                raise AssertionError("a text that is not valid Unicode was accepted")
+            msgid = await good
+            assert a.pending() == [{"to": "bob", "id": msgid, "text": "an innocent message"}]
+            assert errors == []
+
+    asyncio.run(asyncio.wait_for(main(), 30))

@@ -6,8 +6,11 @@ the CLI option end to end."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import re
+import signal
 import sqlite3
 import subprocess
 import time
@@ -16,7 +19,7 @@ from pathlib import Path
 from eurechat.framing import Decoder, Message
 from eurechat.peer import Peer, Timings
 from eurechat.peer.store import PeerStore
-from support.peers import peer_cmd
+from support.peers import peer_cmd, read_json_lines, wait_blocked_on_stdout
 from support.processes import test_env
 
 
@@ -194,3 +197,88 @@ def test_cli_rejects_a_bad_retention():
                          capture_output=True, env=test_env(), timeout=30)
     assert res.returncode == 2
     assert b"--inbox-retention" in res.stderr and b"90d" in res.stderr
+
+
+DAY = 86400
+
+
+def _db(cluster, name: str) -> Path:
+    return cluster.tmp / "peers" / name / f"peer-{name}.sqlite3"
+
+
+def _age_inbox(path: Path, seconds: float) -> None:
+    """Make every inbox record look ``seconds`` older (the peer is stopped)."""
+    db = sqlite3.connect(str(path))
+    try:
+        with db:
+            db.execute("UPDATE inbox SET received = received - ?", (seconds,))
+    finally:
+        db.close()
+
+
+def _inbox_size(path: Path) -> int:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT count(*) FROM inbox").fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_a_fully_pruned_inbox_does_not_hide_messages_recorded_before_a_kill(cluster):
+    """Bug: inbox seqs are SQLite rowids, which restart at 1 once pruning has
+    emptied the table, while the display cursor stays where it was.  New
+    messages then sit *below* the cursor: the cursor no longer moves as they
+    are shown, and one recorded (and ACKed) but not yet shown when the peer
+    dies is never shown at all ("a message recorded but not yet shown when
+    the receiver dies is shown when it next starts", SPEC section 4).
+
+    bob shows 60 messages, 100 days pass (the records are aged in his file),
+    his next start prunes them all; then his stdout fills up while messages
+    arrive, he is killed, and at his next start every one of them must be
+    shown exactly once."""
+    k, n = 60, 50
+    alice = cluster.peer("alice")
+    bob = cluster.peer("bob")
+    alice.cmd(*[f"/msg bob early{i}" for i in range(k)])
+    bob.count("message", k)
+    assert bob.quit() == 0
+    db = _db(cluster, "bob")
+    _age_inbox(db, 100 * DAY)
+
+    r, w = os.pipe()
+    argv = peer_cmd() + ["--user", "bob", "--json", "--directory", cluster.hostport,
+                         "--data-dir", str(db.parent)]
+    bob = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=w, stderr=subprocess.DEVNULL,
+                           env=cluster.env(), start_new_session=True)
+    os.close(w)
+    try:
+        first = b""
+        while b"\n" not in first:
+            chunk = os.read(r, 1)       # only the ready line: the rest stays in the pipe
+            assert chunk, "bob exited before it was ready"
+            first += chunk
+        assert json.loads(first)["event"] == "ready"
+        assert _inbox_size(db) == 0     # the start-up pass pruned the 100-day-old records
+        pad = "x" * 2000                # 50 lines of 2 KB: more than a pipe holds
+        alice.cmd(*[f"/msg bob late{i} {pad}" for i in range(n)])
+        alice.count("queued", k + n)
+        wait_blocked_on_stdout(bob.pid)
+        os.killpg(bob.pid, signal.SIGKILL)
+        bob.wait(10)
+        seen = [e["text"].split()[0] for e in read_json_lines(r, whole_lines=False) if e["event"] == "message"]
+    finally:
+        if bob.poll() is None:
+            os.killpg(bob.pid, signal.SIGKILL)
+            bob.wait(10)
+        os.close(r)
+    assert 0 < len(seen) < n
+    recorded = _inbox_size(db)
+    assert recorded > len(seen), "the scenario needs messages recorded but not shown"
+
+    bob2 = cluster.peer("bob", register=False)
+    alice.cmd("/msg bob end")
+    bob2.wait_event("message", text="end")
+    shown = seen + [e["text"].split()[0] for e in bob2.events("message")]
+    assert shown == [f"late{i}" for i in range(n)] + ["end"]
+    alice.count("delivered", k + n + 1)
+    assert bob2.quit() == 0 and alice.quit() == 0
