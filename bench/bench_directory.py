@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark of the directory against redis-server, in one run (not a test).
 
-    .venv/bin/python ci/bench_directory.py [--secs 3] [--rounds 3] [--idle 10000]
+    .venv/bin/python bench/bench_directory.py [--secs 3] [--rounds 3] [--idle 10000]
 
 1. Throughput: ``../shared/bench/loadgen.c`` (compiled with gcc into a temp
    dir) drives 200 authenticated sessions issuing ``QUERY 0 bob`` at depth 1

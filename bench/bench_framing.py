@@ -3,7 +3,7 @@
 
 Usage (from the repository root):
 
-    .venv/bin/python ci/bench_framing.py [--count N] [--corpus FILE] [--repeat R]
+    .venv/bin/python bench/bench_framing.py [--count N] [--corpus FILE] [--repeat R]
 
 Decodes the stream of ``../shared/bench/corpus.py`` (1,000,000 messages by
 default) fed in 64 KiB chunks and in random 1-1500-byte chunks (TCP-sized,

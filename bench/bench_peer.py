@@ -20,7 +20,7 @@ Measured:
 
 Targets (issue 4): >= 20,000 msgs/s sustained; p99 <= 20 ms at 1,000 msgs/s.
 
-    .venv/bin/python ci/bench_peer.py [--count 100000] [--repeat 3] [--rate 1000] [--seconds 5]
+    .venv/bin/python bench/bench_peer.py [--count 100000] [--repeat 3] [--rate 1000] [--seconds 5]
 """
 
 from __future__ import annotations

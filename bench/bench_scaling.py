@@ -3,7 +3,7 @@
 the Manager registry under the same load in the same run, plus the
 per-operation costs that docs/scaling.md projects from.
 
-    .venv/bin/python ci/bench_scaling.py [--secs 3] [--regs 1000] [--big 100000]
+    .venv/bin/python bench/bench_scaling.py [--secs 3] [--regs 1000] [--big 100000]
                                          [--probes 10000] [--quick]
 
 Pinning (2 cores): every server-side process (directory worker, its Manager
@@ -54,7 +54,7 @@ import tracemalloc
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))  # tests/support/servers.py: real servers
 
-from benchlib import (  # noqa: E402  (ci/ is this script's folder)
+from benchlib import (  # noqa: E402  (bench/ is this script's folder)
     Directory,
     build_loadgen,
     raise_nofile,

@@ -36,7 +36,7 @@ print("framing implementation:", f.IMPLEMENTATION)
 PY
 
 echo "== ruff"
-"$VENV"/bin/ruff check src tests ci fuzz
+"$VENV"/bin/ruff check src tests ci bench fuzz
 
 echo "== wheel and EURECHAT_BUILD_EXTENSION modes"
 EURECHAT_PYTHON="$ROOT/$VENV/bin/python" ci/check_wheel.sh
