@@ -70,9 +70,9 @@ def session_seeds() -> list:
         target_session.seed([("feed", b"REGISTER 0 alice secret-pass\n"),
                              ("resume", Result.EXISTS), ("feed", b"USER 0 alice\n"),
                              ("feed", b"PASS 11\nsecret-pass"), ("resume", Result.THROTTLED)])]
-    for lit in literals(["directory/test_directory_session.py",
-                         "directory/test_directory_protocol.py",
-                         "directory/test_directory_transcript.py"]):
+    for lit in literals(["directory/test_session.py",
+                         "directory/test_protocol.py",
+                         "directory/test_transcript.py"]):
         if b"\n" not in lit:
             continue
         out.append(target_session.seed([("feed", lit), ("resume", Result.OK)]))
@@ -82,7 +82,7 @@ def session_seeds() -> list:
 
 def peer_seeds() -> list:
     out = []
-    for lit in literals(["peer/test_peer_protocol.py", "framing/test_framing_api.py"]):
+    for lit in literals(["peer/test_protocol.py", "framing/test_api.py"]):
         if b"\n" not in lit:
             continue
         out.append(target_peer.seed(lit))
