@@ -252,9 +252,9 @@ def test_directory_on_redis_exits_on_sigterm_mid_round(redis_url: str) -> None:
 
 def test_an_entry_with_an_impossible_port_is_ignored_not_a_failed_round(redis_url: str) -> None:
     """A presence entry no directory could have written (port 70000, from a
-    foreign writer or a hand edit) used to reach the probe, whose
-    ``open_connection`` raised OverflowError: every round then failed with a
-    traceback.  It is a malformed entry like any other: ignored (logged),
+    foreign writer or a hand edit) must not reach the probe, whose
+    ``open_connection`` would raise OverflowError and fail every round with
+    a traceback.  It is a malformed entry like any other: ignored (logged),
     and the round goes on."""
     async def main() -> None:
         reg = RedisRegistry(redis_url, follow=False)

@@ -250,9 +250,9 @@ def test_signal_in_the_middle_of_a_healing_exits_zero_without_orphans(tmp_path, 
 def test_sigterm_while_the_old_generation_is_retired_leaves_no_worker_behind(tmp_path):
     """SIGTERM arrives while a Manager replacement retires the old workers
     (they got SIGTERM; one does not exit -- stopped here, hung in real life).
-    Cancelling the retirement used to forget that worker: the supervisor
-    exited without waiting for it or SIGKILLing it, and it stayed for ever.
-    Now the shutdown stops it like every other worker (SIGKILL after 3 s)."""
+    Cancelling the retirement must not forget that worker, or it would
+    outlive the directory for ever: the shutdown stops it like every other
+    worker (SIGKILL after 3 s)."""
     d = start_directory("--workers", "2", "--check-interval", "3600", data_dir=str(tmp_path))
     stuck = None
     try:

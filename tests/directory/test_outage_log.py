@@ -132,10 +132,10 @@ def outage_lines(caplog) -> list:
 
 def test_a_flapping_backend_is_not_a_log_flood(caplog):
     """A backend that fails every other request (PostgreSQL timing out under
-    load, a pool of connections of which some are stale after a restart) used
-    to write a WARNING and an INFO for *every* alternation: the flood the
-    outage log exists to prevent.  Now: a couple of lines at once, then at
-    most about one per interval, and the counts still add up."""
+    load, a pool of connections of which some are stale after a restart)
+    must not write a WARNING and an INFO for *every* alternation: that is the
+    flood the outage log exists to prevent.  A couple of lines at once, then
+    at most about one per interval, and the counts still add up."""
     clock = Clock()
     outage = OutageLog("login", interval=10.0, clock=clock)
     caplog.set_level(logging.INFO, logger=LOGGER)

@@ -2,11 +2,10 @@
 starting its interpreter.
 
 Workers ignore SIGINT (the supervisor stops them), but a worker only gets to
-say so once its code runs: a SIGINT during interpreter start-up raised
+say so once its code runs: a SIGINT during interpreter start-up would raise
 KeyboardInterrupt inside ``site`` ("Fatal Python error: init_import_site"
-and a traceback in the log of a directory that was shutting down cleanly;
-seen in about 1 of 40 runs of the signal-during-healing test).  The
-supervisor now forks workers with SIGINT blocked, and ``worker_main``
+and a traceback in the log of a directory that is shutting down cleanly).
+So the supervisor forks workers with SIGINT blocked, and ``worker_main``
 unblocks it only after setting SIG_IGN.
 
 To hit that moment every time, a ``sitecustomize`` (imported by ``site``,

@@ -200,9 +200,9 @@ def test_a_process_started_but_not_watched_is_killed_not_lost(tmp_path, monkeypa
     child watcher (a thread per child before Python 3.12, a pidfd since).
     When that step fails -- no thread or descriptor to be had, the very
     conditions that make spawns fail -- ``create_subprocess_exec`` raises
-    although the process runs: the supervisor took it for a failed start and
-    the process went on unwatched (a worker the supervisor does not know, on
-    the port; then a zombie), one more at each retry.
+    although the process runs.  Taken for a failed start alone, the process
+    would go on unwatched (a worker the supervisor does not know, on the
+    port; then a zombie), one more at each retry.
 
     The supervisor's real ``_spawn``, a real worker process; only the
     watcher's thread is made to fail (as root, no process or thread limit
@@ -268,12 +268,12 @@ def in_supervisor(tmp_path, body) -> set:
 
 
 def test_the_ready_report_is_read_without_a_thread(tmp_path, monkeypatch):
-    """The supervisor read a new worker's ``ready`` on an executor thread.
-    With no thread to be had (the conditions under which spawns fail), a
-    worker that started fine was reported as "did not start" and left
-    running, unaccounted for; its ``ready`` then hit a closed pipe (a
-    traceback, a crash, a restart).  The pipe is now watched by the event
-    loop: a real worker that starts is reported serving, threads or not."""
+    """A new worker's ``ready`` is read by the event loop, not on an
+    executor thread: with no thread to be had (the conditions under which
+    spawns fail), a worker that started fine would be reported as "did not
+    start" and left running, unaccounted for, and its ``ready`` would hit a
+    closed pipe (a traceback, a crash, a restart).  A real worker that
+    starts is reported serving, threads or not."""
     real_start = threading.Thread.start
 
     def start(thread: threading.Thread) -> None:
@@ -293,10 +293,10 @@ def test_the_ready_report_is_read_without_a_thread(tmp_path, monkeypatch):
 
 
 def test_a_process_that_never_says_ready_is_stopped(tmp_path, monkeypatch):
-    """A worker process that does not report ``ready`` in time used to stay:
-    the slot held a process that never served, and its watcher waited for
-    it to exit -- for ever if it hung.  Now it is killed, so the watcher
-    restarts the slot like any crashed worker."""
+    """A worker process that does not report ``ready`` in time is killed:
+    kept, the slot would hold a process that never serves, and its watcher
+    would wait for it to exit -- for ever if it hung.  Killed, the slot is
+    restarted by its watcher like any crashed worker."""
     from eurechat.directory import supervisor
 
     monkeypatch.setattr(supervisor, "READY_TIMEOUT", 0.5)

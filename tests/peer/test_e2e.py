@@ -557,9 +557,10 @@ def test_pending_right_after_msg_lists_only_what_is_queued(cluster):
 
 
 def test_an_unusable_data_dir_is_reported_as_such_not_as_a_listen_failure(tmp_path):
-    """Bug: any OSError from start() was reported as "cannot listen on
-    127.0.0.1:0" with exit 6, also when the data directory could not be
-    created (here: its parent is a regular file)."""
+    """A data directory that cannot be created (here: its parent is a
+    regular file) is an error about ``--data-dir`` (exit 2), not "cannot
+    listen on 127.0.0.1:0" (exit 6): not every OSError of start() is about
+    listening."""
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     res = subprocess.run(peer_cmd() + ["--user", "alice", "--json", "--data-dir",
@@ -575,11 +576,11 @@ def test_an_unusable_data_dir_is_reported_as_such_not_as_a_listen_failure(tmp_pa
 
 
 def test_a_full_directory_is_unavailable_not_a_failed_login(tmp_path):
-    """Bug: a directory past ``--max-connections`` answers a new connection
-    ``ERR max number of clients reached`` (SPEC section 2); the peer took
-    that reply to its LOGIN for a refused password and exited 3 ("wrong
-    password?").  A full directory is an unavailable one: the peer starts,
-    runs, and logs in once there is room (SPEC section 4)."""
+    """A directory past ``--max-connections`` answers a new connection
+    ``ERR max number of clients reached`` (SPEC section 2).  That reply to
+    the peer's LOGIN is not a refused password (exit 3, "wrong password?"):
+    a full directory is an unavailable one, so the peer starts, runs, and
+    logs in once there is room (SPEC section 4)."""
     import socket
 
     from support.peers import FAST

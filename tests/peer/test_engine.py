@@ -235,12 +235,12 @@ def test_a_frame_left_unfinished_is_cut_off(tmp_path):
 
 
 def test_a_dialled_connection_reset_at_once_does_not_stall_the_route(tmp_path):
-    """Regression: a connection we dialled that the remote resets at once (a
-    listener dying with our connection in its accept queue, e.g. a recipient
-    killed just as we redial it) could be lost before the dialling coroutine
-    resumed.  The route then adopted the already-closed connection as its own
-    and, since it "had a connection", never dialled again: everything queued
-    for that recipient stalled until a restart, whatever the directory said.
+    """A connection we dialled that the remote resets at once (a listener
+    dying with our connection in its accept queue, e.g. a recipient killed
+    just as we redial it) can be lost before the dialling coroutine resumes.
+    A route that adopted the already-closed connection as its own would,
+    since it "had a connection", never dial again: everything queued for
+    that recipient would stall until a restart, whatever the directory said.
 
     Here a listening socket watched by alice's own event loop accepts and
     resets (RST) each connection the moment it is queued, so the reset is
@@ -356,8 +356,8 @@ def _assert_backed_off(times: list, min_gap: float) -> None:
     """Dials 1 and 2 may be back to back (a connection that was fine until it
     dropped is redialled at once); every later one waits at least the jittered
     backoff, ``min_gap``.  So n dials need at least (n - 2) * min_gap seconds;
-    one dial of slack for connect latency.  (Before the fix: thousands per
-    second, i.e. all of them within a few milliseconds.)"""
+    one dial of slack for connect latency.  (A spinning route dials
+    thousands of times per second, all within a few milliseconds.)"""
     n = len(times)
     span = times[-1] - times[0]
     allowed = 3 + int(span / min_gap)
@@ -366,11 +366,11 @@ def _assert_backed_off(times: list, min_gap: float) -> None:
 
 
 def test_an_address_that_resets_after_identification_is_dialled_with_backoff(tmp_path):
-    """Regression (reconnect spin): a connection that is accepted and then
-    closed right after our first MESSAGE used to reset the backoff when it
-    was identified, so such an address was redialled in a tight loop
-    (~9,000 dials/s measured).  Now only an ACK resets it.  Afterwards the
-    real recipient still gets the message (the route is not stuck)."""
+    """A connection that is accepted and then closed right after our first
+    MESSAGE must not reset the backoff (only an ACK does): reset when the
+    connection is identified, such an address would be redialled in a tight
+    loop (thousands of dials per second).  Afterwards the real recipient
+    still gets the message (the route is not stuck)."""
     async def main():
         slam = Slammer()
         addr = await slam.start()
@@ -469,10 +469,10 @@ def test_the_lookup_cache_forgets_claimed_names_but_not_waiting_recipients(tmp_p
 
 
 def test_a_text_that_cannot_be_encoded_is_refused_alone_not_with_its_batch(tmp_path):
-    """Bug: ``send()`` of a str holding a lone surrogate (``os.fsdecode`` of a
-    non-UTF-8 file name gives one) was accepted, then failed the whole group
-    commit: every other message of that event-loop turn was refused as a
-    "storage failure".  It must be refused on its own, at once."""
+    """``send()`` of a str holding a lone surrogate (``os.fsdecode`` of a
+    non-UTF-8 file name gives one) is refused on its own, at once: accepted,
+    it would fail the whole group commit, and every other message of that
+    event-loop turn would be refused as a "storage failure"."""
     import asyncio
 
     from eurechat.peer import Peer, PeerError

@@ -602,10 +602,10 @@ class RawPeer:
 def test_an_ack_we_send_does_not_start_the_wait_for_our_message(tmp_path: Path):
     """The wait for an answer starts at the first write that *owes* us one
     (a MESSAGE, a PING) after the last receive.  Our own ACK of bob's message
-    owes us nothing: counting from it made alice's reply, sent a while after
-    she acknowledged bob, look silent for that whole while at once (probed at
-    the next sweep, and given up after PING_TIMEOUT alone instead of
-    ACK_TIMEOUT + PING_TIMEOUT)."""
+    owes us nothing: counting from it would make alice's reply, sent a while
+    after she acknowledged bob, look silent for that whole while at once
+    (probed at the next sweep, and given up after PING_TIMEOUT alone instead
+    of ACK_TIMEOUT + PING_TIMEOUT)."""
     async def main() -> None:
         bob = RawPeer()
         addr = await bob.start()
@@ -698,9 +698,9 @@ def test_an_idle_connection_whose_close_cannot_drain_is_aborted(tmp_path: Path, 
     """The idle timeout closes a connection on which alice sent nothing for
     that long.  When what bob still has to send on it never drains (alice's
     window stays shut; a vanished host does not even answer), the graceful
-    close never ends: the sweep found it idle again every round (a log line
-    per sweep, every 0.75 s here, 1.25 s by default) until TCP
-    gave up.  The next sweep aborts it instead."""
+    close never ends: the sweep would find it idle again every round (a log
+    line per sweep, every 0.75 s here, 1.25 s by default) until TCP gives
+    up.  The next sweep aborts it instead."""
     caplog.set_level(logging.INFO, logger="eurechat.peer.node")
 
     async def main() -> None:

@@ -225,12 +225,12 @@ def _inbox_size(path: Path) -> int:
 
 
 def test_a_fully_pruned_inbox_does_not_hide_messages_recorded_before_a_kill(cluster):
-    """Bug: inbox seqs are SQLite rowids, which restart at 1 once pruning has
-    emptied the table, while the display cursor stays where it was.  New
-    messages then sit *below* the cursor: the cursor no longer moves as they
-    are shown, and one recorded (and ACKed) but not yet shown when the peer
-    dies is never shown at all ("a message recorded but not yet shown when
-    the receiver dies is shown when it next starts", SPEC section 4).
+    """The store numbers inbox rows itself: left to SQLite, a rowid restarts
+    at 1 once pruning has emptied the table while the display cursor stays
+    where it was, so new messages would sit *below* the cursor and one
+    recorded (and ACKed) but not yet shown when the peer dies would never be
+    shown ("a message recorded but not yet shown when the receiver dies is
+    shown when it next starts", SPEC section 4).
 
     bob shows 60 messages, 100 days pass (the records are aged in his file),
     his next start prunes them all; then his stdout fills up while messages
