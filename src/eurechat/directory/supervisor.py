@@ -215,12 +215,12 @@ class Supervisor:
         """Fork workers with SIGINT blocked (the mask is inherited through
         ``exec``); ``worker_main`` ignores it and only then unblocks it.
 
-        A Ctrl-C (SIGINT to the whole process group) that reached a worker
-        still starting its interpreter raised KeyboardInterrupt inside
+        A Ctrl-C (SIGINT to the whole process group) that reaches a worker
+        still starting its interpreter would raise KeyboardInterrupt inside
         ``site``: "Fatal Python error" and a traceback in the log of a
-        directory shutting down cleanly (seen in 1 of ~40 runs of the
-        signal-during-healing test).  Here the signal stays pending in the
-        new process and is discarded when ``worker_main`` sets SIG_IGN.
+        directory shutting down cleanly.  Blocked, the signal stays pending
+        in the new process and is discarded when ``worker_main`` sets
+        SIG_IGN.
 
         Nested spawns (a generation started at once) share one block: the
         mask is restored when the last of them has forked.  In this process
