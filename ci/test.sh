@@ -14,6 +14,8 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
 command -v taskset >/dev/null 2>&1 || need_apt+=(util-linux)
+# systemd-analyze checks the units in contrib/ (tests/deploy).
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing system packages: ${need_apt[*]}"
     if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
