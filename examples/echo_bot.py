@@ -21,8 +21,12 @@ async def main() -> None:
     ap.add_argument("--data-dir", default=None, help="outbox/inbox directory")
     args = ap.parse_args()
     host, port = args.directory.rsplit(":", 1)
+    password = os.environ.get("EURECHAT_PASSWORD")
+    if not password:
+        ap.exit(2, "echo_bot.py: set EURECHAT_PASSWORD to the bot's password "
+                   "(at least 8 characters; the account is created if it is new)\n")
 
-    async with Peer(args.user, os.environ["EURECHAT_PASSWORD"], directory=(host, int(port)),
+    async with Peer(args.user, password, directory=(host, int(port)),
                     register=True, data_dir=args.data_dir) as peer:
         print(f"{args.user} ready, listening on {peer.address[0]}:{peer.address[1]}", flush=True)
         # Each incoming message exactly once, in order; the reply is queued

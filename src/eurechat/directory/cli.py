@@ -16,8 +16,17 @@ from typing import List, Optional
 
 from ..names import USERNAME_RULE
 from ..paths import default_data_dir
+from ..usage import LOG_LEVELS, MissingExtra, Parser, can_prompt, missing_extra, require_extra
 
-__all__ = ["main", "build_serve_parser"]
+__all__ = ["main", "build_serve_parser", "MAX_WORKERS"]
+
+log = logging.getLogger("eurechat.directory.cli")
+
+#: The most ``--workers`` accepted.  Each worker is a whole interpreter
+#: (~30 MB) and one event loop; more workers than CPUs only share them, so
+#: a figure far above any machine's CPU count is a typo (100000 forked until
+#: the OOM killer came).  Above the CPU count is allowed, with a WARNING.
+MAX_WORKERS = 256
 
 SUBCOMMANDS = ("serve", "useradd", "userdel", "users")
 
@@ -35,7 +44,7 @@ Other commands:
 
 EPILOG = """\
 Try it:  eurechat-directory --port 8888 &   then   nc 127.0.0.1 8888
-and type:  REGISTER 0 alice s3cret-pass   USER 0 alice   PASS 0 s3cret-pass   QUERY 0
+and type:  REGISTER 0 dave s3cret-pass   USER 0 dave   PASS 0 s3cret-pass   QUERY 0
 """
 
 
@@ -111,17 +120,20 @@ def _data_dir_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def build_serve_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="eurechat-directory", description=DESCRIPTION, epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        short_usage="eurechat-directory [serve] [--host HOST] [--port PORT] [--workers N] "
+                    "[options]")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; 0.0.0.0 or :: for every interface "
                         "(default: %(default)s)")
     p.add_argument("--port", type=_port, default=8888,
                    help="TCP port; 0 picks a free one and prints it (default: %(default)s)")
-    p.add_argument("--workers", type=_int_at_least(1), default=1, metavar="N",
+    p.add_argument("--workers", type=_int_between(1, MAX_WORKERS), default=1, metavar="N",
                    help="worker processes sharing the port, each one event loop; with N>1 a "
-                        "supervisor restarts dead workers and runs the checker (default: 1)")
+                        "supervisor restarts dead workers and runs the checker; at most "
+                        f"{MAX_WORKERS}, a WARNING above the number of CPUs (default: 1)")
     _data_dir_arg(p)
     p.add_argument("--registry", default=None, metavar="memory|manager|redis://HOST:PORT/DB",
                    help="where presence lives: in process (default with one worker), a "
@@ -148,8 +160,7 @@ def build_serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-connections", type=_int_at_least(1), default=10000, metavar="N",
                    help="sessions per worker; beyond it a new connection gets "
                         "'ERR max number of clients reached' (default: %(default)s)")
-    p.add_argument("--log-level", default="info",
-                   choices=("debug", "info", "warning", "error", "critical"),
+    p.add_argument("--log-level", default="info", choices=LOG_LEVELS,
                    help="logging threshold for eurechat.directory.* on stderr (default: info)")
     p.add_argument("--trace", action="store_true",
                    help="log every frame in and out (passwords masked)")
@@ -237,7 +248,12 @@ def _serve(argv: List[str]) -> int:
             print(f"eurechat-directory: --metrics needs prometheus_client: {metrics.EXTRA}",
                   file=sys.stderr)
             return 2
+    _require_extras(opts)
     setup_logging(opts.log_level)
+    cpus = _cpus()
+    if opts.worker_fd is None and opts.workers > cpus:
+        log.warning("--workers %d is more than the %d CPU(s) here: the workers share them "
+                    "(more processes, more memory, no more throughput)", opts.workers, cpus)
     if opts.worker_fd is not None:
         from .supervisor import worker_main
         return worker_main(opts)
@@ -249,6 +265,33 @@ def _serve(argv: List[str]) -> int:
         return supervise(opts, argv)
     from .app import run
     return run(opts)
+
+
+def _cpus() -> int:
+    """The CPUs this process may run on (its affinity, else all of them)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _is_redis(url: Optional[str]) -> bool:
+    return bool(url) and url.startswith(("redis://", "rediss://", "unix://"))
+
+
+def _is_postgres(url: Optional[str]) -> bool:
+    return bool(url) and url.startswith(("postgresql://", "postgres://"))
+
+
+def _require_extras(opts: argparse.Namespace) -> None:
+    """Each optional dependency the options need, checked before anything
+    starts (``MissingExtra``: one line naming the extra to install)."""
+    if _is_redis(getattr(opts, "registry", None)):
+        require_extra("redis", "--registry redis://...")
+    if _is_redis(getattr(opts, "throttle", None)):
+        require_extra("redis", "--throttle redis://...")
+    if _is_postgres(getattr(opts, "accounts", None)):
+        require_extra("psycopg", "--accounts postgresql://...")
 
 
 def _accounts(args: argparse.Namespace):
@@ -266,16 +309,29 @@ def _read_password(from_stdin: bool) -> bytes:
     if from_stdin:
         line = sys.stdin.buffer.readline()
         return line.rstrip(b"\r\n")
-    first = getpass.getpass("password: ")
-    if getpass.getpass("again: ") != first:
-        raise SystemExit("eurechat-directory: passwords do not match")
+    if not can_prompt():
+        raise SystemExit(_usage_line("no password: use --password-stdin (the first line of "
+                                     "stdin), or run on a terminal to be asked"))
+    try:
+        first = getpass.getpass("password: ")
+        again = getpass.getpass("again: ")
+    except (EOFError, KeyboardInterrupt):
+        raise SystemExit(_usage_line("no password given")) from None
+    if again != first:
+        raise SystemExit(_usage_line("passwords do not match"))
     return first.encode("utf-8")
 
 
+def _usage_line(text: str) -> int:
+    print(f"eurechat-directory: {text}", file=sys.stderr)
+    return 2
+
+
 def _manage(argv: List[str]) -> int:
-    p = argparse.ArgumentParser(prog="eurechat-directory",
-                                description="Manage directory accounts (SQLite in the data "
-                                            "directory; the server may be running).")
+    p = Parser(prog="eurechat-directory",
+               description="Manage directory accounts (SQLite in the data "
+                           "directory; the server may be running).",
+               short_usage="eurechat-directory useradd|userdel|users ...")
     sub = p.add_subparsers(dest="command", required=True)
     add = sub.add_parser("useradd", help="create an account")
     add.add_argument("name", help=USERNAME_RULE)
@@ -291,6 +347,7 @@ def _manage(argv: List[str]) -> int:
         sp.add_argument("--accounts", type=_accounts_url, default=None, metavar="URL",
                         help="the server's account store: sqlite:///PATH or postgresql://...")
     args = p.parse_args(argv)
+    _require_extras(args)
     from .interfaces import AccountExists, AccountsUnavailable
     try:
         store = _accounts(args)
@@ -325,14 +382,22 @@ def _manage(argv: List[str]) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in SUBCOMMANDS[1:]:
-        return _manage(argv)
-    if argv and argv[0] == "serve":
-        argv = argv[1:]
     try:
-        return _serve(argv)
-    except KeyboardInterrupt:
-        return 0
+        if argv and argv[0] in SUBCOMMANDS[1:]:
+            return _manage(argv)
+        if argv and argv[0] == "serve":
+            argv = argv[1:]
+        try:
+            return _serve(argv)
+        except KeyboardInterrupt:
+            return 0
+    except MissingExtra as exc:
+        return _usage_line(str(exc))
+    except ImportError as exc:
+        extra = missing_extra(exc)
+        if extra is None:
+            raise
+        return _usage_line(str(extra))
 
 
 if __name__ == "__main__":

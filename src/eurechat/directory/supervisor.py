@@ -517,8 +517,22 @@ class Supervisor:
                 return 2
             finally:
                 await probe.close()
-            results = await asyncio.gather(*(self._spawn(w, quiet=True)
-                                             for w in self.workers))
+            # A SIGINT/SIGTERM while the workers start ends the start-up at
+            # once: each worker may take up to READY_TIMEOUT to say it serves,
+            # and N of them on a loaded machine much longer.  Cancelling kills
+            # a process whose spawn was under way; those already spawned are
+            # stopped below with everything else.
+            starting = asyncio.ensure_future(asyncio.gather(
+                *(self._spawn(w, quiet=True) for w in self.workers)))
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not starting.done():
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+                log.info("stopped during start-up")
+                return 0
+            results = starting.result()
             unstarted = [w for w in self.workers if w.proc is None]
             if unstarted:
                 # Not retried: at start-up there is nothing to protect, and a

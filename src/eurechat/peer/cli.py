@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from ..names import USERNAME_RULE
+from ..usage import LOG_LEVELS, Parser, can_prompt
 from .directory_client import AuthFailed, DirectoryError, NameTaken
 from .node import Peer, PeerError, _env_float
 from .protocol import valid_name
@@ -72,8 +73,9 @@ def duration(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="eurechat-peer",
+    p = Parser(
+        prog="eurechat-peer", short_usage="eurechat-peer --user NAME [--register] "
+                                          "[--directory HOST:PORT] [options]",
         description="eurechat peer: chat with other peers directly; messages are kept "
                     "until delivered.",
         epilog="Password: $EURECHAT_PASSWORD, else --password-file, else a prompt. "
@@ -98,9 +100,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "0/forever to keep everything")
     p.add_argument("--password-file", type=Path, default=None,
                    help="read the password from the first line of this file")
-    p.add_argument("--log-level", default=os.environ.get("EURECHAT_LOG_LEVEL", "WARNING"),
-                   help="logging level on stderr (default WARNING)")
+    p.add_argument("--log-level", type=log_level, metavar="{" + ",".join(LOG_LEVELS) + "}",
+                   default=os.environ.get("EURECHAT_LOG_LEVEL", "warning"),
+                   help="logging threshold on stderr (default: $EURECHAT_LOG_LEVEL, else "
+                        "warning)")
     return p
+
+
+def log_level(text: str) -> str:
+    """One of LOG_LEVELS, in any case (the default, ``$EURECHAT_LOG_LEVEL``,
+    goes through here too)."""
+    if text.lower() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {text!r} (choose from {', '.join(LOG_LEVELS)})")
+    return text.lower()
 
 
 def read_password(args: argparse.Namespace) -> str:
@@ -116,7 +129,7 @@ def read_password(args: argparse.Namespace) -> str:
         if not pw:
             raise SystemExit(_usage(f"--password-file {args.password_file} is empty"))
         return pw
-    if not _can_prompt():
+    if not can_prompt():
         raise SystemExit(_usage("no password: set EURECHAT_PASSWORD, use --password-file, "
                                 "or run on a terminal to be asked"))
     try:
@@ -126,21 +139,6 @@ def read_password(args: argparse.Namespace) -> str:
     if not pw:
         raise SystemExit(_usage("empty password"))
     return pw
-
-
-def _can_prompt() -> bool:
-    """A terminal to ask on: the controlling one (``/dev/tty``, what getpass
-    prefers, so piped stdin still works), else stdin if it is a terminal
-    (a session without a controlling terminal, e.g. under ``setsid``)."""
-    try:
-        with open("/dev/tty"):
-            return True
-    except OSError:
-        pass
-    try:
-        return sys.stdin is not None and sys.stdin.isatty()
-    except ValueError:
-        return False
 
 
 def _usage(text: str) -> int:
@@ -311,7 +309,7 @@ class App:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
+    logging.basicConfig(level=args.log_level.upper(),
                         stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not valid_name(args.user):
