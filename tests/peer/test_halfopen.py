@@ -37,7 +37,7 @@ import pytest
 
 from eurechat.framing import Decoder, Message, encode
 from eurechat.peer import Peer, Timings
-from eurechat.peer.node import Liveness
+from eurechat.peer.liveness import Liveness
 from support.client import FramedClient
 from support.peers import PASSWORD
 

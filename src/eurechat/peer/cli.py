@@ -32,8 +32,9 @@ from typing import List, Optional, Tuple
 from ..names import USERNAME_RULE
 from ..usage import LOG_LEVELS, Parser, can_prompt
 from .directory_client import AuthFailed, DirectoryError, NameTaken
-from .node import Peer, PeerError, _env_float
+from .node import Peer, PeerError
 from .protocol import valid_name
+from .settings import env_float as _env_float
 from .store import INBOX_RETENTION, StoreLocked
 from .ui import Output, piped_lines, terminal_lines
 

@@ -44,9 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import itertools
 import logging
-import math
 import os
 import secrets
 import socket
@@ -54,15 +52,13 @@ import struct
 import sys
 import termios
 import time
-from collections import deque
-from dataclasses import dataclass
+from functools import partial
 from typing import (
     AsyncIterator,
     Callable,
     Dict,
     Iterable,
     List,
-    NamedTuple,
     Optional,
     Sequence,
     Set,
@@ -70,6 +66,10 @@ from typing import (
     Union,
 )
 
+from . import commit
+from . import events as ev_
+from .addresses import AddressBook, Sightings
+from .dialing import Dialing
 from .directory_client import (
     DirectoryClient,
     DirectoryError,
@@ -77,8 +77,11 @@ from .directory_client import (
     Registration,
     backoff_delay,
 )
+from .events import Event, IncomingMessage
+from .liveness import Liveness, Verdict
+from .outbox import Outbox, OutItem, new_msgid
+from .pairing import settle
 from .protocol import (
-    PEER_MAX_PAYLOAD,
     AckReceived,
     ErrReceived,
     MessageReceived,
@@ -86,108 +89,15 @@ from .protocol import (
     PingReceived,
     PongReceived,
     Violation,
-    encode_ack,
     encode_message,
     encode_ping,
     encode_pong,
     valid_name,
 )
+from .settings import CACHE_KEEP, LOG_NAME, MAX_TEXT_BYTES, Timings
 from .store import INBOX_RETENTION, PeerStore, default_data_dir
 
-log = logging.getLogger("eurechat.peer.node")
-
-#: A lookup kept this long (seconds) for a name we have nothing queued for,
-#: then dropped by the sweep (``Peer._prune_cache``).
-CACHE_KEEP = 600.0
-
-#: Largest text ``send()`` accepts: what fits a peer's 1 MiB inbound limit.
-MAX_TEXT_BYTES = PEER_MAX_PAYLOAD
-
-#: A sighting (``waiting()``'s ``last_seen``) is written to the store at most
-#: this often per name: "seen 3 minutes ago" needs no fsync per lookup.
-SEEN_SAVE_EVERY = 600.0
-
-Event = dict
-
-
-def _env_float(name: str, default: float, zero_ok: bool = False) -> float:
-    """``name`` from the environment, if it is a usable setting: finite and
-    positive (or zero, where zero means "off").  Anything else is ignored with
-    a WARNING that names it: these are tuning knobs, and a typo must neither
-    stop the peer nor slip through as ``nan`` (every comparison false: a probe
-    never sent), ``inf`` or ``0`` (a window of 0 never sends; a timer of 0
-    spins)."""
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if math.isfinite(value) and (value > 0 or (zero_ok and value == 0)):
-        return value
-    log.warning("ignoring %s=%r: not a %s number; using %g", name, raw,
-                "non-negative" if zero_ok else "positive", default)
-    return default
-
-
-@dataclass
-class Timings:
-    """Retry, cache and window settings.  Defaults follow SPEC section 4;
-    every one can be overridden from the environment (tests use short ones)."""
-
-    retry_base: float = 0.25        #: first retry delay for an unreachable recipient
-    retry_max: float = 30.0         #: backoff cap for recipients (SPEC: 30 s)
-    directory_retry_base: float = 0.2
-    directory_retry_max: float = 30.0
-    query_ttl: float = 2.0          #: how long a QUERY answer is trusted
-    directory_wait: float = 3.0     #: a lookup waits this long for a reconnecting directory
-    lookup_interval: float = 3.0    #: look an unreachable recipient up at least this often
-    connect_timeout: float = 5.0
-    #: a PING (``/ping``, or the probe of a silent connection) unanswered this
-    #: long has failed
-    ping_timeout: float = 5.0
-    #: messages of ours unacknowledged and nothing at all received for this
-    #: long: probe the connection with a PING (0: never probe).  See ``Liveness``.
-    ack_timeout: float = 10.0
-    window: int = 1024              #: unacknowledged messages in flight per recipient
-    frame_timeout: float = 60.0     #: a frame once started must complete within this
-    idle_timeout: float = 300.0     #: close a connection that sent nothing for this long
-    rebind_check: float = 30.0      #: check our own registration (and BIND again) this often
-    prune_interval: float = 3600.0  #: look for expired inbox records this often
-    prune_batch: int = 1000         #: inbox records deleted per pass at most
-
-    @classmethod
-    def from_env(cls) -> Timings:
-        t = cls()
-        t.retry_base = _env_float("EURECHAT_RETRY_BASE", t.retry_base)
-        t.retry_max = _env_float("EURECHAT_RETRY_MAX", t.retry_max)
-        t.directory_retry_base = _env_float("EURECHAT_DIRECTORY_RETRY_BASE",
-                                            t.directory_retry_base)
-        t.directory_retry_max = _env_float("EURECHAT_DIRECTORY_RETRY_MAX",
-                                           t.directory_retry_max)
-        t.query_ttl = _env_float("EURECHAT_QUERY_TTL", t.query_ttl, zero_ok=True)
-        t.directory_wait = _env_float("EURECHAT_DIRECTORY_WAIT", t.directory_wait, zero_ok=True)
-        t.lookup_interval = _env_float("EURECHAT_LOOKUP_INTERVAL", t.lookup_interval)
-        t.connect_timeout = _env_float("EURECHAT_CONNECT_TIMEOUT", t.connect_timeout)
-        t.ping_timeout = _env_float("EURECHAT_PING_TIMEOUT", t.ping_timeout)
-        t.ack_timeout = _env_float("EURECHAT_ACK_TIMEOUT", t.ack_timeout, zero_ok=True)
-        t.window = max(1, int(_env_float("EURECHAT_WINDOW", t.window)))
-        t.frame_timeout = _env_float("EURECHAT_FRAME_TIMEOUT", t.frame_timeout)
-        t.idle_timeout = _env_float("EURECHAT_IDLE_TIMEOUT", t.idle_timeout)
-        t.rebind_check = _env_float("EURECHAT_REBIND_CHECK", t.rebind_check)
-        t.prune_interval = _env_float("EURECHAT_PRUNE_INTERVAL", t.prune_interval)
-        t.prune_batch = max(1, int(_env_float("EURECHAT_PRUNE_BATCH", t.prune_batch)))
-        return t
-
-
-class IncomingMessage(NamedTuple):
-    """A message received and durably recorded; ``msgid`` None from seed peers."""
-
-    sender: str
-    msgid: Optional[str]
-    text: str
-    seq: int
+log = logging.getLogger(LOG_NAME)
 
 
 class PeerError(Exception):
@@ -197,120 +107,6 @@ class PeerError(Exception):
 def _plain_ip(ip: str) -> str:
     """``::ffff:1.2.3.4`` (IPv4 seen through an IPv6 socket) -> ``1.2.3.4``."""
     return ip[7:] if ip.startswith("::ffff:") else ip
-
-
-class _MsgIds:
-    """Message ids: a random 72-bit prefix per process start plus a counter.
-
-    Unique without coordination (the receiver dedupes on (sender, msgid), so
-    an id only has to be unique per sender), and far cheaper than drawing
-    fresh random bytes for every message."""
-
-    def __init__(self) -> None:
-        self.prefix = secrets.token_urlsafe(9)
-        self.n = itertools.count()
-
-    def __call__(self) -> str:
-        return f"{self.prefix}{next(self.n):x}"
-
-
-new_msgid = _MsgIds()
-
-
-class _OutItem:
-    """One (recipient, message) of the outbox, held until the recipient ACKs it.
-
-    Only the wire frame is kept (shared by all recipients of one message);
-    the text is decoded from it when ``/pending`` asks, so a large outbox
-    costs its bytes once, not twice."""
-
-    __slots__ = ("seq", "msgid", "frame", "acked", "created")
-
-    def __init__(self, seq: int, msgid: str, frame: bytes, created: float) -> None:
-        self.seq = seq
-        self.msgid = msgid
-        self.frame = frame
-        self.acked = False
-        self.created = created   # time.time() of the outbox commit (persisted)
-
-    @property
-    def text(self) -> str:
-        return self.frame[self.frame.index(b"\n") + 1:].decode("utf-8")
-
-
-class Liveness:
-    """When to probe a connection that owes us an answer, and when to give it up.
-
-    A connection whose other host vanished without a FIN or RST (power cut,
-    network change, a NAT or firewall that dropped its state) stays "open"
-    here: writes succeed, nothing ever comes back.  Waiting for the idle
-    timeout (300 s) would hold our messages that long, so:
-
-    1. **Probe.** Messages of ours are in flight, unacknowledged, and nothing
-       at all has arrived for ``ack_timeout`` since we started waiting (the
-       later of the last receive and the first write after it that owes us
-       an answer, i.e. a MESSAGE or PING, not our ACK or PONG): send a PING.
-       An idle connection with nothing in flight is never probed.
-    2. **Give up.** Nothing at all arrives within ``ping_timeout`` of the
-       probe: the connection is dead.  Anything received (the PONG, an ACK,
-       a message) answers the probe.
-
-    One exception keeps slow links working: while our own bytes queued ahead
-    of the PING are still being taken by the remote TCP (``delivered``
-    grows while something is ``outstanding``), the PING has not reached the
-    other side yet, so its clock restarts.  A 1 MiB message on a slow uplink
-    is not a dead connection.
-
-    Sans-IO: times (``time.monotonic()``) and byte counts in, a verdict
-    out; the caller sends the PING or closes the connection.
-    """
-
-    OK = "ok"
-    PROBE = "probe"
-    DEAD = "dead"
-
-    __slots__ = ("ack_timeout", "ping_timeout", "probe_at", "delivered")
-
-    def __init__(self, ack_timeout: float, ping_timeout: float) -> None:
-        self.ack_timeout = ack_timeout
-        self.ping_timeout = ping_timeout
-        self.probe_at = 0.0    #: when the unanswered probe was sent (0: none)
-        self.delivered = 0     #: ``delivered`` at the previous check
-
-    def check(self, now: float, in_flight: bool, last_rx: float, tx_since: float,
-              delivered: int = 0, outstanding: int = 0) -> str:
-        """One look at the connection.
-
-        ``in_flight``: messages of ours sent on it and unacknowledged;
-        ``last_rx``: when anything last arrived; ``tx_since``: when we first
-        wrote something owing us an answer after that (<= ``last_rx`` if we
-        have not); ``delivered``: bytes the remote TCP has taken so far;
-        ``outstanding``: our bytes not yet taken by it (in our buffer or the
-        kernel's).  Returns ``OK``,
-        ``PROBE`` (send a PING now) or ``DEAD`` (close it)."""
-        moved = delivered > self.delivered
-        self.delivered = delivered
-        if self.probe_at:
-            if last_rx > self.probe_at:
-                self.probe_at = 0.0          # answered: alive; judge afresh below
-            elif outstanding and moved:
-                self.probe_at = now          # still pushing what is ahead of the PING
-                return self.OK
-            elif now - self.probe_at > self.ping_timeout:
-                return self.DEAD
-            else:
-                return self.OK
-        if self.due(now, in_flight, last_rx, tx_since):
-            self.probe_at = now
-            return self.PROBE
-        return self.OK
-
-    def due(self, now: float, in_flight: bool, last_rx: float, tx_since: float) -> bool:
-        """No probe out, and it is time for one.  ``check`` needs the byte
-        counts (a system call) only once this is true or a probe is out, so
-        the sweep asks this first."""
-        return bool(in_flight and self.ack_timeout > 0 and
-                    now - max(last_rx, tx_since) > self.ack_timeout)
 
 
 #: Linux's SIOCOUTQ (== TIOCOUTQ): bytes in a TCP socket's send queue that
@@ -424,28 +220,36 @@ class _Route:
     def __init__(self, node: Peer, name: str) -> None:
         self.node = node
         self.name = name
-        self.queue: deque = deque()          # _OutItem in seq order, until acked
-        self.by_id: Dict[str, _OutItem] = {}
-        self.sent = 0                        # queue[:sent] went out on self.conn
+        t = node.timings
+        self.outbox = Outbox(t.window)
+        self.dialing = Dialing(partial(backoff_delay, base=t.retry_base, cap=t.retry_max),
+                               t.lookup_interval)
         self.conn: Optional[_Conn] = None
-        #: failures (dials refused or timed out, connections lost before the
-        #: recipient ACKed anything on them) since the route last proved
-        #: itself with an ACK; the exponent of the backoff
-        self.attempt = 0
         self.timer: Optional[asyncio.TimerHandle] = None
         self.connecting: Optional[asyncio.Task] = None
-        self.offline_reported = False
-        self.failed_addr: Optional[Tuple[str, int]] = None
-        self.dial_after = 0.0
+
+    @property
+    def queue(self):
+        """The unacknowledged messages, in seq order."""
+        return self.outbox.queue
+
+    @property
+    def sent(self) -> int:
+        """How many of ``queue`` went out on ``conn``: those in flight."""
+        return self.outbox.sent
+
+    @property
+    def attempt(self) -> int:
+        """Failures since the route last proved itself with an ACK."""
+        return self.dialing.attempt
 
     @property
     def connected(self) -> bool:
         """Has a connection that is still open (a lost one does not count)."""
         return self.conn is not None and not self.conn.closed
 
-    def enqueue(self, item: _OutItem) -> None:
-        self.queue.append(item)
-        self.by_id[item.msgid] = item
+    def enqueue(self, item: OutItem) -> None:
+        self.outbox.enqueue(item)
 
     def use(self, conn: Optional[_Conn]) -> None:
         """Send over ``conn`` from now on: everything unacknowledged goes again."""
@@ -457,7 +261,7 @@ class _Route:
         if conn is self.conn:
             return
         self.conn = conn
-        self.sent = 0
+        self.outbox.restart()
         if conn is not None:
             self._cancel_timer()
         self.pump()   # send, or (no connection after all) get one
@@ -471,25 +275,14 @@ class _Route:
         """Send what the window allows, or get a connection if there is none."""
         conn = self.conn
         if conn is None or conn.closed:
-            if self.queue and self.connecting is None and self.timer is None:
-                self.connect_soon(0 if self.attempt == 0 else None)
+            if self.outbox and self.connecting is None and self.timer is None:
+                self.connect_soon(self.dialing.first_delay())
             return
         if conn.paused:
             return
-        queue = self.queue
-        limit = min(len(queue), self.node.timings.window)
-        if self.sent >= limit:
-            return
-        frames = []
-        i = self.sent
-        while i < limit:
-            item = queue[i]
-            if not item.acked:
-                frames.append(item.frame)
-            i += 1
-        self.sent = limit
-        if frames:
-            conn.write(b"".join(frames), answer_due=True)
+        data = self.outbox.take()
+        if data is not None:
+            conn.write(data, answer_due=True)
 
     def on_ack(self, msgid: Optional[str], conn: _Conn) -> None:
         """An ACK arrived on ``conn``.  Only the connection we send over can
@@ -500,32 +293,14 @@ class _Route:
             log.debug("ignoring an ACK from %r: not the connection we send to %s over",
                       conn, self.name)
             return
-        if msgid is None:  # a seed peer's bare "ACK 0": the oldest unacked we sent it
-            queue = self.queue
-            item = next((queue[i] for i in range(min(self.sent, len(queue)))
-                         if not queue[i].acked), None)
-            if item is None:
-                return
-            self.by_id.pop(item.msgid, None)
-        else:
-            item = self.by_id.pop(msgid, None)
-            if item is None:
-                return  # a duplicate ACK (we sent it twice), nothing to do
-        item.acked = True
-        # The only place the backoff resets: the recipient recorded something
-        # we sent.  A connection that is merely accepted (and identified)
-        # proves nothing: a remote that accepts and resets at once would
-        # otherwise be redialled in a tight loop.
-        self.attempt = 0
-        self.offline_reported = False
-        self.failed_addr = None
-        queue = self.queue
+        done = self.outbox.ack(msgid)
+        if done is None:
+            return   # a duplicate ACK (we sent it twice), or nothing in flight
+        self.dialing.proved()
         node = self.node
-        while queue and queue[0].acked:
-            done = queue.popleft()
-            if self.sent:
-                self.sent -= 1
-            node._pending_del.append((self.name, done))
+        name = self.name
+        for item in done:
+            node._pending.dels.append((name, item))
         node._schedule_flush()
         node._to_pump.add(self)
 
@@ -534,19 +309,8 @@ class _Route:
         if self.connecting is not None:
             return
         self._cancel_timer()
-        t = self.node.timings
         if delay is None:
-            delay = backoff_delay(self.attempt - 1, t.retry_base, t.retry_max)
-            if self.failed_addr is not None:
-                # That address's own backoff, drawn once when it failed (a
-                # second draw of the jitter could fire before it and be refused).
-                delay = max(delay, self.dial_after - self.node._loop.time())
-            if self.node.directory is not None:
-                # Looking the recipient up is cheap; dialling a dead address is
-                # not: look up at least every lookup_interval, so a recipient
-                # coming back is seen quickly, and re-dial an address that
-                # failed only when its own backoff has run out (see _connect).
-                delay = min(delay, t.lookup_interval)
+            delay = self.dialing.delay(self.node._loop.time(), self.node.directory is not None)
         if delay <= 0:
             self.connecting = asyncio.ensure_future(self._connect())
         else:
@@ -558,20 +322,22 @@ class _Route:
             self.connecting = asyncio.ensure_future(self._connect())
 
     def dial_failed(self, addr: Tuple[str, int]) -> None:
-        """``addr`` failed us: refused, timed out, or lost before the recipient
-        acknowledged anything on it.  It is not dialled again before its
-        backoff runs out, unless the recipient is seen anew (``wake``, a new
-        address, or a lookup that finds it unregistered)."""
-        t = self.node.timings
-        self.failed_addr = addr
-        self.dial_after = self.node._loop.time() + backoff_delay(
-            self.attempt, t.retry_base, t.retry_max)
+        """``addr`` failed us (see ``Dialing.failed``)."""
+        self.dialing.failed(addr, self.node._loop.time())
 
     def wake(self) -> None:
         """The recipient was just seen: retry now instead of waiting out the backoff."""
-        if self.queue and not self.connected and self.connecting is None:
+        if self.outbox and not self.connected and self.connecting is None:
             self._cancel_timer()
             self.connecting = asyncio.ensure_future(self._connect())
+
+    def connect_now(self) -> asyncio.Task:
+        """Try to reach the recipient now (unless a try is under way); the
+        task of the try.  Its result: True if the route is connected."""
+        if self.connecting is None:
+            self._cancel_timer()
+            self.connecting = asyncio.ensure_future(self._connect())
+        return self.connecting
 
     async def _connect(self) -> bool:
         node = self.node
@@ -584,8 +350,7 @@ class _Route:
                 if addr is None:
                     raise ConnectionError(f"{self.name} is not online")
                 conn = node._live_conn(self.name)
-                if conn is None and addr == self.failed_addr and \
-                        node._loop.time() < self.dial_after:
+                if conn is None and not self.dialing.may_dial(addr, node._loop.time()):
                     raise _Waiting(f"{self.name} at {addr[0]}:{addr[1]} was unreachable; "
                                    "waiting for its backoff or a new address")
                 if conn is None:
@@ -621,20 +386,17 @@ class _Route:
             return False
         except (ConnectionError, DirectoryError) as exc:
             log.debug("cannot reach %s: %s", self.name, exc)
-            if self.queue and not self.offline_reported:
-                self.offline_reported = True
+            queued = len(self.outbox)
+            if self.dialing.unreachable(queued > 0):
                 log.info("%s unreachable (%s); %d message(s) stay queued", self.name, exc,
-                         len(self.queue))
-                # Not one of the --json events of the SPEC: the CLI shows it
-                # to humans only; programs may watch for it.
-                node._emit({"event": "unreachable", "to": self.name, "queued": len(self.queue),
-                            "reason": str(exc), "last_seen": node.last_seen(self.name)})
-            self.attempt += 1
+                         queued)
+                node._emit(ev_.unreachable(self.name, queued, str(exc),
+                                           node.last_seen(self.name)))
             return False
         finally:
             if self.connecting is asyncio.current_task():
                 self.connecting = None
-            if not self.connected and self.queue and not node._closing and \
+            if not self.connected and self.outbox and not node._closing and \
                     self.timer is None and self.connecting is None:
                 self.connect_soon(None)
 
@@ -693,15 +455,12 @@ class Peer:
         #: connections that may owe us an answer (written to with
         #: ``answer_due``, or probed): what the sweep checks for liveness
         self._watch: Set[_Conn] = set()
-        self._cache: Dict[str, Tuple[float, Optional[Tuple[str, int]]]] = {}
-        self._pending_out: list = []
-        self._pending_in: list = []
-        self._pending_del: list = []
-        #: when each name was last seen online (wall clock), what of it is in
-        #: the store, and what the next commit writes
-        self._seen: Dict[str, float] = {}
-        self._seen_saved: Dict[str, float] = {}
-        self._pending_seen: Dict[str, float] = {}
+        #: the lookup cache, behind the fixed ``addresses``
+        self._book = AddressBook(self.addresses, self.timings.query_ttl)
+        #: what the next group commit writes
+        self._pending = commit.Pending()
+        #: when each name was last seen online (loaded from the store at start)
+        self._sightings = Sightings()
         self._to_pump: Set[_Route] = set()
         self._flush_handle: Optional[asyncio.Handle] = None
         self._pings: Dict[str, asyncio.Future] = {}
@@ -737,11 +496,10 @@ class Peer:
         self.store = PeerStore(self.data_dir, self.user)
         try:
             for row in self.store.load_outbox():
-                self._route(row.recipient).enqueue(_OutItem(
+                self._route(row.recipient).enqueue(OutItem(
                     row.seq, row.msgid, encode_message(self.user, row.msgid, row.text),
                     row.created))
-            self._seen = self.store.load_seen()
-            self._seen_saved = dict(self._seen)
+            self._sightings = Sightings(self.store.load_seen())
             host, port = self.listen_address
             self._server = await self._loop.create_server(
                 lambda: _Conn(self), host or None, port, reuse_address=True)
@@ -759,15 +517,14 @@ class Peer:
                     retry_max=self.timings.directory_retry_max,
                     wait_online=self.timings.directory_wait,
                     on_online=self._on_directory_online,
-                    on_error=lambda text: self._emit({"event": "error", "text": text}),
+                    on_error=lambda text: self._emit(ev_.error(text)),
                     recheck=self.timings.rebind_check)
                 await self.directory.start()
         except BaseException:
             await self._shutdown(leave=False)
             raise
         self._ready = True
-        self._emit({"event": "ready", "user": self.user,
-                    "listen": f"{self.address[0]}:{self.address[1]}"})
+        self._emit(ev_.ready(self.user, self.address))
         self._show_all([IncomingMessage(row.sender, row.msgid, row.text, row.seq)
                         for row in self.store.unshown()])
         for route in list(self._routes.values()):
@@ -848,11 +605,11 @@ class Peer:
             if not live.due(now, True, conn.last_rx, conn.tx_since):
                 return   # not silent for long: no byte count (an ioctl) to take yet
         verdict = live.check(now, in_flight > 0, conn.last_rx, conn.tx_since, *conn.progress())
-        if verdict is Liveness.PROBE:
+        if verdict is Verdict.PROBE:
             log.info("%r: %d message(s) unacknowledged and nothing received for %.1f s: "
                      "probing with PING", conn, in_flight, now - max(conn.last_rx, conn.tx_since))
             conn.write(encode_ping("probe"))
-        elif verdict is Liveness.DEAD:
+        elif verdict is Verdict.DEAD:
             log.warning("%r: no answer to a PING within %.1f s (nothing received for %.1f s, "
                         "%d message(s) unacknowledged): the other side is gone or the "
                         "connection half-open; closing it, to look %s up and send again",
@@ -864,12 +621,9 @@ class Peer:
     def _probe_now(self, conn: _Conn) -> None:
         """Doubt ``conn`` at once: PING it; the sweep closes it if nothing at
         all comes back within ``ping_timeout`` (``Liveness``)."""
-        live = conn.live
-        if live.probe_at or conn.closed:
+        if conn.live.probing or conn.closed:
             return
-        now = time.monotonic()
-        live.check(now, False, conn.last_rx, conn.tx_since, *conn.progress())  # (baseline)
-        live.probe_at = now
+        conn.live.probe_now(time.monotonic(), conn.progress()[0])
         self._watch.add(conn)
         conn.write(encode_ping("probe"))
 
@@ -920,9 +674,7 @@ class Peer:
             self._flush_handle.cancel()
         if self.store is not None:
             # Sightings kept only in memory (SEEN_SAVE_EVERY) go with the last commit.
-            for name, at in self._seen.items():
-                if self._seen_saved.get(name) != at:
-                    self._pending_seen[name] = at
+            self._sightings.save_all()
             with contextlib.suppress(Exception):
                 self._flush()
         for conn in list(self._conns_all):
@@ -981,7 +733,7 @@ class Peer:
             raise PeerError(f"message too long (more than {MAX_TEXT_BYTES} bytes)")
         msgid = new_msgid()
         fut = self._loop.create_future()
-        self._pending_out.append((msgid, text, names, fut))
+        self._pending.out.append((msgid, text, names, fut))
         self._schedule_flush()
         return msgid, fut
 
@@ -1082,17 +834,15 @@ class Peer:
         Messages accepted but not yet committed are committed first (their
         ``queued`` events come before this answer): the list is what is
         durably in the outbox, never a message that is not queued yet."""
-        if self._pending_out and not self._closing and not self._store_closed:
+        if self._pending.out and not self._closing and not self._store_closed:
             if self._flush_handle is not None:
                 self._flush_handle.cancel()
             self._flush()
         out = []
         for route in self._routes.values():
-            for item in route.queue:
-                if not item.acked:
-                    out.append((item.seq, {"to": route.name, "id": item.msgid,
-                                           "text": item.text}))
-        for msgid, text, names, _fut in self._pending_out:   # only while closing
+            for item in route.outbox.unacked():
+                out.append((item.seq, {"to": route.name, "id": item.msgid, "text": item.text}))
+        for msgid, text, names, _fut in self._pending.out:   # only while closing
             for n in names:
                 out.append((1 << 62, {"to": n, "id": msgid, "text": text}))
         out.sort(key=lambda x: x[0])
@@ -1110,14 +860,14 @@ class Peer:
         a name that has no account (SPEC section 4 gives no way to tell), so
         a name never seen is the hint of a typo; ``connected``: a
         connection to it is open right now."""
-        if self._pending_out and not self._closing and not self._store_closed:
+        if self._pending.out and not self._closing and not self._store_closed:
             if self._flush_handle is not None:
                 self._flush_handle.cancel()
             self._flush()
         now = time.time()
         out = []
         for route in self._routes.values():
-            items = [item for item in route.queue if not item.acked]
+            items = list(route.outbox.unacked())
             if not items:
                 continue
             since = items[0].created
@@ -1130,12 +880,12 @@ class Peer:
 
     @property
     def unacked(self) -> int:
-        return sum(len(r.queue) for r in self._routes.values()) + len(self._pending_out)
+        return sum(len(r.outbox) for r in self._routes.values()) + len(self._pending.out)
 
     async def wait_idle(self, timeout: Optional[float] = None) -> bool:
         """Wait until nothing is queued (True) or ``timeout`` passes (False)."""
         deadline = None if timeout is None else self._loop.time() + timeout
-        while self.unacked or self._pending_del:
+        while self.unacked or self._pending.dels:
             if deadline is not None and self._loop.time() >= deadline:
                 return False
             fut = self._loop.create_future()
@@ -1180,7 +930,7 @@ class Peer:
             self._show(m)
 
     def _emit_to_queues(self, m: IncomingMessage) -> None:
-        e = {"event": "message", "from": m.sender, "id": m.msgid, "text": m.text}
+        e = ev_.message(m)
         for q in self._event_qs:
             q.put_nowait(e)
 
@@ -1193,7 +943,7 @@ class Peer:
         else:
             self._shown_backlog.append(m)
         if self._listeners or self._event_qs:
-            self._emit({"event": "message", "from": m.sender, "id": m.msgid, "text": m.text})
+            self._emit(ev_.message(m))
 
     # -- group commit ---------------------------------------------------------
     def _schedule_flush(self) -> None:
@@ -1201,84 +951,62 @@ class Peer:
             self._flush_handle = self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        """Commit everything pending in one transaction, then act on it."""
+        """Commit everything pending in one transaction, then act on it
+        (``commit``: what follows, in which order, and what a failure undoes)."""
         self._flush_handle = None
         if self._store_closed:
             return
-        out, self._pending_out = self._pending_out, []
-        inc, self._pending_in = self._pending_in, []
-        dels, self._pending_del = self._pending_del, []
-        seen, self._pending_seen = self._pending_seen, {}
-        if not (out or inc or dels or seen):
+        batch = self._pending.take(self._sightings.take())
+        if batch.empty:
             return
-        store = self.store
         now = time.time()
-        out_seqs: List[List[int]] = []
-        in_seqs: List[Optional[int]] = []
         try:
-            with store.transaction(durable=bool(out or inc)):
-                if dels:
-                    store.remove_outgoing([item.seq for _, item in dels])
-                if seen:
-                    store.note_seen(list(seen.items()))
-                for msgid, text, names, _fut in out:
-                    out_seqs.append(store.add_outgoing(
-                        [(n, msgid, text, now) for n in names]))
-                record = store.record_incoming
-                for _conn, sender, msgid, text in inc:
-                    in_seqs.append(record(sender, msgid, text, now))
+            written = commit.write(batch, self.store, now)
         except Exception as exc:
             log.exception("storage failure: nothing of this batch is acknowledged")
-            for _msgid, _text, _names, fut in out:
+            failed = commit.failure(batch)
+            for fut in failed.done:
                 if not fut.done():
                     fut.set_exception(PeerError(f"could not queue the message: {exc}"))
-            self._pending_del[:0] = dels
-            for name, at in seen.items():
-                self._pending_seen.setdefault(name, at)
-                self._seen_saved.pop(name, None)
+            self._pending.not_written(batch)
+            self._sightings.not_written(batch.seen)
             # Nothing received in this batch was recorded, so none of it is
             # ACKed: close those connections, and their senders send it all
             # again when they reconnect (a window never waits on lost ACKs).
-            for conn in {c for c, _s, _m, _t in inc}:
+            for conn in failed.close:
                 conn.close()
-            self._emit({"event": "error", "text": f"storage failure: {exc}"})
+            self._emit(ev_.error(f"storage failure: {exc}"))
             return
+        result = commit.outcome(batch, written, self.user, now)
         # 1. ACK what we recorded (and duplicates), per connection, in order.
-        acks: Dict[_Conn, List[bytes]] = {}
-        shown: List[IncomingMessage] = []
-        for (conn, sender, msgid, text), seq in zip(inc, in_seqs):
-            acks.setdefault(conn, []).append(encode_ack(msgid))
-            if seq is not None:
-                shown.append(IncomingMessage(sender, msgid, text, seq))
-        for conn, frames in acks.items():
-            conn.write(b"".join(frames))
+        for conn, data in result.acks.items():
+            conn.write(data)
         # 2. Hand committed messages to their routes and say they are queued.
         emit = self._emit if (self._listeners or self._event_qs) else None
         touched = set()
-        for (msgid, text, names, fut), seqs in zip(out, out_seqs):
-            frame = encode_message(self.user, msgid, text)
-            for name, seq in zip(names, seqs):
+        for q in result.queued:
+            for name, item in q.items:
                 route = self._route(name)
-                route.enqueue(_OutItem(seq, msgid, frame, now))
+                route.enqueue(item)
                 touched.add(route)
                 if emit:
-                    emit({"event": "queued", "to": name, "id": msgid})
-            if not fut.done():
-                fut.set_result(msgid)
+                    emit(ev_.queued(name, q.msgid))
+            if not q.done.done():
+                q.done.set_result(q.msgid)
         for route in touched:
             route.pump()
         # 3. Deliveries whose outbox rows are now gone.
         if emit:
-            for name, item in dels:
-                emit({"event": "delivered", "to": name, "id": item.msgid})
-        if dels and self._idle_waiters and not self.unacked:
+            for name, item in result.delivered:
+                emit(ev_.delivered(name, item.msgid))
+        if result.delivered and self._idle_waiters and not self.unacked:
             waiters, self._idle_waiters = self._idle_waiters, []
             for w in waiters:
                 if not w.done():
                     w.set_result(None)
         # 4. Show what is new.
-        if self._ready and shown:
-            self._show_all(shown)
+        if self._ready and result.shown:
+            self._show_all(result.shown)
 
     # -- connections ------------------------------------------------------------
     def _route(self, name: str) -> _Route:
@@ -1333,35 +1061,18 @@ class Peer:
             # No backoff reset here: only an ACK proves the route (on_ack).
             route.use(conn)
             return
-        # Two connections for one pair: keep the one dialled by the smaller
-        # name (both sides apply that rule to a simultaneous dial, so they
-        # agree).  Both dialled by the same side: it dials only when it has no
-        # connection, so it gave the older one up (closed it, or lost it
-        # without our hearing: its host vanished, it restarted, a NAT forgot
-        # the mapping); keeping the older one would close, at once, every
-        # connection it makes, until the dead one idles out.
-        keep_mine = self.user < name
-        if current.dialled == conn.dialled:
-            keep = conn
-        else:
-            keep = current if current.dialled == keep_mine else conn
-        lose = conn if keep is current else current
+        # Two connections for one pair: the pair rule (``pairing``) says
+        # which one stays, and how the other goes.
+        rule = settle(self.user, name, current.dialled, conn.dialled)
+        keep, lose = (conn, current) if rule.keep_new else (current, conn)
         log.debug("duplicate connection with %s: keeping %r, closing %r", name, keep, lose)
         route.use(keep)
         conns.discard(lose)
-        if lose.dialled == keep.dialled:
-            # Given up by its dialler: nobody will ever read what is still
-            # buffered on it, and a graceful close would wait for that
-            # (until TCP gives up, minutes; for ever behind a shut window).
+        if rule.abort_loser:
             lose.abort()
         else:
             lose.close()
-        if keep is current and self.timings.ack_timeout > 0:
-            # Either both dialled at once (then ``current`` is alive and
-            # answers at once), or the other side gave ``current`` up and
-            # dialled anew: then ``current`` is dead without our knowing,
-            # and keeping it would close every new connection of theirs
-            # until it idles out.  A PING tells the two apart.
+        if rule.probe_kept and self.timings.ack_timeout > 0:
             log.info("%r: %s dialled us anew; probing the connection we keep", current, name)
             self._probe_now(current)
 
@@ -1370,7 +1081,7 @@ class Peer:
             task = asyncio.ensure_future(self._verify_incoming(conn))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        incoming = self._pending_in
+        incoming = self._pending.inc
         for ev in events:
             cls = ev.__class__
             if cls is MessageReceived:
@@ -1416,22 +1127,14 @@ class Peer:
         route = self._routes.get(name)
         if route is not None and route.conn is conn:
             route.conn = None
-            route.sent = 0
+            route.outbox.restart()
             other = self._live_conn(name)
             if other is not None:
                 route.use(other)
-            elif not self._closing and route.queue:
-                # Proven since the last failure (an ACK reset the count): a
-                # working connection dropped, redial at once.  Otherwise it
-                # was lost before the recipient acknowledged anything on it,
-                # which is as good as a failed dial: back off, for that
-                # address too (a directory lookup finding it unchanged must
-                # not redial it).
-                first = route.attempt == 0
-                if not first and conn.addr is not None:
-                    route.dial_failed(conn.addr)
-                route.attempt += 1
-                route.connect_soon(0 if first else None)
+            elif not self._closing and route.outbox:
+                # Redial: at once if it had proved itself, else after the
+                # backoff (``Dialing.lost``).
+                route.connect_soon(route.dialing.lost(conn.addr, self._loop.time()))
 
     def _on_resume(self, conn: _Conn) -> None:
         route = self._routes.get(conn.remote) if conn.remote else None
@@ -1439,95 +1142,78 @@ class Peer:
             route.pump()
 
     # -- lookups ------------------------------------------------------------------
+    @property
+    def _cache(self) -> Dict[str, Tuple[float, Optional[Tuple[str, int]]]]:
+        """The lookup cache (``AddressBook.cache``)."""
+        return self._book.cache
+
     async def _resolve(self, name: str) -> Optional[Tuple[str, int]]:
-        if name in self.addresses:
-            return self.addresses[name]
+        """Where ``name`` is: a fixed address, a fresh lookup, the directory,
+        or (the directory unreachable) the last address known."""
+        book = self._book
+        if name in book.static:
+            return book.static[name]
         if self.directory is None:
             return None
-        now = self._loop.time()
-        cached = self._cache.get(name)
-        if cached is not None and now - cached[0] < self.timings.query_ttl:
-            return cached[1]
+        known, addr = book.known(name, self._loop.time())
+        if known:
+            return addr
         try:
             regs = await self.directory.query(name)
         except (DirectoryUnavailable, DirectoryError, asyncio.TimeoutError) as exc:
-            if cached is not None and cached[1] is not None:
-                return cached[1]   # stale, but the recipient may well still be there
+            addr = book.fallback(name)
+            if addr is not None:
+                return addr   # stale, but the recipient may well still be there
             raise DirectoryUnavailable(str(exc) or "directory unavailable") from None
         self._note_registrations(regs, complete_for=name)
-        return self._cache[name][1]
+        return book.address(name)
 
     def _note_registrations(self, regs: Sequence[Registration],
                             complete_for: Optional[str] = None) -> None:
         """Remember addresses; wake routes whose recipient just showed up."""
-        now = self._loop.time()
-        seen = set()
         for reg in regs:
-            seen.add(reg.name)
             self._saw(reg.name)
-            prev = self._cache.get(reg.name)
-            self._cache[reg.name] = (now, (reg.address, reg.port))
-            if prev is None or prev[1] != (reg.address, reg.port):
-                route = self._routes.get(reg.name)
-                if route is not None:
-                    route.wake()
-        if complete_for is not None and complete_for not in seen:
-            self._cache[complete_for] = (now, None)
-            route = self._routes.get(complete_for)
+        noted = self._book.note([(reg.name, (reg.address, reg.port)) for reg in regs],
+                                self._loop.time(), complete_for)
+        for name in noted.moved:
+            route = self._routes.get(name)
             if route is not None:
-                # Not registered: when it is registered again, that is a new
-                # registration (a restart, maybe at the very address that
-                # failed before): dial it at once, not after that address's backoff.
-                route.failed_addr = None
+                route.wake()
+        if noted.unregistered is not None:
+            route = self._routes.get(noted.unregistered)
+            if route is not None:
+                route.dialing.unregistered()
 
     def _saw(self, name: str) -> None:
         """``name`` is online now (listed by the directory, or it ACKed us)."""
-        now = time.time()
-        self._seen[name] = now
-        saved = self._seen_saved.get(name)
-        if saved is None or now - saved >= SEEN_SAVE_EVERY:
-            self._seen_saved[name] = now
-            self._pending_seen[name] = now
+        if self._sightings.saw(name, time.time()):
             self._schedule_flush()
 
     def last_seen(self, name: str) -> Optional[float]:
         """When this peer last saw ``name`` online (``time.time()``; listed in a
         directory answer, or acknowledging a message), None if never.  Kept in
         the store: "never" means never since this data directory exists."""
-        at = self._seen.get(name)
-        return None if at is None else round(at, 3)
+        return self._sightings.last_seen(name)
 
     def _forget(self, name: str) -> None:
-        self._cache.pop(name, None)
+        self._book.forget(name)
 
     def _prune_cache(self, now: float) -> int:
         """Drop lookups older than ``CACHE_KEEP`` for names we have nothing
-        queued for; returns how many went.
-
-        Every name an incoming connection *claims* is looked up (to decide
-        whether we may send over it), and so is every name a ``/who`` lists:
-        without this the cache grows by one entry per name ever seen, which a
-        stranger claiming random names can drive.  A recipient with messages
-        waiting keeps its entry: when the directory is unreachable, its last
-        known address is still worth a dial."""
-        old = [name for name, (at, _) in self._cache.items()
-               if now - at > CACHE_KEEP
-               and not ((route := self._routes.get(name)) is not None and route.queue)]
-        for name in old:
-            del self._cache[name]
-        return len(old)
+        queued for; returns how many went (``AddressBook.prune``)."""
+        routes = self._routes
+        return self._book.prune(
+            now, lambda name: (route := routes.get(name)) is not None and bool(route.outbox))
 
     def _expire(self, name: str) -> None:
-        """Look ``name`` up afresh next time, but keep its address as the
-        fallback for a directory that is unreachable just then."""
-        cached = self._cache.get(name)
-        if cached is not None:
-            self._cache[name] = (float("-inf"), cached[1])
+        """Look ``name`` up afresh next time, keeping its address as the fallback."""
+        self._book.expire(name)
 
     def _on_directory_online(self) -> None:
-        self._cache.clear()
+        self._book.clear()
         for route in self._routes.values():
             route.wake()
 
 
-__all__ = ["Peer", "Timings", "IncomingMessage", "PeerError", "new_msgid", "MAX_TEXT_BYTES"]
+__all__ = ["Peer", "Timings", "IncomingMessage", "PeerError", "new_msgid", "MAX_TEXT_BYTES",
+           "CACHE_KEEP", "Liveness"]

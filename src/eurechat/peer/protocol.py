@@ -3,7 +3,7 @@
 Bytes in, events out; no sockets, no clocks, no storage.  The same object
 serves both directions of the one TCP connection a pair of peers shares:
 ``receive()`` turns what arrived into events, the ``encode_*`` helpers make
-what we send.
+what we send (through ``Message``, the one encoder of the wire format).
 
 Identity: the ``<sender>`` argument of ``MESSAGE`` is a *claim*.  What a
 receiver trusts, and what this class enforces, is that one connection speaks
@@ -71,26 +71,47 @@ Event = Union[MessageReceived, AckReceived, PingReceived, PongReceived, ErrRecei
 valid_name = valid_username
 
 
+_unchecked = tuple.__new__
+
+
+# The frames of the delivery path, one or two per message, are built as
+# ``Message`` without validating their fields again (the decoders build
+# ``Message`` this way too): the fields are known to be valid already.
+
+def message_frame(sender: str, msgid: str, text: Union[str, bytes]) -> bytes:
+    """``encode_message`` of our own ``sender`` (checked by ``valid_name``
+    when the peer started) and ``msgid`` (from ``MsgIds``)."""
+    return bytes(_unchecked(Message, ("MESSAGE", (sender, msgid),
+                                      text.encode("utf-8") if isinstance(text, str) else text)))
+
+
+def ack_frame(msgid: Optional[str]) -> bytes:
+    """``encode_ack`` of a ``msgid`` the decoder accepted."""
+    return bytes(_unchecked(Message, ("ACK", () if msgid is None else (msgid,), b"")))
+
+
 def encode_message(sender: str, msgid: Optional[str], text: Union[str, bytes]) -> bytes:
-    payload = text.encode("utf-8") if isinstance(text, str) else text
-    if msgid is None:
-        return b"MESSAGE %d %s\n" % (len(payload), sender.encode()) + payload
-    return b"MESSAGE %d %s %s\n" % (len(payload), sender.encode(), msgid.encode()) + payload
+    """``MESSAGE <len> <sender> [<msgid>]``: a chat message (no msgid: seed style)."""
+    return bytes(Message("MESSAGE", (sender,) if msgid is None else (sender, msgid), text))
 
 
 def encode_ack(msgid: Optional[str]) -> bytes:
-    return b"ACK 0\n" if msgid is None else b"ACK 0 %s\n" % msgid.encode()
+    """``ACK 0 [<msgid>]``: recorded (no msgid: a seed peer's bare ACK)."""
+    return bytes(Message("ACK", () if msgid is None else (msgid,)))
 
 
 def encode_ping(token: Optional[str]) -> bytes:
-    return b"PING 0\n" if token is None else b"PING 0 %s\n" % token.encode()
+    """``PING 0 [<token>]``: answer with a PONG carrying the same token."""
+    return bytes(Message("PING", () if token is None else (token,)))
 
 
 def encode_pong(token: Optional[str]) -> bytes:
-    return b"PONG 0\n" if token is None else b"PONG 0 %s\n" % token.encode()
+    """``PONG 0 [<token>]``: the answer to a PING."""
+    return bytes(Message("PONG", () if token is None else (token,)))
 
 
 def encode_err(text: str) -> bytes:
+    """``ERR <len>`` and ``text``: what the other side did wrong."""
     return bytes(Message("ERR", (), text))
 
 
