@@ -66,17 +66,13 @@ from typing import (
     Union,
 )
 
+from ..backoff import jittered_delay
+from ..registration import Registration
 from . import commit
 from . import events as ev_
 from .addresses import AddressBook, Sightings
 from .dialing import Dialing
-from .directory_client import (
-    DirectoryClient,
-    DirectoryError,
-    DirectoryUnavailable,
-    Registration,
-    backoff_delay,
-)
+from .directory_client import DirectoryClient, DirectoryError, DirectoryUnavailable
 from .events import Event, IncomingMessage
 from .liveness import Liveness, Verdict
 from .outbox import Outbox, OutItem, new_msgid
@@ -222,7 +218,7 @@ class _Route:
         self.name = name
         t = node.timings
         self.outbox = Outbox(t.window)
-        self.dialing = Dialing(partial(backoff_delay, base=t.retry_base, cap=t.retry_max),
+        self.dialing = Dialing(partial(jittered_delay, base=t.retry_base, cap=t.retry_max),
                                t.lookup_interval)
         self.conn: Optional[_Conn] = None
         self.timer: Optional[asyncio.TimerHandle] = None
