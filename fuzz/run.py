@@ -41,7 +41,7 @@ from typing import List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-TARGETS = ["framing", "session", "peer"]
+TARGETS = ["framing", "session", "peer", "cert_request"]
 
 _STATS = re.compile(r"^#(\d+)\s+(\w+)\s+cov: (\d+) ft: (\d+) corp: (\d+)/")
 _DONE = re.compile(r"^Done (\d+) runs in (\d+) second")

@@ -22,6 +22,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 os.environ.setdefault("EURECHAT_FUZZ_ENGINE", "replay")  # no instrumentation needed here
 
+import target_cert_request  # noqa: E402
 import target_framing  # noqa: E402
 import target_peer  # noqa: E402
 import target_session  # noqa: E402
@@ -90,7 +91,37 @@ def peer_seeds() -> list:
     return out
 
 
-SEEDS = {"framing": framing_seeds, "session": session_seeds, "peer": peer_seeds}
+def cert_request_seeds() -> list:
+    """Requests like those of tests/tls: Ed25519 (accepted), other key types and a
+    broken signature (refused), each as PEM and as DER.  Keys are made afresh, so
+    running this again changes these files (not what they cover)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+    from cryptography.x509.oid import NameOID
+
+    def request(key, algorithm=None) -> bytes:
+        csr = (x509.CertificateSigningRequestBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "alice")]))
+               .sign(key, algorithm))
+        return csr.public_bytes(serialization.Encoding.DER)
+
+    ders = [request(ed25519.Ed25519PrivateKey.generate()),
+            request(ed448.Ed448PrivateKey.generate()),
+            request(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256()),
+            request(rsa.generate_private_key(65537, 1024), hashes.SHA256())]
+    broken = bytearray(ders[0])
+    broken[-1] ^= 1  # the last byte of the signature
+    ders.append(bytes(broken))
+    out = []
+    for der in ders:
+        out.append(target_cert_request.seed(der, der=True))
+        out.append(target_cert_request.seed(target_cert_request.pem(der)))
+    return out
+
+
+SEEDS = {"framing": framing_seeds, "session": session_seeds, "peer": peer_seeds,
+         "cert_request": cert_request_seeds}
 
 
 def write(target: str, seeds: list) -> int:

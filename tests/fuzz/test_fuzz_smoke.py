@@ -21,7 +21,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FUZZ = os.path.join(ROOT, "fuzz")
 RUN = os.path.join(FUZZ, "run.py")
-TARGETS = ["framing", "session", "peer"]
+TARGETS = ["framing", "session", "peer", "cert_request"]
 SECONDS = 4
 
 #: Where pyproject.toml installs atheris with the test extra: there CI must

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 
 import pytest
@@ -31,6 +32,13 @@ def _csr(key, cn: str = "whoever") -> bytes:
            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
            .sign(key, algorithm))
     return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def _pem(der: bytes) -> bytes:
+    """A request's DER as PEM, whatever it holds (cryptography would parse it first)."""
+    body = base64.b64encode(der)
+    lines = b"\n".join(body[i:i + 64] for i in range(0, len(body), 64))
+    return b"-----BEGIN CERTIFICATE REQUEST-----\n" + lines + b"\n-----END CERTIFICATE REQUEST-----\n"
 
 
 def _ca():
@@ -70,6 +78,26 @@ class TestRequests:
         pem = x509.load_der_x509_csr(bytes(der)).public_bytes(serialization.Encoding.PEM)
         with pytest.raises(RequestRefused, match="signature"):
             load_request(pem)
+
+    def test_a_request_whose_key_is_not_on_its_curve_is_refused(self):
+        """The key is parsed only when asked for; a point off its curve is a
+        refusal the session answers with ERR, not a ValueError escaping it."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        point = key.public_key().public_bytes(serialization.Encoding.X962,
+                                              serialization.PublicFormat.UncompressedPoint)
+        der = bytearray(x509.load_pem_x509_csr(_csr(key)).public_bytes(serialization.Encoding.DER))
+        at = der.index(point)
+        der[at + 1] ^= 0x01  # x moves, y stays: no longer on the curve
+        with pytest.raises(RequestRefused, match="unreadable certificate request"):
+            load_request(_pem(bytes(der)))
+
+    def test_a_request_of_an_unknown_version_is_refused(self):
+        der = x509.load_pem_x509_csr(_csr(ed25519.Ed25519PrivateKey.generate())).public_bytes(
+            serialization.Encoding.DER)
+        version = der.index(b"\x02\x01\x00")  # the first INTEGER: the version, 0
+        der = der[:version] + b"\x02\x01\x04" + der[version + 3:]
+        with pytest.raises(RequestRefused, match="not a PEM certificate request"):
+            load_request(_pem(der))
 
 
 A, B, C = "sha256:" + "A" * 43, "sha256:" + "B" * 43, "sha256:" + "C" * 43

@@ -24,6 +24,7 @@ import secrets
 from typing import NamedTuple, Optional, Union
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
@@ -77,13 +78,21 @@ def load_request(pem: bytes) -> KeyRequest:
         raise RequestRefused(f"certificate request too large ({len(pem)} > {MAX_REQUEST_BYTES} bytes)")
     try:
         csr = x509.load_pem_x509_csr(pem)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         raise RequestRefused("not a PEM certificate request") from None
-    key = csr.public_key()
-    if not isinstance(key, ed25519.Ed25519PublicKey):
-        raise RequestRefused("certificate request key must be Ed25519")
-    if not csr.is_signature_valid:
-        raise RequestRefused("certificate request signature does not verify")
+    try:
+        # Both parse more of the request, and refuse what they cannot read
+        # (a point off its curve, an unknown algorithm) with ValueError or
+        # UnsupportedAlgorithm: a bad request, not a server error.
+        key = csr.public_key()
+        if not isinstance(key, ed25519.Ed25519PublicKey):
+            raise RequestRefused("certificate request key must be Ed25519")
+        if not csr.is_signature_valid:
+            raise RequestRefused("certificate request signature does not verify")
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        if isinstance(exc, RequestRefused):
+            raise
+        raise RequestRefused(f"unreadable certificate request ({exc})") from None
     return KeyRequest(key, fingerprint(key))
 
 
