@@ -7,12 +7,18 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import List
 
 import pytest
 
-from support.processes import directory_cmd, start_process, test_env
+from support.processes import (
+    directory_cmd,
+    run_directory,
+    start_process,
+    test_env,
+)
 
 
 def run(args: List[str], env=None, **kw) -> subprocess.CompletedProcess:
@@ -145,3 +151,80 @@ def test_usage_errors_are_a_short_usage_line_then_the_error(tmp_path):
         assert lines[0].startswith("usage: eurechat-directory") and len(lines[0]) < 140
         assert lines[0].endswith("--help lists every option)")
         assert lines[1].startswith("eurechat-directory") and error in lines[1], lines
+
+
+BAD_OPTIONS = [
+    ["--workers", "0"], ["--workers", "2", "--registry", "memory"],
+    ["--registry", "ftp://x"], ["--bind-policy", "maybe"],
+    ["--port", "70000"], ["--port", "-1"], ["--port", "http"],
+    ["--accounts", "mysql://db"], ["--throttle", "bogus"],
+    ["--probe-concurrency", "0"], ["--query-limit", "0"], ["--query-limit", "-1"],
+    ["--throttle-limit", "0"], ["--high-water", "-5"], ["--preauth-max-payload", "-1"],
+    ["--max-payload", "-1"], ["--max-connections", "0"], ["--check-interval", "0"],
+    ["--manager-restarts", "-1"], ["--manager-restart-window", "0"],
+    ["useradd", "x", "--accounts", "mysql://db"],
+]
+
+
+def test_bad_options_exit_2(tmp_path):
+    """Every bad value is a usage error (exit 2, the option named), never a
+    traceback nor a server that starts and misbehaves (a checker with no probe
+    slot, a negative query limit dropping the last registration...)."""
+    procs = [(args, subprocess.Popen(
+        directory_cmd() + args + ["--data-dir", str(tmp_path)], stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=test_env()))
+        for args in BAD_OPTIONS]
+    for args, proc in procs:
+        try:
+            out, errors = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+        assert proc.returncode == 2, (args, errors)
+        assert "Traceback" not in errors and "listening" not in out, args
+        option = next(a for a in args if a.startswith("--"))
+        assert option in errors, (args, errors)
+
+
+@pytest.mark.parametrize("first,second", [("1", "1"), ("2", "2"), ("2", "1"), ("1", "2")])
+def test_port_in_use_is_a_clear_error(tmp_path, first, second):
+    """A second directory on a taken port exits 2 with a message (and, with
+    SO_REUSEPORT workers, never silently shares the port)."""
+    with run_directory("--workers", first, data_dir=str(tmp_path / "a")) as d:
+        out = subprocess.run(
+            directory_cmd() + ["--port", str(d.port), "--workers", second, "--data-dir",
+                               str(tmp_path / "b")],
+            capture_output=True, text=True, timeout=30, env=test_env())
+        assert out.returncode == 2
+        assert f"cannot listen on 127.0.0.1:{d.port}" in out.stderr
+        assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_unusable_data_dir_is_one_error_and_exit_2(tmp_path, workers):
+    """A data directory that cannot be created (a file is in the way): one clear
+    error and exit 2, also with N workers (checked once, before spawning them)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    out = subprocess.run(directory_cmd() + ["--port", "0", "--workers", workers,
+                                            "--data-dir", str(blocker / "data")],
+                         capture_output=True, text=True, timeout=30, env=test_env())
+    assert out.returncode == 2, out.stderr
+    assert "cannot start: cannot open" in out.stderr and "listening" not in out.stdout
+    assert "Traceback" not in out.stderr and "did not start" not in out.stderr
+
+
+@pytest.mark.parametrize("option,value,why", [
+    ("--lease", "nan", "must be a finite number > 0"),
+    ("--lease", "inf", "must be a finite number > 0"),
+    ("--check-interval", "nan", "must be a finite number > 0"),
+    ("--manager-restart-window", "inf", "must be a finite number > 0"),
+    ("--checker-shards", "1025", "must be <= 1024"),
+])
+def test_non_finite_or_too_large_values_are_usage_errors(tmp_path, option, value, why):
+    res = subprocess.run(
+        [sys.executable, "-m", "eurechat.directory", "--port", "0", "--data-dir", str(tmp_path),
+         "--registry", "redis://127.0.0.1:1/0", option, value],
+        capture_output=True, text=True, timeout=60, env=test_env())
+    assert res.returncode == 2, res.stderr
+    assert option in res.stderr and why in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr

@@ -4,6 +4,7 @@ exit 2, never a traceback."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -60,3 +61,22 @@ def test_echo_bot_without_a_password_is_one_line(tmp_path):
     assert res.stderr.strip().splitlines() == [
         "echo_bot.py: set EURECHAT_PASSWORD to the bot's password (at least 8 characters; "
         "the account is created if it is new)"]
+
+
+def test_an_unusable_data_dir_is_reported_as_such_not_as_a_listen_failure(tmp_path):
+    """A data directory that cannot be created (here: its parent is a
+    regular file) is an error about ``--data-dir`` (exit 2), not "cannot
+    listen on 127.0.0.1:0" (exit 6): not every OSError of start() is about
+    listening."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    res = subprocess.run(peer_cmd() + ["--user", "alice", "--json", "--data-dir",
+                                       str(blocker / "sub"), "--directory", "127.0.0.1:1"],
+                         capture_output=True, stdin=subprocess.DEVNULL, timeout=30,
+                         env=test_env(EURECHAT_PASSWORD=PASSWORD))
+    assert res.returncode == 2, res.stderr
+    (line,) = res.stdout.decode().splitlines()
+    event = json.loads(line)
+    assert set(event) == {"event", "text"} and event["event"] == "error"
+    assert "--data-dir" in event["text"] and "listen" not in event["text"]
+    assert str(blocker / "sub").encode() in res.stderr

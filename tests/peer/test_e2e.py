@@ -556,25 +556,6 @@ def test_pending_right_after_msg_lists_only_what_is_queued(cluster):
         {"to": "zoe", "id": q["id"], "text": "first for zoe"}]
 
 
-def test_an_unusable_data_dir_is_reported_as_such_not_as_a_listen_failure(tmp_path):
-    """A data directory that cannot be created (here: its parent is a
-    regular file) is an error about ``--data-dir`` (exit 2), not "cannot
-    listen on 127.0.0.1:0" (exit 6): not every OSError of start() is about
-    listening."""
-    blocker = tmp_path / "a-file"
-    blocker.write_text("not a directory")
-    res = subprocess.run(peer_cmd() + ["--user", "alice", "--json", "--data-dir",
-                                       str(blocker / "sub"), "--directory", "127.0.0.1:1"],
-                         capture_output=True, stdin=subprocess.DEVNULL, timeout=30,
-                         env=test_env(EURECHAT_PASSWORD=PASSWORD))
-    assert res.returncode == 2, res.stderr
-    (line,) = res.stdout.decode().splitlines()
-    event = json.loads(line)
-    assert set(event) == {"event", "text"} and event["event"] == "error"
-    assert "--data-dir" in event["text"] and "listen" not in event["text"]
-    assert str(blocker / "sub").encode() in res.stderr
-
-
 def test_a_full_directory_is_unavailable_not_a_failed_login(tmp_path):
     """A directory past ``--max-connections`` answers a new connection
     ``ERR max number of clients reached`` (SPEC section 2).  That reply to

@@ -18,6 +18,9 @@ connections of the same dialler is kept, and that an idle connection whose
 close cannot drain is aborted: in-process peers on real sockets and real
 SQLite files, the other side a raw framed socket where the test must control
 exactly what it says.
+
+The verdicts themselves, and which of two connections the pair rule keeps,
+are unit-tested without sockets in test_liveness.py and test_pairing.py.
 """
 
 from __future__ import annotations
