@@ -41,7 +41,16 @@ from typing import List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-TARGETS = ["framing", "session", "peer", "cert_request"]
+TARGETS = ["framing", "session", "server", "peer", "directory_reply", "cert_request"]
+#: The modules whose line coverage ``--lines`` reports, per target.
+MODULES = {
+    "framing": ["eurechat/fallback.py", "eurechat/rules.py"],
+    "session": ["eurechat/directory/session.py"],
+    "server": ["eurechat/directory/server.py", "eurechat/directory/session.py"],
+    "peer": ["eurechat/peer/protocol.py"],
+    "directory_reply": ["eurechat/peer/directory_client.py"],
+    "cert_request": ["eurechat/tls/enrolment.py"],
+}
 
 _STATS = re.compile(r"^#(\d+)\s+(\w+)\s+cov: (\d+) ft: (\d+) corp: (\d+)/")
 _DONE = re.compile(r"^Done (\d+) runs in (\d+) second")
@@ -64,6 +73,7 @@ class Report:
     corpus: Optional[int] = None
     returncode: Optional[int] = None
     crashes: List[str] = field(default_factory=list)
+    lines: str = ""
     error: List[str] = field(default_factory=list)
     log: str = ""
 
@@ -197,6 +207,31 @@ def run_target(target: str, seconds: float, work: str, engine: str, python: str,
     return report
 
 
+def line_coverage(report: Report, target: str, work: str, python: str) -> None:
+    """Replay the target's corpus (seeds and finds) under coverage.py and keep
+    its summary of the target's modules: lines and branches, which libFuzzer's
+    edge count does not name."""
+    name = name_of(target)
+    modules = MODULES.get(name)
+    if not modules:
+        return
+    out_dir = os.path.join(work, name)
+    data = os.path.join(out_dir, ".coverage")
+    env = dict(os.environ, EURECHAT_FUZZ_ENGINE="replay",
+               PYTHONPATH=os.pathsep.join(p for p in (HERE, os.environ.get("PYTHONPATH")) if p))
+    include = ",".join("*/" + m for m in modules)
+    dirs = [os.path.join(out_dir, "corpus"), os.path.join(HERE, "corpus", name)]
+    run = subprocess.run([python, "-m", "coverage", "run", "--branch", f"--data-file={data}",
+                          f"--include={include}", script_of(target), *dirs],
+                         env=env, cwd=out_dir, capture_output=True, text=True)
+    if run.returncode != 0:
+        report.lines = f"(coverage.py: {(run.stderr.strip().splitlines() or ['failed'])[-1]})"
+        return
+    rep = subprocess.run([python, "-m", "coverage", "report", f"--data-file={data}", "-m"],
+                         cwd=out_dir, capture_output=True, text=True)
+    report.lines = rep.stdout.rstrip()
+
+
 def default_engine() -> str:
     try:
         import atheris  # noqa: F401
@@ -219,6 +254,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="interpreter that runs the targets (default: this one)")
     parser.add_argument("--libfuzzer", action="append", default=[], metavar="ARG",
                         help="extra libFuzzer argument, e.g. --libfuzzer=-jobs=2")
+    parser.add_argument("--lines", action="store_true",
+                        help="then replay each corpus under coverage.py and report the line "
+                             "and branch coverage of the target's modules (needs coverage)")
     parser.add_argument("--native", action="store_true",
                         help="fuzz an instrumented build of the extension (needs clang)")
     args = parser.parse_args(argv)
@@ -236,7 +274,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     for target in targets:
         report = run_target(target, args.seconds, work, args.engine, args.python,
                             args.libfuzzer, native)
+        if args.lines:
+            line_coverage(report, target, work, args.python)
         print(report.line(), flush=True)
+        if report.lines:
+            print("\n".join("    " + line for line in report.lines.splitlines()), flush=True)
         for path in report.crashes:
             print(f"    crash input: {path}")
         if not report.ok:

@@ -23,8 +23,10 @@ sys.path.insert(0, HERE)
 os.environ.setdefault("EURECHAT_FUZZ_ENGINE", "replay")  # no instrumentation needed here
 
 import target_cert_request  # noqa: E402
+import target_directory_reply  # noqa: E402
 import target_framing  # noqa: E402
 import target_peer  # noqa: E402
+import target_server  # noqa: E402
 import target_session  # noqa: E402
 
 from eurechat.directory.session import Result  # noqa: E402
@@ -81,6 +83,18 @@ def session_seeds() -> list:
     return out
 
 
+def server_seeds() -> list:
+    out = [target_server.seed(b"QUERY 0\nPING 0 x\nBIND 0 127.0.0.1 5556\nQUERY 0 alice\n"
+                              b"LEAVE 0\n", login=True),
+           target_server.seed(b"REGISTER 0 bob bob-password\nUSER 0 bob\nPASS 0 bob-password\n")]
+    for lit in literals(["directory/test_session.py", "directory/test_protocol.py",
+                         "directory/test_transcript.py"]):
+        if b"\n" in lit and lit[:1].isupper():
+            out.append(target_server.seed(lit))
+            out.append(target_server.seed(lit, login=True))
+    return out
+
+
 def peer_seeds() -> list:
     out = []
     for lit in literals(["peer/test_protocol.py", "framing/test_api.py"]):
@@ -120,7 +134,18 @@ def cert_request_seeds() -> list:
     return out
 
 
-SEEDS = {"framing": framing_seeds, "session": session_seeds, "peer": peer_seeds,
+def directory_reply_seeds() -> list:
+    out = [target_directory_reply.seed(
+        b"ACK 26\nsuccessfully authenticatedRESULT 39\nalice,127.0.0.2,5000\nbob,127.0.0.1,6000"
+        b"PING 0 n1\nRESULT 0\nERR 29\nmax number of clients reached", cuts=[30])]
+    for lit in literals(["directory/test_transcript.py", "peer/test_directory_client.py"]):
+        if b"\n" in lit and lit[:1].isupper():
+            out.append(target_directory_reply.seed(lit))
+    return out
+
+
+SEEDS = {"framing": framing_seeds, "directory_reply": directory_reply_seeds,
+         "server": server_seeds, "session": session_seeds, "peer": peer_seeds,
          "cert_request": cert_request_seeds}
 
 

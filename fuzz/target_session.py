@@ -16,7 +16,8 @@ write exactly the same bytes.  Invariants checked after every call:
   READY only after a successful password check; the payload limit is the
   pre-authentication one until then;
 * once closed, a session stays closed: every later call writes nothing and
-  asks for nothing.
+  asks for nothing;
+* what ``--trace`` logs of ``PASS`` and ``REGISTER`` shows no password.
 
 Input layout (``seed()`` writes it): byte 0 is the configuration (bit 0
 registration closed, bit 1 ``bind_policy=any``, bit 2 the registry is down,
@@ -112,7 +113,8 @@ class Driven:
 
     def __init__(self, decoder_cls, config: SessionConfig, registry: Registry,
                  source: str) -> None:
-        self.s = Session(config, registry, source)
+        self.traced: list = []
+        self.s = Session(config, registry, source, trace=self._trace)
         self.s.decoder = decoder_cls(config.preauth_max_payload, config.max_header,
                                      config.max_args)
         self.config = config
@@ -123,6 +125,15 @@ class Driven:
         self.total_out = 0
         self.max_reply = config.max_header + 256 + len(b"\n".join(r.line().encode()
                                                                   for r in REGS)) + 32
+
+    def _trace(self, direction: str, frame: bytes) -> None:
+        """``--trace``: what it logs of a request never shows a password."""
+        [item] = common.frames(frame)
+        if item.type in ("PASS", "REGISTER"):
+            secret_args = item.args[1:] if item.type == "REGISTER" else item.args
+            check(set(item.payload) <= {ord("*")} and all(a == "*****" for a in secret_args),
+                  f"--trace shows a password: {frame!r}")
+        self.traced.append((direction, item.type))
 
     def call(self, op: int, arg) -> tuple:
         s = self.s

@@ -6,8 +6,16 @@ from __future__ import annotations
 import asyncio
 from typing import List
 
+import pytest
+
 from eurechat.framing import Decoder, Message
-from eurechat.peer.directory_client import DirectoryClient, DirectoryError, backoff_delay
+from eurechat.peer.directory_client import (
+    DirectoryClient,
+    DirectoryError,
+    backoff_delay,
+    parse_result,
+)
+from eurechat.registration import Registration
 
 
 class ScriptedDirectory:
@@ -232,3 +240,18 @@ def test_a_directory_that_drops_each_session_after_bind_is_retried_with_backoff(
             f"{len(times)} logins in {span * 1000:.1f} ms; the backoff allows {allowed}")
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("line", [
+    "bob,127.0.0.1,\u00b2".encode(),    # a digit to str.isdigit(), not to int()
+    b"bob,127.0.0.1,0",
+    b"bob,127.0.0.1,70000",             # getaddrinfo would dial port 4464
+    b"bob,127.0.0.1," + b"9" * 5000,    # past int()'s digit limit
+    b",127.0.0.1,5000",
+    b"bob,,5000",
+])
+def test_a_result_line_with_an_undialable_port_or_an_empty_field_is_skipped(line):
+    """Whatever a directory sends, a lookup gives dialable registrations and
+    never raises: the line is skipped (and logged), the others are kept."""
+    regs = parse_result(line + b"\nalice,127.0.0.2,5000")
+    assert regs == [Registration("alice", "127.0.0.2", 5000)]

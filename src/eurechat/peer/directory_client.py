@@ -61,7 +61,11 @@ def parse_result(payload: bytes) -> List[Registration]:
         if not line:
             continue
         parts = line.split(",")
-        if len(parts) != 3 or not parts[2].isdigit():
+        # A port a socket can dial, in ASCII digits ("²".isdigit() too, and
+        # getaddrinfo wraps 70000 to 4464); a name and an address.
+        if len(parts) != 3 or not (parts[0] and parts[1] and parts[2].isascii()
+                                   and parts[2].isdigit() and len(parts[2]) <= 5
+                                   and 0 < int(parts[2]) < 65536):
             log.warning("ignoring malformed RESULT line %r", line)
             continue
         out.append(Registration(parts[0], parts[1], int(parts[2])))

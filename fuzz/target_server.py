@@ -1,0 +1,151 @@
+"""Fuzz target: the directory's real accept path, over real loopback sockets.
+
+One directory (``eurechat.directory.app.serve``, memory presence, SQLite
+accounts in a temporary data directory) runs in a thread of the fuzzing
+process, so its code is instrumented like the rest.  Each input is one client
+connection: its bytes are sent, the client half-closes, and everything the
+server writes until it closes is read.  BIND probes are answered by a fake
+(even ports accept, odd ports refuse), so no fuzzer-chosen port on this
+machine is ever dialled.  Findings:
+
+* the server logs an ERROR or an exception escapes one of its tasks or
+  callbacks (a handler installed on the loop and on the ``eurechat`` and
+  ``asyncio`` loggers);
+* what it writes is not whole, well-formed reply frames;
+* it neither closes nor finishes answering a connection within 5 s of the
+  client's half-close.
+
+Input layout (``seed()`` writes it): byte 0 bit 0 logs in as ``alice`` first
+(so the fuzzer starts from an authenticated session); the rest is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+
+import common
+from common import Finding, check
+
+os.environ.setdefault("EURECHAT_SCRYPT_N", "16")  # cheap hashes: one login per input
+common.instrumented_imports([
+    "eurechat.directory.server", "eurechat.directory.session", "eurechat.directory.app",
+    "eurechat.fallback", "eurechat.rules", "eurechat.message"])
+
+from eurechat.directory import app, cli, server  # noqa: E402
+
+PASSWORD = "alice-password"
+LOGIN = b"USER 0 alice\nPASS 0 " + PASSWORD.encode() + b"\n"
+REPLY_TYPES = {"ACK", "ERR", "RESULT", "PONG"}
+CLOSE_WITHIN = 5.0
+
+
+def seed(stream: bytes, login: bool = False) -> bytes:
+    return bytes([1 if login else 0]) + stream
+
+
+async def fake_probe(address: str, port: int, timeout: float):
+    return None if port % 2 == 0 else "connection refused (fuzz)"
+
+
+class Trouble(logging.Handler):
+    """Every ERROR the server logs, and every exception the loop reports."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.seen: list = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.append(f"{record.name}: {record.getMessage()}"
+                         + (f" ({record.exc_info[1]!r})" if record.exc_info else ""))
+
+    def loop_exception(self, loop, context) -> None:
+        self.seen.append(f"loop: {context.get('message')} {context.get('exception')!r}")
+
+
+TROUBLE = Trouble()
+ADDRESS: tuple = ()
+
+
+def start_directory() -> None:
+    """Start the directory in a daemon thread; return once it listens."""
+    global ADDRESS
+    data_dir = tempfile.mkdtemp(prefix="eurechat-fuzz-")
+    import atexit
+    atexit.register(shutil.rmtree, data_dir, True)
+    subprocess.run([sys.executable, "-m", "eurechat.directory", "useradd", "alice",
+                    "--password-stdin", "--data-dir", data_dir],
+                   input=(PASSWORD + "\n").encode(), check=True, capture_output=True)
+    opts = cli.build_serve_parser().parse_args([
+        "--port", "0", "--data-dir", data_dir, "--registry", "memory", "--throttle", "memory",
+        "--throttle-limit", "1000000", "--check-interval", "3600", "--log-level", "error"])
+    server.probe_tcp = fake_probe
+    for name in ("eurechat", "asyncio"):
+        logging.getLogger(name).addHandler(TROUBLE)
+    ready = threading.Event()
+    listening: list = []
+
+    def announce(host: str, port: int) -> None:
+        listening.append((host, port))
+        ready.set()
+
+    def run() -> None:
+        loop = asyncio.new_event_loop()
+        loop.set_exception_handler(TROUBLE.loop_exception)
+        loop.run_until_complete(app.serve(opts, ready=announce, run_checker=False, signals=()))
+
+    threading.Thread(target=run, name="directory", daemon=True).start()
+    if not ready.wait(30):
+        raise RuntimeError(f"the directory did not start: {TROUBLE.seen}")
+    ADDRESS = listening[0]
+
+
+def exchange(data: bytes) -> bytes:
+    """Send ``data`` on a new connection, half-close, read until the server closes."""
+    sock = socket.create_connection(ADDRESS, timeout=CLOSE_WITHIN)
+    received = []
+    try:
+        try:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed on us early (a malformed request): what it wrote is still there
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            except socket.timeout:
+                raise Finding(f"connection neither answered nor closed within {CLOSE_WITHIN} s "
+                              f"of the client's end of input: {data[:200]!r}") from None
+            if not chunk:
+                break
+            received.append(chunk)
+    finally:
+        sock.close()
+    return b"".join(received)
+
+
+def TestOneInput(data: bytes) -> None:  # noqa: N802 - the name atheris calls
+    if not ADDRESS:
+        start_directory()
+    if not data:
+        return
+    stream = (LOGIN if data[0] & 1 else b"") + data[1:]
+    replies = exchange(stream)
+    for item in common.frames(replies):
+        check(item.type in REPLY_TYPES, f"reply type {item.type}")
+    if TROUBLE.seen:
+        seen, TROUBLE.seen[:] = list(TROUBLE.seen), []
+        raise Finding("the directory reported trouble:\n  " + "\n  ".join(seen))
+
+
+if __name__ == "__main__":
+    common.main(TestOneInput, sys.argv)
