@@ -71,12 +71,12 @@ def test_text_mode_pending_and_the_unreachable_notice_say_never_seen(cluster):
     cluster.procs.append(p)
     p.proc.stdin.write(b"/msg zoe hi zoe\n")
     p.proc.stdin.flush()
-    p.wait_for_line(re.escape("(zoe has never been seen online: is the name right? "
-                              "1 message(s) queued"))
+    p.wait_for_line(re.escape("(zoe is not listed by the directory and was never seen online "
+                              "by this peer: is the name right? 1 message(s) queued"))
     p.proc.stdin.write(b"/pending\n/waiting\n")
     p.proc.stdin.flush()
-    head = p.wait_for_line(r"^\* to zoe: 1 message\(s\) waiting for \d+ s; never seen online: "
-                           r"is the name right\?")
+    head = p.wait_for_line(r"^\* to zoe: 1 message\(s\) waiting for \d+ s; not listed by the "
+                           r"directory, and never seen online by this peer: is the name right\?")
     i = p.lines.index(head.string)
     assert re.fullmatch(r"    \[\S+\] hi zoe", p.lines[i + 1]), p.lines[i:]
     p.wait_for_line(r"^\* to zoe: 1 message\(s\) waiting for", start=i + 2)   # /waiting

@@ -295,6 +295,8 @@ class Services:
             try:
                 await self.accounts.create(effect.name, effect.password)
             except AccountExists:
+                log.info("REGISTER of %r from %s refused: the name is taken", effect.name,
+                         source)
                 return Result.EXISTS
             log.info("account %r created from %s", effect.name, source)
             return Result.OK

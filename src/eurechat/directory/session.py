@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import logging
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Union
 
@@ -30,6 +31,8 @@ from ..errors import ProtocolError
 from ..framing import Decoder, Message, Oversized
 from ..names import INVALID_PASSWORD, INVALID_USERNAME, valid_password, valid_username
 from .interfaces import Registration, RegistryUnavailable
+
+log = logging.getLogger("eurechat.directory.session")
 
 __all__ = [
     "Session", "SessionConfig", "Output", "Authenticate", "Register", "Bind", "Leave",
@@ -423,15 +426,19 @@ class Session:
         return err(_EXPECT_PASS), True, None
 
     def _register(self, args: tuple, payload: bytes) -> tuple:
-        if not self.config.registration_open:
-            return err("registration is closed"), False, None
         name = args[0]
         password = payload if payload or len(args) < 2 else args[1].encode("utf-8")
-        if not valid_username(name):
-            return err(INVALID_USERNAME), False, None
-        if not valid_password(password):
-            return err(INVALID_PASSWORD), False, None
-        return b"", False, Register(name, password)
+        if not self.config.registration_open:
+            why = "registration is closed"
+        elif not valid_username(name):
+            why = INVALID_USERNAME
+        elif not valid_password(password):
+            why = INVALID_PASSWORD
+        else:
+            return b"", False, Register(name, password)
+        # What happened, in the log (a refused REGISTER is not a failed login).
+        log.info("REGISTER of %r from %s refused: %s", name[:64], self.source, why)
+        return err(why), False, None
 
     def _ready(self, type_: str, args: tuple, payload: bytes) -> tuple:
         if type_ == "QUERY" and len(args) <= 1:

@@ -4,9 +4,16 @@
 ``eurechat.peer.cli`` puts a terminal in front of it.
 """
 
-from .directory_client import AuthFailed, DirectoryUnavailable, NameTaken, Registration
+from .directory_client import (
+    AlreadyOnline,
+    AuthFailed,
+    DirectoryUnavailable,
+    NameTaken,
+    PasswordRefused,
+    Registration,
+)
 from .node import IncomingMessage, Peer, PeerError, Timings
 from .store import StoreLocked
 
 __all__ = ["Peer", "IncomingMessage", "PeerError", "Timings", "Registration", "AuthFailed",
-           "NameTaken", "DirectoryUnavailable", "StoreLocked"]
+           "NameTaken", "PasswordRefused", "AlreadyOnline", "DirectoryUnavailable", "StoreLocked"]

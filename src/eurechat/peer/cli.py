@@ -10,6 +10,7 @@ Exit codes (also in docs/peer.md):
 4     ``--register`` refused: the name is taken (or registration closed)
 5     a peer for this user already runs on this data directory
 6     cannot listen on the ``--listen`` address
+8     ``--register`` refused: the password breaks the rule (8 to 1024 bytes)
 ====  ==========================================================
 
 A directory that is down at start-up is deliberately *not* an error: the peer
@@ -29,9 +30,16 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from ..names import USERNAME_RULE
+from ..names import INVALID_PASSWORD, USERNAME_RULE, valid_password
 from ..usage import LOG_LEVELS, Parser, can_prompt
-from .directory_client import AuthFailed, DirectoryError, NameTaken
+from .directory_client import (
+    AlreadyOnline,
+    AuthFailed,
+    DirectoryError,
+    DirectoryUnavailable,
+    NameTaken,
+    PasswordRefused,
+)
 from .node import Peer, PeerError
 from .protocol import valid_name
 from .settings import env_float as _env_float
@@ -41,6 +49,8 @@ from .ui import Output, piped_lines, terminal_lines
 log = logging.getLogger("eurechat.peer.cli")
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_AUTH, EXIT_TAKEN, EXIT_LOCKED, EXIT_LISTEN = range(7)
+#: ``--register`` with a password the rule refuses (7 is the trust store's)
+EXIT_PASSWORD = 8
 
 
 def host_port(text: str) -> Tuple[str, int]:
@@ -82,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Password: $EURECHAT_PASSWORD, else --password-file, else a prompt. "
                "Commands: /msg NAME[,NAME...] TEXT, /who [NAME], /ping NAME, /pending, /waiting, "
                "/quit; "
-               "a line without / goes to the last peer written to.")
+               "a line without / goes to the peer(s) you last wrote to (before you "
+               "wrote to anyone: whoever last wrote to you).")
     p.add_argument("--user", required=True, help="your user name")
     p.add_argument("--directory", type=host_port, default=("127.0.0.1", 8888),
                    metavar="HOST:PORT", help="directory server (default 127.0.0.1:8888)")
@@ -187,6 +198,10 @@ class App:
                               "new here? add --register)", EXIT_AUTH)
         except NameTaken as exc:
             return self.fatal(f"{exc} (the name is taken: pick another --user)", EXIT_TAKEN)
+        except AlreadyOnline as exc:
+            return self.fatal(f"{exc}: quit that one first", EXIT_LOCKED)
+        except PasswordRefused as exc:
+            return self.fatal(f"{exc} (choose a longer password)", EXIT_PASSWORD)
         except StoreLocked as exc:
             return self.fatal(str(exc), EXIT_LOCKED)
         except OSError as exc:
@@ -218,8 +233,10 @@ class App:
         self.quit.set()
 
     async def read_commands(self) -> None:
-        lines = terminal_lines(f"{self.args.user}> ") if self.tty else piped_lines()
-        async for line in lines:
+        if self.tty:
+            await self.read_terminal()
+            return
+        async for line in piped_lines():
             if await self.command(line):
                 return
         if not self.tty:
@@ -228,19 +245,48 @@ class App:
             if linger > 0:
                 await self.peer.wait_idle(linger)
 
+    async def read_terminal(self) -> None:
+        """Lines typed at the terminal.  The prompt stays up while a command
+        runs (a ``/who`` may wait seconds for the directory): what is typed
+        meanwhile goes into the prompt's line, instead of being echoed raw by
+        the terminal, and the commands still run one at a time, in order."""
+        typed: asyncio.Queue = asyncio.Queue()
+
+        async def run_commands() -> None:
+            while True:
+                line = await typed.get()
+                if line is None or await self.command(line):
+                    self.quit.set()
+                    return
+
+        runner = asyncio.ensure_future(run_commands())
+        self.tasks.add(runner)
+        try:
+            async for line in terminal_lines(f"{self.args.user}> "):
+                if runner.done():
+                    break
+                typed.put_nowait(line)
+            typed.put_nowait(None)   # Ctrl-D: quit once what was typed has run
+            await runner
+        finally:
+            runner.cancel()
+
     async def command(self, line: str) -> bool:
         """Run one input line; True means quit."""
         line = line.strip()
         if not line:
             return False
         if not line.startswith("/"):
-            # The last peer written to; before we wrote to anyone, whoever
-            # wrote to us last (so you can just answer).
+            # The peer(s) last written to; before we wrote to anyone, whoever
+            # wrote to us last (so you can just answer).  Once chosen it
+            # stays: a message that arrives while you type must not send
+            # your line somewhere else.
             to = self.last or ([self.last_sender] if self.last_sender else [])
             if not to:
                 self.error("nobody to send to yet: start with /msg NAME TEXT")
                 return False
-            self.send(to, line)
+            if self.send(to, line):
+                self.last = to
             return False
         cmd, _, rest = line.partition(" ")
         rest = rest.strip()
@@ -257,10 +303,17 @@ class App:
         elif cmd == "/who":
             try:
                 users = await self.peer.who(rest or None)
-            except (DirectoryError, asyncio.TimeoutError) as exc:
-                self.error(f"/who: directory unavailable ({exc or 'timeout'})")
+            except DirectoryUnavailable as exc:
+                self.error(f"/who: {exc}")
+            except DirectoryError as exc:
+                self.error(f"/who: the directory refused: {exc}")
+            except asyncio.TimeoutError:
+                self.error("/who: no answer from the directory")
             else:
-                self.out.event({"event": "who", "users": [u.as_dict() for u in users]})
+                event = {"event": "who", "users": [u.as_dict() for u in users]}
+                if rest and not self.args.json:
+                    event["name"] = rest   # for humans: "carol is not online"
+                self.out.event(event)
         elif cmd == "/ping":
             if not valid_name(rest):
                 self.error("usage: /ping NAME")
@@ -274,9 +327,13 @@ class App:
                 # For humans, per recipient: how long, and seen when.  The
                 # JSON event keeps the SPEC's shape (/waiting has this).
                 event["recipients"] = self.peer.waiting()
+                event["directory_online"] = self.directory_online()
             self.out.event(event)
         elif cmd == "/waiting":
-            self.out.event({"event": "waiting", "recipients": self.peer.waiting()})
+            event = {"event": "waiting", "recipients": self.peer.waiting()}
+            if not self.args.json:   # what "never seen" can mean depends on it
+                event["directory_online"] = self.directory_online()
+            self.out.event(event)
         elif cmd == "/quit":
             return True
         elif cmd == "/help":
@@ -285,6 +342,11 @@ class App:
         else:
             self.error(f"unknown command {cmd} (try /help)")
         return False
+
+    def directory_online(self) -> bool:
+        """Logged in to the directory now (or running without one)."""
+        directory = self.peer.directory
+        return directory is None or directory.online
 
     def send(self, recipients: List[str], text: str) -> bool:
         try:
@@ -319,6 +381,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         password = read_password(args)
     except SystemExit as exc:
         return int(exc.code or EXIT_USAGE)
+    if args.register and not valid_password(password.encode("utf-8")):
+        print(f"eurechat-peer: cannot register {args.user!r}: {INVALID_PASSWORD} "
+              "(choose a longer password)", file=sys.stderr)
+        return EXIT_PASSWORD
 
     async def amain() -> int:
         return await App(args, password).run()

@@ -27,7 +27,7 @@ from ..framing import Decoder, Message, Oversized
 from ..registration import Registration
 
 __all__ = ["DirectoryClient", "DirectoryError", "DirectoryUnavailable", "AuthFailed",
-           "NameTaken", "Registration", "parse_result", "backoff_delay"]
+           "NameTaken", "PasswordRefused", "AlreadyOnline", "Registration", "parse_result", "backoff_delay"]
 
 log = logging.getLogger("eurechat.peer.directory")
 
@@ -53,6 +53,18 @@ class AuthFailed(DirectoryError):
 
 class NameTaken(DirectoryError):
     """``--register`` of a name that belongs to somebody else (or registration is closed)."""
+
+
+class AlreadyOnline(DirectoryError):
+    """Another peer of the same user (another data directory, or another
+    host) is listed and answers at its address: the directory keeps one
+    address per user (the last BIND wins), so starting a second one would
+    take the first one's messages, and the second's LEAVE would unlist both."""
+
+
+class PasswordRefused(DirectoryError):
+    """``--register`` with a password the directory's rule refuses (its length):
+    no account can have it, so there is no point in trying to log in with it."""
 
 
 def parse_result(payload: bytes) -> List[Registration]:
@@ -88,7 +100,8 @@ class DirectoryClient:
                  request_timeout: float = 10.0, wait_online: float = 3.0,
                  on_online: Optional[Callable[[], None]] = None,
                  on_error: Optional[Callable[[str], None]] = None,
-                 recheck: float = 30.0, stable_after: float = 10.0) -> None:
+                 recheck: float = 30.0, stable_after: float = 10.0,
+                 exclusive: bool = False) -> None:
         self.host, self.port = host, port
         self.user, self.password = user, password
         self.register = register
@@ -109,6 +122,14 @@ class DirectoryClient:
         self._closing = False
         self._task: Optional[asyncio.Task] = None
         self._reader_task: Optional[asyncio.Task] = None
+        #: a session was set up (and BOUND) once: later sessions re-BIND
+        #: without checking for another instance (we were first)
+        self._bound_once = False
+        #: before the first BIND, refuse to start when another peer of this
+        #: user answers at the address the directory lists (AlreadyOnline)
+        self.exclusive = exclusive
+        #: how long the check for another instance waits for its address
+        self.probe_timeout = 2.0
 
     @property
     def online(self) -> bool:
@@ -121,11 +142,14 @@ class DirectoryClient:
         try:
             await self._session()
             ok = True
-        except (AuthFailed, NameTaken):
+        except (AuthFailed, NameTaken, PasswordRefused, AlreadyOnline):
             raise
         except (OSError, asyncio.TimeoutError, DirectoryError, ProtocolError) as exc:
-            log.warning("directory %s:%s unreachable: %s; retrying in the background",
-                        self.host, self.port, exc or exc.__class__.__name__)
+            # Said once: as a log line, or to whoever shows on_error's text
+            # (the CLI's screen, where a log line as well would say it twice).
+            (log.info if self.on_error else log.warning)(
+                "directory %s:%s unreachable: %s; retrying in the background",
+                self.host, self.port, exc or exc.__class__.__name__)
             if self.on_error:
                 why = exc if isinstance(exc, DirectoryError) else \
                     f"unreachable ({exc or exc.__class__.__name__})"
@@ -148,6 +172,8 @@ class DirectoryClient:
 
     async def _run(self, connected: bool) -> None:
         attempt = 0
+        refused = False   # a refused login was reported (once, until a login works)
+        elsewhere = False  # another instance online was reported (once)
         loop = asyncio.get_running_loop()
         while not self._closing:
             if connected:
@@ -175,12 +201,32 @@ class DirectoryClient:
             try:
                 await self._session()
                 connected = True
+                refused = False
                 log.info("directory session re-established")
             except AuthFailed as exc:
+                # The account is gone (deleted, or a directory with other
+                # accounts) or the password changed: say so once, and keep
+                # retrying slowly (it may be restored).
                 connected = False
                 attempt = max(attempt, 30)
-                if self.on_error:
-                    self.on_error(f"directory refused our login: {exc}")
+                text = (f"the directory refused the login as {self.user!r}: {exc} (no such "
+                        "account? start with --register; a new password? restart with it); "
+                        "still retrying")
+                if refused:
+                    log.debug("%s", text)
+                elif self.on_error:
+                    self.on_error(text)
+                else:
+                    log.warning("%s", text)
+                refused = True
+            except AlreadyOnline as exc:
+                # Found when the directory came back after a start without
+                # it: stay off the directory (messages stay queued) until
+                # the other instance is gone.
+                connected = False
+                if not elsewhere and self.on_error:
+                    self.on_error(f"{exc}; not logging in while it runs (retrying)")
+                elsewhere = True
             except (OSError, asyncio.TimeoutError, DirectoryError, ProtocolError) as exc:
                 connected = False
                 log.debug("directory reconnect failed: %r", exc)
@@ -240,6 +286,8 @@ class DirectoryClient:
             if self.register:
                 reply = await self.request(Message("REGISTER", (self.user,), self.password))
                 _check_full(reply)
+                if reply.type == "ERR" and reply.text.startswith("invalid password"):
+                    raise PasswordRefused(f"cannot register {self.user!r}: {reply.text}")
                 if reply.type != "ACK":
                     # Maybe it is our own account from an earlier run: try to log in.
                     why = reply.text
@@ -257,10 +305,13 @@ class DirectoryClient:
             host, port = self.listen()
             if host in WILDCARDS:
                 host = writer.get_extra_info("sockname")[0]
+            if self.exclusive and not self._bound_once:
+                await self._check_not_running_elsewhere(host, port)
             reply = await self.request(Message("BIND", (host, str(port))))
             if reply.type != "ACK":
                 raise DirectoryError(f"BIND {host}:{port} refused: {reply.text}")
             self.bound = (host, port)
+            self._bound_once = True
         except BaseException:
             self._drop("session setup failed")
             raise
@@ -270,6 +321,30 @@ class DirectoryClient:
                  *self.bound)
         if self.on_online:
             self.on_online()
+
+    async def _check_not_running_elsewhere(self, host: str, port: int) -> None:
+        """Before our first BIND: is this user listed at another address
+        that accepts a connection?  Then another peer of ours runs there
+        (``AlreadyOnline``).  A listing whose address does not answer is
+        what a crashed or killed earlier run leaves behind until the
+        directory's next liveness check: that is no reason to refuse."""
+        reply = await self.request(Message("QUERY", (self.user,)))
+        if reply.type != "RESULT":
+            return
+        for reg in parse_result(reply.payload):
+            if reg.name != self.user or (reg.address, reg.port) == (host, port):
+                continue
+            try:
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection(reg.address, reg.port), self.probe_timeout)
+            except (OSError, asyncio.TimeoutError):
+                log.info("%s was listed at %s:%s, which does not answer: an earlier run",
+                         self.user, reg.address, reg.port)
+                continue
+            writer.close()
+            raise AlreadyOnline(f"{self.user} is already online at {reg.address}:{reg.port} "
+                                "(another eurechat-peer of this user, from another data "
+                                "directory or host)")
 
     async def _login(self) -> None:
         reply = await self.request(Message("LOGIN", (self.user,)))

@@ -11,19 +11,22 @@ the event loop cannot watch).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
 import select
 import sys
 import threading
 import time
-from typing import AsyncIterator, Callable, List, Optional
+from typing import AsyncIterator, Callable, Iterator, List, Optional
 
 from .node import IncomingMessage
 
 HELP = """commands:
   /msg NAME[,NAME...] TEXT   send TEXT (queued until each recipient has it)
-  TEXT                       send to the peer(s) you wrote to last
+  TEXT                       send to the peer(s) you last wrote to (before you
+                             wrote to anyone: whoever last wrote to you)
   /who [NAME]                who is online
   /ping NAME                 round trip to NAME
   /pending                   messages not yet delivered, per recipient
@@ -32,6 +35,7 @@ HELP = """commands:
 
 
 PIPE_BUF = 4096
+_stderr_at_import = sys.stderr
 #: What --json prints: the events of SPEC section 4, plus ``waiting``, the
 #: answer to ``/waiting`` (a command beyond the SPEC: a program that only
 #: speaks the SPEC never asks for it, so never sees it).
@@ -54,15 +58,25 @@ def ago(seconds: float) -> str:
     return f"{d} day{'s' if d != 1 else ''}"
 
 
-def waiting_line(r: dict, now: Optional[float] = None) -> str:
-    """One recipient of ``Peer.waiting()`` for humans."""
+def waiting_line(r: dict, now: Optional[float] = None, directory_online: bool = True) -> str:
+    """One recipient of ``Peer.waiting()`` for humans.
+
+    ``last_seen`` None says only that this peer never saw the name online
+    (listed by the directory, or acknowledging a message).  With the
+    directory up, every waiting recipient is looked up every few seconds, so
+    it is also not listed now: maybe a typo.  With the directory down, it
+    was perhaps never looked up at all: that is all there is to say."""
     now = time.time() if now is None else now
     head = f"* to {r['to']}: {r['queued']} message(s) waiting for {ago(r['waited'])}; "
     if r["connected"]:
         return head + "connected now, delivering"
     if r["last_seen"] is None:
-        return head + ("never seen online: is the name right? (the directory answers alike "
-                       "for a user who is away and a name without an account)")
+        if not directory_online:
+            return head + ("not seen online by this peer so far; the directory is "
+                           "unreachable, so it cannot be looked up now")
+        return head + ("not listed by the directory, and never seen online by this peer: "
+                       "is the name right? (the directory answers alike for a user who is "
+                       "away and a name without an account)")
     return head + f"last seen online {ago(now - r['last_seen'])} ago"
 
 
@@ -229,7 +243,7 @@ class Output:
             return f"  (delivered to {e['to']})"
         if kind == "who":
             if not e["users"]:
-                return "* nobody is online"
+                return f"* {e['name']} is not online" if e.get("name") else "* nobody is online"
             return "\n".join(f"* {u['name']} at {u['address']}:{u['port']}" for u in e["users"])
         if kind == "pong":
             return f"* pong from {e['from']}: {e['ms']:.1f} ms"
@@ -241,22 +255,30 @@ class Output:
                                  for m in e["messages"])
             lines = []
             for r in e["recipients"]:
-                lines.append(waiting_line(r))
+                lines.append(waiting_line(r, directory_online=e.get("directory_online", True)))
                 lines.extend(f"    [{m['id']}] {m['text']}" for m in e["messages"]
                              if m["to"] == r["to"])
             return "\n".join(lines)
         if kind == "waiting":
             if not e["recipients"]:
                 return "* nothing waiting"
-            return "\n".join(waiting_line(r) for r in e["recipients"])
+            online = e.get("directory_online", True)
+            return "\n".join(waiting_line(r, directory_online=online) for r in e["recipients"])
         if kind == "unreachable":
-            if e.get("last_seen") is None and "not online" in e.get("reason", ""):
-                return (f"  ({e['to']} has never been seen online: is the name right? "
-                        f"{e['queued']} message(s) queued, delivered if they appear)")
+            reason = e.get("reason", "")
+            if reason == f"{e['to']} is not online" and e.get("last_seen") is None:
+                return (f"  ({e['to']} is not listed by the directory and was never seen "
+                        f"online by this peer: is the name right? {e['queued']} message(s) "
+                        "queued, delivered if they appear)")
+            if "directory" in reason:   # no lookup: the directory is unreachable
+                return (f"  ({e['to']} cannot be looked up now: the directory is unreachable; "
+                        f"{e['queued']} message(s) queued, delivered when both are back)")
             return (f"  ({e['to']} is not reachable now; {e['queued']} message(s) queued, "
                     "delivered when they are back)")
         if kind == "error":
             return f"! {e['text']}"
+        if kind == "notice":
+            return f"* {e['text']}"
         if kind == "help":
             return HELP
         return json.dumps(e, ensure_ascii=False)
@@ -298,13 +320,33 @@ async def piped_lines() -> AsyncIterator[str]:
         yield line.rstrip("\r\n")
 
 
+@contextlib.contextmanager
+def _logs_above_the_prompt() -> Iterator[None]:
+    """Point the logging handlers that write to stderr at the current
+    ``sys.stderr``: inside ``patch_stdout`` that is prompt_toolkit's proxy,
+    which prints above the input line.  A handler keeps the stream it was
+    given (the real stderr, at ``basicConfig``), so without this a log line
+    is written into the middle of the line being typed."""
+    moved = []
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and \
+                handler.stream in (sys.__stderr__, _stderr_at_import):
+            moved.append((handler, handler.setStream(sys.stderr)))
+    try:
+        yield
+    finally:
+        for handler, stream in moved:
+            handler.setStream(stream)
+
+
 async def terminal_lines(prompt: str) -> AsyncIterator[str]:
-    """Lines typed at a terminal; printing meanwhile keeps the input line intact."""
+    """Lines typed at a terminal; printing (messages, notices, log lines)
+    meanwhile keeps the input line intact."""
     from prompt_toolkit import PromptSession
     from prompt_toolkit.patch_stdout import patch_stdout
 
     session: PromptSession = PromptSession()
-    with patch_stdout(raw=True):
+    with patch_stdout(raw=True), _logs_above_the_prompt():
         while True:
             try:
                 line = await session.prompt_async(prompt)
