@@ -15,7 +15,7 @@
 4. The liveness checker: one round over 10,000 registrations whose peers
    answer PING (a uvloop PONG server in another process).  Target: < 10 s.
 
-Accounts are created with ``EURECHAT_SCRYPT_N=16`` so that logging in 10,000
+Accounts are created with ``EURECHAT_ARGON2_MEMORY_KIB=8`` so that logging in 10,000
 sessions does not dominate the run (login is not what is measured).
 """
 
@@ -78,7 +78,7 @@ def framed(sock: socket.socket, data: bytes) -> bytes:
 
 
 def prepare_accounts(data_dir: str) -> None:
-    env = dict(os.environ, EURECHAT_SCRYPT_N="16")
+    env = dict(os.environ, EURECHAT_ARGON2_MEMORY_KIB="8")
     for name, pw in (("bench", "bench-password"), ("bob", "bob-password")):
         subprocess.run([PY, "-m", "eurechat.directory", "useradd", name, "--password-stdin",
                         "--data-dir", data_dir], input=f"{pw}\n", text=True, env=env,
@@ -110,7 +110,7 @@ def idle_bytes(binary: str, port: int, pid_of, conns: int, extra: list) -> float
 async def checker_round(n: int, port: int) -> tuple:
     from eurechat.directory.checker import LivenessChecker
     from eurechat.directory.interfaces import Registration
-    from eurechat.directory.registry import MemoryRegistry
+    from eurechat.directory.presence.memory import MemoryRegistry
     registry = MemoryRegistry()
     for i in range(n):
         await registry.bind(Registration(f"peer{i:05d}", "127.0.0.1", port))

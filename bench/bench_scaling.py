@@ -20,7 +20,7 @@ measured for each registry.
 3. Redis per-operation costs (in process): BIND propagation to another
    instance's read view (p50/p99), memory per registration in Redis and in a
    read view, full resync (HSCAN) time for ``--big`` registrations.
-4. Accounts: scrypt verify at the production cost (2**14) and PostgreSQL
+4. Accounts: argon2id verify at the production cost (19 MiB, t=2) and PostgreSQL
    lookups (throwaway cluster, as in the tests).
 5. Liveness checker over ``--probes`` registrations held in Redis.
 6. Sharded checkers (``--checker-shards``): ``--shard-regs`` registrations
@@ -146,7 +146,8 @@ async def redis_costs(url: str, big: int) -> dict:
     import redis.asyncio as aredis
 
     from eurechat.directory.interfaces import Registration
-    from eurechat.directory.redis_registry import _BIND, RedisRegistry, bucket_of
+    from eurechat.directory.presence.base import bucket_of
+    from eurechat.directory.presence.redis import _BIND, RedisRegistry
 
     admin = aredis.Redis.from_url(url)
     await admin.flushall()
@@ -231,7 +232,7 @@ async def fanout(url: str, followers: int, writes: int = 3000) -> dict:
     import redis.asyncio as aredis
 
     from eurechat.directory.interfaces import Registration
-    from eurechat.directory.redis_registry import RedisRegistry
+    from eurechat.directory.presence.redis import RedisRegistry
 
     admin = aredis.Redis.from_url(url, decode_responses=True)
     await admin.flushall()
@@ -265,9 +266,10 @@ async def fanout(url: str, followers: int, writes: int = 3000) -> dict:
 
 
 # -- 4: accounts --------------------------------------------------------------------
-def scrypt_cost() -> float:
-    from eurechat.directory.accounts import check_password, hash_password
-    record = hash_password(b"some password", 1 << 14)
+def password_cost() -> float:
+    from eurechat.directory.accounts.hashing import check_password, hash_password
+    os.environ.pop("EURECHAT_ARGON2_MEMORY_KIB", None)  # the production cost
+    record = hash_password(b"some password")
     t0 = time.perf_counter()
     for _ in range(10):
         check_password(b"some password", record)
@@ -275,8 +277,8 @@ def scrypt_cost() -> float:
 
 
 async def pg_costs(dsn: str) -> dict:
-    os.environ["EURECHAT_SCRYPT_N"] = "16"  # isolate the database from the hash
-    from eurechat.directory.pg_accounts import PostgresAccounts
+    os.environ["EURECHAT_ARGON2_MEMORY_KIB"] = "8"  # isolate the database from the hash
+    from eurechat.directory.accounts.postgres import PostgresAccounts
     store = PostgresAccounts(dsn, pool_size=8)
     await store.start()
     await store.create("pgbench", b"pgbench-password")
@@ -305,7 +307,7 @@ async def checker_round(url: str, n: int, port: int) -> dict:
 
     from eurechat.directory.checker import LivenessChecker
     from eurechat.directory.interfaces import Registration
-    from eurechat.directory.redis_registry import RedisRegistry
+    from eurechat.directory.presence.redis import RedisRegistry
     admin = aredis.Redis.from_url(url)
     await admin.flushall()
     await admin.aclose()
@@ -330,8 +332,8 @@ SHARD_CHILD = r"""
 import asyncio, json, resource, sys, time
 from eurechat.directory.app import install_uvloop
 from eurechat.directory.checker import LivenessChecker
-from eurechat.directory.lease import ShardedLease, fair_share
-from eurechat.directory.redis_registry import RedisRegistry
+from eurechat.directory.election.lease import ShardedLease, fair_share
+from eurechat.directory.presence.redis import RedisRegistry
 
 async def main(url, shards, instances):
     reg = RedisRegistry(url, follow=False)      # as in a supervisor
@@ -369,7 +371,7 @@ def seed_presence(url: str, n: int, port: int, prefix: str = "peer") -> None:
     buckets (pipelined HSET; the checker reads nothing else)."""
     import redis
 
-    from eurechat.directory.redis_registry import bucket_of
+    from eurechat.directory.presence.base import bucket_of
     with redis.Redis.from_url(url) as r:
         for start in range(0, n, 10_000):
             with r.pipeline(transaction=False) as pipe:
@@ -439,7 +441,7 @@ async def scan_cost(url: str, n: int, shards: int) -> dict:
     the shards reads only their index buckets (``snapshot_shards``)."""
     import redis
 
-    from eurechat.directory.redis_registry import RedisRegistry
+    from eurechat.directory.presence.redis import RedisRegistry
     with redis.Redis.from_url(url) as r:
         r.flushall()
     seed_presence(url, n, 9)
@@ -608,7 +610,7 @@ def main() -> int:
             pong.kill()
             pong.wait()
     print("== accounts", flush=True)
-    results["scrypt_verify_ms"] = scrypt_cost() * 1000
+    results["argon2id_verify_ms"] = password_cost() * 1000
     with PostgresCluster() as pg:
         results["postgres"] = asyncio.run(pg_costs(pg.create_database()))
 
@@ -657,7 +659,8 @@ def main() -> int:
           f"({k['probes_per_s']:.0f} probes/s, {k['removed']} removed, "
           f"{k['cpu_us_per_probe']:.0f} us of checker CPU per probe)")
     report_checker_shards(results["checker_shards"])
-    print(f"scrypt verify (N=2**14): {results['scrypt_verify_ms']:.1f} ms per login per core")
+    print(f"argon2id verify (19 MiB, t=2): {results['argon2id_verify_ms']:.1f} ms per login "
+          "per core")
     p = results["postgres"]
     print(f"PostgreSQL account lookup: p50 {p['pg_lookup_p50_us']:.0f} us, "
           f"p99 {p['pg_lookup_p99_us']:.0f} us; {p['pg_lookups_per_s_8conns']:.0f}/s "

@@ -58,10 +58,10 @@ def loadgen(binary: str, port: int, *args: str, cpu=None) -> list:
 
 class Directory:
     """``python -m eurechat.directory --port 0 ...`` in its own process group,
-    cheap scrypt (login is not what is measured), checker idle, ready line read."""
+    cheap password hashes (login is not what is measured), checker idle, ready line read."""
 
     def __init__(self, data_dir: str, *args: str, cpu=None) -> None:
-        env = dict(os.environ, EURECHAT_SCRYPT_N="16", PYTHONUNBUFFERED="1")
+        env = dict(os.environ, EURECHAT_ARGON2_MEMORY_KIB="8", PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
             taskset(cpu) + [PY, "-m", "eurechat.directory", "--port", "0", "--data-dir",
                             data_dir, "--log-level", "warning", "--check-interval", "3600",

@@ -17,10 +17,11 @@ import sys
 import pytest
 
 from eurechat.directory.checker import LivenessChecker
+from eurechat.directory.election.lease import RedisLease, ShardedLease
 from eurechat.directory.interfaces import Registration, RegistryUnavailable
-from eurechat.directory.lease import RedisLease, ShardedLease
-from eurechat.directory.redis_registry import RedisRegistry, bucket_of
-from eurechat.directory.registry import MemoryRegistry
+from eurechat.directory.presence.base import bucket_of
+from eurechat.directory.presence.memory import MemoryRegistry
+from eurechat.directory.presence.redis import RedisRegistry
 from support.client import FramedClient, Responder
 from support.processes import run_directory, start_directory, test_env
 from support.waits import run
@@ -72,7 +73,7 @@ CHECK_SCRIPT = r"""
 import asyncio, resource, sys
 from eurechat.directory.checker import LivenessChecker
 from eurechat.directory.interfaces import Registration
-from eurechat.directory.registry import MemoryRegistry
+from eurechat.directory.presence.memory import MemoryRegistry
 resource.setrlimit(resource.RLIMIT_NOFILE, (48, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 
 async def main():

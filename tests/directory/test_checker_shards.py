@@ -19,9 +19,10 @@ from typing import Dict, List, Optional
 import pytest
 import redis
 
+from eurechat.directory.election.lease import ShardedLease, fair_share, shard_of
 from eurechat.directory.interfaces import Registration, RegistryUnavailable
-from eurechat.directory.lease import ShardedLease, fair_share, shard_of
-from eurechat.directory.redis_registry import RedisRegistry, bucket_of
+from eurechat.directory.presence.base import bucket_of
+from eurechat.directory.presence.redis import RedisRegistry
 from support.client import Responder
 from support.processes import Directory, start_directory, test_env
 from support.waits import run, until
@@ -35,7 +36,7 @@ def test_shard_of_is_stable_across_processes_and_spreads_names() -> None:
     (Python's ``hash``) would make two hosts disagree."""
     names = [f"user{i}" for i in range(2000)]
     here = [shard_of(n, 16) for n in names]
-    code = ("import sys; from eurechat.directory.lease import shard_of; "
+    code = ("import sys; from eurechat.directory.election.lease import shard_of; "
             "print(' '.join(str(shard_of(f'user{i}', 16)) for i in range(2000)))")
     for seed in ("1", "2"):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

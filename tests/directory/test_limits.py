@@ -239,10 +239,10 @@ def test_closing_session_whose_client_does_not_read_is_aborted(tmp_path):
     """A session closed with replies still buffered (its client stopped reading)
     is aborted after ``close_linger`` instead of waiting for ever.  In process,
     on real sockets: the server's own buffer is filled, then the close issued."""
-    from eurechat.directory.accounts import SqliteAccounts
-    from eurechat.directory.registry import MemoryRegistry
+    from eurechat.directory.accounts.sqlite import SqliteAccounts
+    from eurechat.directory.presence.memory import MemoryRegistry
     from eurechat.directory.server import DirectoryServer, ServerConfig, Services
-    from eurechat.directory.throttle import MemoryThrottle
+    from eurechat.directory.throttle.memory import MemoryThrottle
 
     async def main():
         services = Services(MemoryRegistry(), SqliteAccounts(str(tmp_path / "a.sqlite3")),

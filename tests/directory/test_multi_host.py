@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from eurechat.directory.interfaces import Registration
-from eurechat.directory.redis_registry import RedisRegistry
+from eurechat.directory.presence.redis import RedisRegistry
 from eurechat.framing import Message
 from support.client import FramedClient, Responder
 from support.processes import Directory, start_directory, test_env

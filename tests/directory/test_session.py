@@ -357,7 +357,7 @@ def test_query_all_follows_a_real_view_across_changes():
     """The QUERY 0 frame is reused only while the view's sequence is the same."""
     import asyncio
 
-    from eurechat.directory.registry import MemoryRegistry
+    from eurechat.directory.presence.memory import MemoryRegistry
     reg = MemoryRegistry()
     s = Session(SessionConfig(query_limit=2), reg.query, "127.0.0.1")
     s.feed(b"USER 0 c\n")

@@ -16,8 +16,8 @@ Stable API (imported by the directory, peer and scaling tests):
 - ``start_directory(*args, data_dir=..., env=..., timeout=...) -> Directory``
 - ``run_directory(...)``: context manager around ``start_directory``
 - ``useradd(data_dir, name, password, env=None)``: create an account via the CLI
-- ``test_env(**extra)``: os.environ plus ``EURECHAT_SCRYPT_N=16`` (cheap hashes
-  for tests) and unbuffered output
+- ``test_env(**extra)``: os.environ plus ``EURECHAT_ARGON2_MEMORY_KIB=8`` and
+  ``EURECHAT_SCRYPT_N=16`` (cheap hashes for tests) and unbuffered output
 - ``directory_cmd()``: ``[sys.executable, "-m", "eurechat.directory"]``
 - ``Process.wait_for_line`` / ``wait_for_log`` (stdout / stderr lines, by
   regex, from index ``start``), ``stderr()``, ``stop()``, ``kill_group()``,
@@ -49,8 +49,9 @@ DEFAULT_TIMEOUT = 20.0
 
 
 def test_env(**extra: str) -> Dict[str, str]:
-    """Environment for a child: cheap scrypt (tests only), unbuffered stdout."""
+    """Environment for a child: cheap password hashes (tests only), unbuffered stdout."""
     env = dict(os.environ)
+    env.setdefault("EURECHAT_ARGON2_MEMORY_KIB", "8")
     env.setdefault("EURECHAT_SCRYPT_N", "16")
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)

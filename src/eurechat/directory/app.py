@@ -2,7 +2,10 @@
 
 ``serve`` is the whole directory with ``--workers 1`` (server and checker in
 one event loop) and the body of each worker process otherwise (the
-supervisor passes the listening socket and runs the checker itself).
+supervisor passes the listening socket and runs the checker itself).  The
+steps they share with the supervisor -- the stop signals, opening backends
+with a one-line error, the checker with its election, closing everything
+without hanging -- are the functions below, used by both.
 """
 
 from __future__ import annotations
@@ -13,18 +16,20 @@ import logging
 import os
 import signal
 import socket
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from . import metrics
-from .backends import make_accounts, make_registry, make_throttle
+from .backends import make_accounts, make_election, make_registry, make_throttle
 from .checker import LivenessChecker
-from .interfaces import AccountsUnavailable, RegistryUnavailable
+from .errors import BackendUnavailable
+from .interfaces import Registry
 from .server import DirectoryServer, ServerConfig, Services
 from .session import SessionConfig
 
 log = logging.getLogger("eurechat.directory.app")
 
-__all__ = ["server_config", "serve", "run", "install_uvloop"]
+__all__ = ["server_config", "serve", "run", "install_uvloop", "stop_event", "open_backends",
+           "close_backends", "start_checker", "stop_checker", "announce"]
 
 
 def install_uvloop(enabled: bool = True) -> str:
@@ -77,6 +82,60 @@ def server_config(opts: argparse.Namespace) -> ServerConfig:
         close_linger=opts.close_linger)
 
 
+def stop_event(signals: Sequence[int]) -> asyncio.Event:
+    """An event set by any of ``signals`` (the loop's handlers: no traceback,
+    no lost signal)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def open_backends(backends: Sequence) -> bool:
+    """Start ``backends`` in order.  One that cannot start is one ERROR line
+    ("cannot start: ..."); then everything opened so far is closed again and
+    the answer is False (the caller exits 2)."""
+    started = []
+    for backend in backends:
+        try:
+            await backend.start()
+        except (BackendUnavailable, OSError) as exc:
+            log.error("cannot start: %s", exc)
+            await close_backends([*started, backend])
+            return False
+        started.append(backend)
+    return True
+
+
+async def close_backends(backends: Sequence, timeout: float = 1.0) -> None:
+    """Close ``backends`` in reverse order, each within ``timeout`` seconds:
+    shutting down reports a failure and never hangs on one."""
+    for backend in reversed(backends):
+        try:
+            await asyncio.wait_for(backend.close(), timeout)
+        except Exception as exc:
+            log.warning("closing %s: %s", type(backend).__name__, exc)
+
+
+async def start_checker(opts: argparse.Namespace, registry: Registry) -> LivenessChecker:
+    """The liveness checker of ``opts`` on ``registry``, with its election
+    (``make_election``), running."""
+    election = make_election(opts.registry, lease=opts.lease, shards=opts.checker_shards)
+    await election.start()
+    checker = LivenessChecker(registry, election, opts.check_interval, opts.probe_timeout,
+                              opts.probe_concurrency)
+    checker.start()
+    return checker
+
+
+async def stop_checker(checker: Optional[LivenessChecker]) -> None:
+    """Stop the rounds, then give up the election (a lease is handed over)."""
+    if checker is not None:
+        await checker.close()
+        await checker.election.close()
+
+
 async def serve(opts: argparse.Namespace, sock: Optional[socket.socket] = None,
                 ready: Optional[Callable[[str, int], None]] = None,
                 run_checker: bool = True, manager_address=None,
@@ -84,24 +143,14 @@ async def serve(opts: argparse.Namespace, sock: Optional[socket.socket] = None,
                 signals: tuple = (signal.SIGINT, signal.SIGTERM)) -> int:
     """Serve until one of ``signals``; returns the exit code."""
     raise_nofile(opts.max_connections + opts.probe_concurrency + 256)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in signals:
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event(signals)
     registry = make_registry(opts.registry, manager_address=manager_address, authkey=authkey)
     accounts = make_accounts(opts.accounts, opts.data_dir)
     throttle = make_throttle(opts.throttle, opts.data_dir, limit=opts.throttle_limit,
                              window=opts.throttle_window)
     metrics.count_registrations(registry.query)
-    started = []
-    try:
-        for backend in (registry, accounts, throttle):
-            await backend.start()
-            started.append(backend)
-    except (RegistryUnavailable, AccountsUnavailable, OSError) as exc:
-        log.error("cannot start: %s", exc)
-        for backend in reversed(started):
-            await backend.close()
+    backends = [registry, accounts, throttle]
+    if not await open_backends(backends):
         return 2
     server = DirectoryServer(server_config(opts),
                              Services(registry, accounts, throttle, opts.bind_timeout))
@@ -109,30 +158,16 @@ async def serve(opts: argparse.Namespace, sock: Optional[socket.socket] = None,
         host, port = await server.start(opts.host, opts.port, sock)
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s", opts.host, opts.port, exc.strerror or exc)
-        for backend in reversed(started):
-            await backend.close()
+        await close_backends(backends)
         return 2
-    checker = None
-    if run_checker:
-        from .backends import make_election
-        election = make_election(opts.registry, lease=opts.lease, shards=opts.checker_shards)
-        await election.start()
-        checker = LivenessChecker(registry, election, opts.check_interval,
-                                  opts.probe_timeout, opts.probe_concurrency)
-        checker.start()
+    checker = await start_checker(opts, registry) if run_checker else None
     if ready is not None:
         ready(host, port)
     await stop.wait()
     log.info("shutting down")
     await server.close(timeout=1.5)
-    if checker is not None:
-        await checker.close()
-        await checker.election.close()
-    for backend in reversed(started):
-        try:
-            await asyncio.wait_for(backend.close(), 1.0)
-        except Exception as exc:  # shutting down: report, never hang
-            log.warning("closing %s: %s", type(backend).__name__, exc)
+    await stop_checker(checker)
+    await close_backends(backends)
     return 0
 
 

@@ -28,41 +28,21 @@ from typing import List, Optional, Tuple
 from ..errors import ProtocolError
 from ..framing import Decoder, Message
 from . import metrics
-from .interfaces import Election, Registration, Registry, RegistryUnavailable
+from .election.base import Election
+from .election.local import LocalElection
+from .errors import BackendUnavailable
+from .presence.base import Registration, Registry
+from .tasks import stop_task
 
 log = logging.getLogger("eurechat.directory.checker")
 
 # Errors that say this process is short of resources, not that the peer is dead.
 _LOCAL_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
-__all__ = ["LivenessChecker", "LocalElection", "probe_peer", "stop_task"]
+__all__ = ["LivenessChecker", "probe_peer"]
 
 #: Longest ``LivenessChecker.close()`` waits for a round to let go.
 CLOSE_TIMEOUT = 2.0
-
-
-async def stop_task(task: asyncio.Future, timeout: float) -> None:
-    """Cancel ``task`` and wait for it to end, cancelling again every 50 ms
-    (a cancellation swallowed by ``asyncio.wait_for`` on Python < 3.12 or by
-    a client library must not leave it running), for at most ``timeout``
-    seconds.  Never raises what the task raised."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not task.done():
-        left = deadline - loop.time()
-        if left <= 0:
-            return
-        task.cancel()
-        await asyncio.wait({task}, timeout=min(0.05, left))
-    if not task.cancelled():
-        task.exception()  # retrieved: a failure was logged by the task itself
-
-
-class LocalElection(Election):
-    """A single directory host: always the leader."""
-
-    async def leading(self) -> bool:
-        return True
 
 
 async def probe_peer(reg: Registration, timeout: float) -> Optional[str]:
@@ -150,7 +130,7 @@ class LivenessChecker:
                     await self.check_round()
             except asyncio.CancelledError:
                 raise
-            except RegistryUnavailable as exc:
+            except BackendUnavailable as exc:
                 log.warning("liveness round skipped: registry unavailable: %s", exc)
             except Exception:
                 log.exception("liveness round failed")
@@ -158,8 +138,7 @@ class LivenessChecker:
     async def check_round(self) -> Tuple[int, List[Registration]]:
         """One round; returns (probed, removed)."""
         started = time.monotonic()
-        shards = getattr(self.election, "snapshot", None)  # sharded leases: our shards only
-        regs = await (shards(self.registry) if shards else self.registry.snapshot())
+        regs = await self.election.snapshot(self.registry)  # sharded leases: our shards only
         removed: List[Registration] = []
         failures: List[BaseException] = []
 

@@ -17,6 +17,13 @@ from typing import List, Optional
 from ..names import USERNAME_RULE
 from ..paths import default_data_dir
 from ..usage import LOG_LEVELS, MissingExtra, Parser, can_prompt, missing_extra, require_extra
+from .backends import (
+    check_accounts,
+    check_registry,
+    check_throttle,
+    is_distributed,
+    is_postgres,
+)
 
 __all__ = ["main", "build_serve_parser", "MAX_WORKERS"]
 
@@ -89,9 +96,6 @@ def _port(text: str) -> int:
     return value
 
 
-ACCOUNT_URLS = ("sqlite:///", "postgresql://", "postgres://")
-
-
 def _host_port(text: str) -> tuple:
     """``HOST:PORT`` (``[::1]:9100`` for IPv6; port 0 picks a free one)."""
     host, sep, port = text.rpartition(":")
@@ -101,15 +105,17 @@ def _host_port(text: str) -> tuple:
 
 
 def _accounts_url(text: str) -> str:
-    if text and not text.startswith(ACCOUNT_URLS):
+    try:
+        return check_accounts(text)
+    except ValueError:
         raise argparse.ArgumentTypeError("expected sqlite:///PATH or postgresql://...")
-    return text
 
 
 def _throttle_url(text: str) -> str:
-    if text != "memory" and not text.startswith(("redis://", "rediss://", "unix://")):
+    try:
+        return check_throttle(text)
+    except ValueError:
         raise argparse.ArgumentTypeError("expected memory or redis://HOST:PORT/DB")
-    return text
 
 
 def _data_dir_arg(parser: argparse.ArgumentParser) -> None:
@@ -235,10 +241,11 @@ def _serve(argv: List[str]) -> int:
     if opts.registry == "memory" and opts.workers > 1:
         parser.error("--registry memory keeps presence inside one process: "
                      "use --registry manager (the default) with --workers N>1")
-    if opts.registry not in ("memory", "manager") and not opts.registry.startswith(
-            ("redis://", "rediss://", "unix://")):
+    try:
+        check_registry(opts.registry)
+    except ValueError:
         parser.error(f"unknown --registry {opts.registry!r}")
-    if opts.throttle is None and opts.registry.startswith(("redis://", "rediss://", "unix://")):
+    if opts.throttle is None and is_distributed(opts.registry):
         opts.throttle = opts.registry  # several hosts: failed-login counters shared in Redis
     if opts.max_payload < 0 or opts.max_connections < 1:
         parser.error("--max-payload must be >= 0 and --max-connections >= 1")
@@ -276,11 +283,11 @@ def _cpus() -> int:
 
 
 def _is_redis(url: Optional[str]) -> bool:
-    return bool(url) and url.startswith(("redis://", "rediss://", "unix://"))
+    return bool(url) and is_distributed(url)
 
 
 def _is_postgres(url: Optional[str]) -> bool:
-    return bool(url) and url.startswith(("postgresql://", "postgres://"))
+    return bool(url) and is_postgres(url)
 
 
 def _require_extras(opts: argparse.Namespace) -> None:
@@ -292,17 +299,6 @@ def _require_extras(opts: argparse.Namespace) -> None:
         require_extra("redis", "--throttle redis://...")
     if _is_postgres(getattr(opts, "accounts", None)):
         require_extra("psycopg", "--accounts postgresql://...")
-
-
-def _accounts(args: argparse.Namespace):
-    from .accounts import SyncAccounts
-    if args.accounts and args.accounts.startswith(("postgresql://", "postgres://")):
-        from .pg_accounts import SyncPostgresAccounts
-        return SyncPostgresAccounts(args.accounts)
-    if args.accounts and args.accounts.startswith("sqlite:///"):
-        return SyncAccounts(args.accounts[len("sqlite://"):])
-    data_dir = args.data_dir or str(default_data_dir())
-    return SyncAccounts(os.path.join(data_dir, "directory.sqlite3"))
 
 
 def _read_password(from_stdin: bool) -> bytes:
@@ -348,9 +344,10 @@ def _manage(argv: List[str]) -> int:
                         help="the server's account store: sqlite:///PATH or postgresql://...")
     args = p.parse_args(argv)
     _require_extras(args)
-    from .interfaces import AccountExists, AccountsUnavailable
+    from .backends import make_sync_accounts
+    from .errors import AccountExists, AccountsUnavailable
     try:
-        store = _accounts(args)
+        store = make_sync_accounts(args.accounts, args.data_dir)
     except AccountsUnavailable as exc:
         print(f"eurechat-directory: {exc}", file=sys.stderr)
         return 2

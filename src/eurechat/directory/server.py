@@ -26,14 +26,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Set
 
 from . import metrics
-from .interfaces import (
-    AccountExists,
-    AccountStore,
-    AccountsUnavailable,
-    Registry,
-    RegistryUnavailable,
-    Throttle,
-)
+from .interfaces import AccountExists, AccountStore, BackendUnavailable, Registry, Throttle
 from .session import (
     Authenticate,
     Bind,
@@ -46,13 +39,14 @@ from .session import (
     State,
     err,
 )
+from .sockets import listening_socket
 
 CLOSED = State.CLOSED
 
 log = logging.getLogger("eurechat.directory.server")
 trace_log = logging.getLogger("eurechat.directory.trace")
 
-__all__ = ["ServerConfig", "Services", "OutageLog", "DirectoryServer", "probe_tcp", "listening_socket"]
+__all__ = ["ServerConfig", "Services", "OutageLog", "DirectoryServer", "probe_tcp"]
 
 FULL = err("max number of clients reached")
 
@@ -250,7 +244,7 @@ class Services:
         (and are logged, rate-limited: ``OutageLog``)."""
         try:
             result = await self._perform(effect, source)
-        except (RegistryUnavailable, AccountsUnavailable) as exc:
+        except BackendUnavailable as exc:
             self.outages[type(effect)].failure(f"{type(effect).__name__} for {source}", exc)
             return Result.UNAVAILABLE
         except asyncio.CancelledError:
@@ -485,28 +479,6 @@ class DirectoryProtocol(asyncio.Protocol):
         if out.data and not transport.is_closing():
             transport.write(out.data)
         self.close_transport()
-
-
-def listening_socket(host: str, port: int, reuseport: bool = False,
-                     listen: bool = True) -> socket.socket:
-    """A TCP listening socket with SO_KEEPALIVE set once: accepted sockets
-    inherit it (Linux), so sessions get keepalive without a per-connection
-    system call or socket object."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuseport:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        sock.bind((host, port))
-        if listen:
-            sock.listen(4096)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 class DirectoryServer:

@@ -30,7 +30,8 @@ from typing import Callable, List, Optional, Sequence, Union
 from ..errors import ProtocolError
 from ..framing import Decoder, Message, Oversized
 from ..names import INVALID_PASSWORD, INVALID_USERNAME, valid_password, valid_username
-from .interfaces import Registration, RegistryUnavailable
+from ..registration import Registration
+from .errors import RegistryUnavailable
 
 log = logging.getLogger("eurechat.directory.session")
 

@@ -53,6 +53,7 @@ from typing import Deque, Iterator, List, Optional, Set
 
 from ..backoff import delay
 from . import metrics
+from .sockets import listening_socket
 
 log = logging.getLogger("eurechat.directory.supervisor")
 
@@ -72,7 +73,6 @@ def _listen(host: str, port: int, reuseport: bool, listen: bool = True) -> socke
     reserves the port, ``--port 0`` included) and each worker binds and listens
     on its own socket: the kernel spreads new connections evenly over the
     workers.  Without it, the supervisor listens and the workers inherit it."""
-    from .server import listening_socket
     if reuseport and port:
         # SO_REUSEPORT would let a second directory of the same user join this
         # port silently and take half its connections: first make sure the
@@ -333,7 +333,7 @@ class Supervisor:
                 log.error("worker %d (pid %d) exited with %s; restarting", worker.index,
                           proc.pid, code)
                 metrics.worker_exited(proc.pid, restarted=True)
-                if self.registry is not None and hasattr(self.registry, "drop_pid"):
+                if self.registry is not None:
                     try:
                         await self.registry.drop_pid(proc.pid)
                     except Exception as exc:
@@ -450,7 +450,7 @@ class Supervisor:
         new one by mistake."""
         if self.opts.registry != "manager":
             return
-        from .manager_registry import start_hub_manager
+        from .presence.manager import start_hub_manager
         if self.manager_dir is None:
             self.manager_dir = tempfile.mkdtemp(prefix="eurechat-presence-")
         self.generation += 1
@@ -460,15 +460,18 @@ class Supervisor:
         log.info("presence manager started (pid %s)", self.manager._process.pid)
 
     async def run(self) -> int:
-        from .app import announce
-        from .backends import make_election, make_registry
-        from .checker import LivenessChecker
-        from .interfaces import RegistryUnavailable
+        from .app import (
+            announce,
+            close_backends,
+            open_backends,
+            start_checker,
+            stop_checker,
+            stop_event,
+        )
+        from .backends import make_accounts, make_registry
 
         loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_event((signal.SIGINT, signal.SIGTERM))
         for w in self.workers:
             w.lock = asyncio.Lock()
             w.replaced = asyncio.Event()
@@ -493,30 +496,20 @@ class Supervisor:
         checker = None
         keeper: Optional[asyncio.Future] = None
         try:
-            if self.opts.registry == "manager":
-                from .manager_registry import ManagerRegistry
-                self.registry = ManagerRegistry(self.address, self.authkey, subscribe=False)
-            else:
-                self.registry = make_registry(self.opts.registry, follow=False)
-            try:
-                await self.registry.start()
-            except RegistryUnavailable as exc:
-                log.error("cannot start: %s", exc)
-                self.registry = None
+            # The supervisor's own client: writes and snapshots for the checker,
+            # no read view.
+            registry = make_registry(self.opts.registry, manager_address=self.address,
+                                     authkey=self.authkey, follow=False)
+            if not await open_backends([registry]):
                 return 2
+            self.registry = registry
             # Open the account store once, here, so that an unreachable
             # PostgreSQL or an unusable data directory is one line and exit 2
             # (as with one worker), not N workers dying at start-up.
-            from .backends import make_accounts
-            from .interfaces import AccountsUnavailable
             probe = make_accounts(self.opts.accounts, self.opts.data_dir)
-            try:
-                await probe.start()
-            except AccountsUnavailable as exc:
-                log.error("cannot start: %s", exc)
+            if not await open_backends([probe]):
                 return 2
-            finally:
-                await probe.close()
+            await close_backends([probe])
             # A SIGINT/SIGTERM while the workers start ends the start-up at
             # once: each worker may take up to READY_TIMEOUT to say it serves,
             # and N of them on a loaded machine much longer.  Cancelling kills
@@ -550,13 +543,7 @@ class Supervisor:
                 task.add_done_callback(
                     lambda t: self._stop_if_failed(t, stop, "worker watcher"))
                 watchers.append(task)
-            election = make_election(self.opts.registry, lease=self.opts.lease,
-                                     shards=self.opts.checker_shards)
-            await election.start()
-            checker = self.checker = LivenessChecker(
-                self.registry, election, self.opts.check_interval,
-                self.opts.probe_timeout, self.opts.probe_concurrency)
-            checker.start()
+            checker = self.checker = await start_checker(self.opts, self.registry)
             host, port = self.sock.getsockname()[:2]
             if self.manager is not None:
                 self._manager_died = asyncio.Event()
@@ -575,17 +562,12 @@ class Supervisor:
             if keeper is not None:
                 keeper.cancel()
                 await asyncio.gather(keeper, return_exceptions=True)
-            if checker is not None:
-                await checker.close()
-                await checker.election.close()
+            await stop_checker(checker)
             await self._stop_workers()
             for task in watchers:
                 task.cancel()
             if self.registry is not None:
-                try:
-                    await asyncio.wait_for(self.registry.close(), 1.0)
-                except Exception:
-                    pass
+                await close_backends([self.registry])
             self.sock.close()
             os.close(self.parent_w)
             os.close(self.parent_r)
@@ -666,10 +648,11 @@ class Supervisor:
     async def _reconnect_registry(self) -> None:
         """The supervisor's own hub client (checker, ``drop_pid``) follows the
         new Manager."""
-        from .interfaces import RegistryUnavailable
-        from .manager_registry import ManagerRegistry
+        from .backends import make_registry
+        from .errors import RegistryUnavailable
         old = self.registry
-        new = ManagerRegistry(self.address, self.authkey, subscribe=False)
+        new = make_registry("manager", manager_address=self.address, authkey=self.authkey,
+                            follow=False)
         try:
             await new.start()
         except RegistryUnavailable as exc:
@@ -745,7 +728,6 @@ def worker_main(opts: argparse.Namespace) -> int:
     # one that came meanwhile was discarded by SIG_IGN above.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if opts.worker_fd == "reuseport":
-        from .server import listening_socket
         sock = listening_socket(opts.host, opts.port, reuseport=True)  # joins the group
     else:
         sock = socket.socket(fileno=int(opts.worker_fd))

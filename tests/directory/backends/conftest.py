@@ -6,6 +6,8 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
-def _cheap_scrypt(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Test accounts hash with a small scrypt cost (production keeps 2**14)."""
+def _cheap_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stores hash with a small cost (production: argon2id with 19 MiB; the
+    hashing tests check that cost themselves)."""
+    monkeypatch.setenv("EURECHAT_ARGON2_MEMORY_KIB", "1024")
     monkeypatch.setenv("EURECHAT_SCRYPT_N", "1024")

@@ -1,4 +1,4 @@
-"""Embedded backends in isolation: scrypt records, SQLite accounts and throttle
+"""Embedded backends in isolation: password records, SQLite accounts and throttle
 (shared by two instances, as by two workers), the presence hub's change feed,
 and the backend factory."""
 
@@ -9,19 +9,24 @@ import os
 
 import pytest
 
-from eurechat.directory.accounts import SqliteAccounts, check_password, hash_password
+from eurechat.directory.accounts.hashing import check_password, hash_password, hash_scrypt
+from eurechat.directory.accounts.sqlite import SqliteAccounts
 from eurechat.directory.backends import make_accounts, make_registry, make_throttle
 from eurechat.directory.interfaces import AccountExists, Registration
-from eurechat.directory.manager_registry import ManagerRegistry, PresenceHub, start_hub_manager
-from eurechat.directory.registry import LocalView, MemoryRegistry
-from eurechat.directory.throttle import MemoryThrottle, SqliteThrottle
+from eurechat.directory.presence.manager import ManagerRegistry, PresenceHub, start_hub_manager
+from eurechat.directory.presence.memory import MemoryRegistry
+from eurechat.directory.presence.view import ReadView
+from eurechat.directory.throttle.memory import MemoryThrottle
+from eurechat.directory.throttle.sqlite import SqliteThrottle
 
 
-def test_scrypt_record_salted_and_checked():
+def test_password_record_salted_and_checked():
     a, b = hash_password(b"same password"), hash_password(b"same password")
-    assert a != b and a.startswith("scrypt$")
+    assert a != b and a.startswith("$argon2id$")
     assert check_password(b"same password", a) and not check_password(b"other", a)
     assert not check_password(b"x", "garbage$record")
+    old = hash_scrypt(b"same password", 16)
+    assert check_password(b"same password", old) and not check_password(b"other", old)
 
 
 def test_sqlite_accounts(tmp_path):
@@ -81,7 +86,7 @@ def test_memory_throttle_window():
 
 
 def test_local_view_sorted_cache_and_expected_remove():
-    v = LocalView()
+    v = ReadView()
     bob, ann = Registration("bob", "127.0.0.1", 2000), Registration("ann", "::1", 3000)
     v.put(bob)
     v.put(ann)
@@ -161,8 +166,8 @@ def test_presence_hub_lagging_subscriber_gets_a_snapshot():
 
 
 def _open_at_once(path, barrier, results):
-    from eurechat.directory.accounts import SyncAccounts
-    from eurechat.directory.throttle import SqliteThrottle
+    from eurechat.directory.accounts.sqlite import SyncAccounts
+    from eurechat.directory.throttle.sqlite import SqliteThrottle
     barrier.wait(10)
     try:
         SyncAccounts(path).close()
@@ -191,19 +196,19 @@ def test_many_processes_open_a_fresh_database_at_once(tmp_path):
 
 
 def test_unknown_user_costs_one_hash_like_a_wrong_password(tmp_path, monkeypatch):
-    """Wrong user and wrong password take the same path: exactly one scrypt
+    """Wrong user and wrong password take the same path: exactly one argon2id
     check each, the unknown (or invalid) user's against a dummy record with the
     same cost parameters as a real one, so neither the reply nor the time
     tells which it was.  (A spy around the real function records the calls.)"""
-    import eurechat.directory.accounts as accounts_module
+    import eurechat.directory.accounts.base as accounts_module
     calls = []
-    real = accounts_module.check_password
+    real = accounts_module.verify_password
 
     def spy(password, record):
         calls.append(record)
         return real(password, record)
 
-    monkeypatch.setattr(accounts_module, "check_password", spy)
+    monkeypatch.setattr(accounts_module, "verify_password", spy)
 
     async def main():
         store = SqliteAccounts(str(tmp_path / "a.sqlite3"))
@@ -218,4 +223,4 @@ def test_unknown_user_costs_one_hash_like_a_wrong_password(tmp_path, monkeypatch
     assert len(calls) == 3
     real_record, dummy, dummy_again = calls
     assert dummy == dummy_again != real_record
-    assert dummy.split("$")[:4] == real_record.split("$")[:4]  # scheme, N, r, p
+    assert dummy.split("$")[:4] == real_record.split("$")[:4]  # scheme, version, m/t/p

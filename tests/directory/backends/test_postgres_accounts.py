@@ -9,9 +9,10 @@ import os
 import psycopg
 import pytest
 
-from eurechat.directory.accounts import SqliteAccounts, check_password
+from eurechat.directory.accounts.hashing import check_password
+from eurechat.directory.accounts.postgres import PostgresAccounts
+from eurechat.directory.accounts.sqlite import SqliteAccounts
 from eurechat.directory.interfaces import AccountExists, AccountsUnavailable
-from eurechat.directory.pg_accounts import PostgresAccounts
 from support.waits import run
 
 PW = b"correct horse battery"
@@ -62,7 +63,7 @@ def test_same_hash_records_as_sqlite(pg_dsn: str, tmp_path) -> None:
     run(main())
     with psycopg.connect(pg_dsn) as conn:
         record = conn.execute("SELECT hash FROM eurechat_accounts WHERE name='dave'").fetchone()[0]
-    assert record.startswith("scrypt$")
+    assert record.startswith("$argon2id$")
     assert check_password(PW, record)
     assert not check_password(b"not the password", record)
 

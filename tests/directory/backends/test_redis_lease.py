@@ -10,12 +10,12 @@ import textwrap
 
 import redis
 
-from eurechat.directory.lease import RedisLease
+from eurechat.directory.election.lease import RedisLease
 from support.waits import run
 
 HOLDER = textwrap.dedent("""
     import asyncio, sys
-    from eurechat.directory.lease import RedisLease
+    from eurechat.directory.election.lease import RedisLease
 
     async def main():
         lease = RedisLease(sys.argv[1], lease=float(sys.argv[2]), holder="doomed",

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from eurechat.directory.interfaces import Registration, RegistryUnavailable
-from eurechat.directory.redis_registry import RedisRegistry
+from eurechat.directory.presence.redis import RedisRegistry
 from support.waits import run, until
 
 ALICE = Registration("alice", "127.0.0.1", 5001)

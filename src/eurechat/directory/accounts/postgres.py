@@ -1,9 +1,9 @@
 """Accounts in PostgreSQL (psycopg 3, asyncio), for directories on several hosts.
 
-Same records as the embedded SQLite store -- the hashing helpers are imported
-from :mod:`eurechat.directory.accounts`, not copied, so a hash written by one
-store verifies in the other and a cost change applies to both.  scrypt runs in
-the same process-wide thread pool, never on the event loop.
+Same records and the same create/verify flow as the embedded SQLite store
+(``base.PasswordStore``, ``hashing``), so a record written by one store
+verifies in the other and a cost change applies to both.  Hashing runs in
+the process-wide hash pool, never on the event loop.
 
 Connections: a small pool of autocommit connections opened on demand.  A
 connection that fails is thrown away and the request gets
@@ -22,10 +22,8 @@ from typing import List, Optional
 
 import psycopg
 
-from ..backoff import Backoff
-from ..names import check_account, valid_username
-from .accounts import check_password, hash_password, hash_pool
-from .interfaces import AccountExists, AccountStore, AccountsUnavailable
+from ...backoff import Backoff
+from .base import AccountExists, AccountsUnavailable, PasswordStore, SyncAccountStore
 
 log = logging.getLogger("eurechat.directory.pg_accounts")
 
@@ -47,7 +45,7 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-class PostgresAccounts(AccountStore):
+class PostgresAccounts(PasswordStore):
     """``AccountStore`` on PostgreSQL; see the module doc for failure handling."""
 
     def __init__(self, dsn: str, *, pool_size: int = 4, op_timeout: float = 10.0,
@@ -59,7 +57,6 @@ class PostgresAccounts(AccountStore):
         self.max_backoff = max_backoff
         self._idle: List[psycopg.AsyncConnection] = []
         self._slots: Optional[asyncio.Semaphore] = None
-        self._dummy: Optional[str] = None
         self._backoff = Backoff(min(0.1, max_backoff), max_backoff)
         self._retry_at = 0.0
         self._down = False
@@ -135,7 +132,7 @@ class PostgresAccounts(AccountStore):
             await self._discard(conn)
             raise AccountsUnavailable(f"cannot prepare the accounts table: {_one_line(exc)}")
         self._idle.append(conn)
-        self._dummy = await self._hash(hash_password, b"dummy password, never matches")
+        await self._prepare()
         self._started = True
 
     async def close(self) -> None:
@@ -143,32 +140,23 @@ class PostgresAccounts(AccountStore):
         for conn in idle:
             await self._discard(conn)
 
-    @staticmethod
-    async def _hash(fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(hash_pool(), fn, *args)
-
     # -- AccountStore ------------------------------------------------------------
-    async def create(self, name: str, password: bytes) -> None:
-        check_account(name, password)
-        # Refuse a taken name before paying for a hash.
-        if await self._run("SELECT 1 FROM eurechat_accounts WHERE name = %s", (name,), "one"):
-            raise AccountExists(name)
-        record = await self._hash(hash_password, password)
+    async def _record(self, name: str) -> Optional[str]:
+        row = await self._run("SELECT hash FROM eurechat_accounts WHERE name = %s",
+                              (name,), "one")
+        return row[0] if row else None
+
+    async def _insert(self, name: str, record: str) -> None:
         row = await self._run(
             "INSERT INTO eurechat_accounts (name, hash) VALUES (%s, %s) "
             "ON CONFLICT (name) DO NOTHING RETURNING name", (name, record), "one")
         if row is None:
             raise AccountExists(name)
 
-    async def verify(self, name: str, password: bytes) -> bool:
-        assert self._dummy is not None, "start() first"
-        record = None
-        if valid_username(name):
-            row = await self._run("SELECT hash FROM eurechat_accounts WHERE name = %s",
-                                  (name,), "one")
-            record = row[0] if row else None
-        ok = await self._hash(check_password, password, record or self._dummy)
-        return ok and record is not None
+    async def _replace(self, name: str, old: str, new: str) -> bool:
+        return bool(await self._run(
+            "UPDATE eurechat_accounts SET hash = %s WHERE name = %s AND hash = %s",
+            (new, name, old)))
 
     async def delete(self, name: str) -> bool:
         return bool(await self._run("DELETE FROM eurechat_accounts WHERE name = %s", (name,)))
@@ -178,10 +166,10 @@ class PostgresAccounts(AccountStore):
         return [r[0] for r in rows]
 
 
-class SyncPostgresAccounts:
-    """The blocking twin for ``eurechat-directory useradd/userdel/users
-    --accounts postgresql://...`` (the same shape as ``accounts.SyncAccounts``):
-    one connection, the same table and the same hash records."""
+class SyncPostgresAccounts(SyncAccountStore):
+    """The blocking side for ``eurechat-directory useradd/userdel/users
+    --accounts postgresql://...``: one connection, the same table and the same
+    records."""
 
     def __init__(self, dsn: str, connect_timeout: int = 5) -> None:
         try:
@@ -195,15 +183,15 @@ class SyncPostgresAccounts:
     def close(self) -> None:
         self.db.close()
 
-    def create(self, name: str, password: bytes) -> None:
-        check_account(name, password)
-        if self.db.execute("SELECT 1 FROM eurechat_accounts WHERE name = %s",
-                           (name,)).fetchone():
-            raise AccountExists(name)
+    def record(self, name: str) -> Optional[str]:
+        row = self.db.execute("SELECT hash FROM eurechat_accounts WHERE name = %s",
+                              (name,)).fetchone()
+        return row[0] if row else None
+
+    def insert(self, name: str, record: str) -> None:
         row = self.db.execute(
             "INSERT INTO eurechat_accounts (name, hash) VALUES (%s, %s) "
-            "ON CONFLICT (name) DO NOTHING RETURNING name",
-            (name, hash_password(password))).fetchone()
+            "ON CONFLICT (name) DO NOTHING RETURNING name", (name, record)).fetchone()
         if row is None:
             raise AccountExists(name)
 

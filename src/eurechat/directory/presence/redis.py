@@ -1,5 +1,4 @@
-"""Presence and login throttling in Redis, so directories on several hosts serve
-one user base.
+"""Presence in Redis, so directories on several hosts serve one user base.
 
 Layout (``P`` is the key prefix, ``eurechat`` by default, in the URL's DB):
 
@@ -9,13 +8,13 @@ Layout (``P`` is the key prefix, ``eurechat`` by default, in the URL's DB):
                       ``n`` name, ``v`` value, ``s`` sequence), trimmed to about
                       ``feed_maxlen`` entries.
 ``P:presence:b:K``    for K in 0..1023: the same entries again, split by
-                      ``bucket_of(name)`` (CRC-32 mod 1024): the index through
+                      ``bucket_of(name)`` (``base.py``): the index through
                       which a sharded liveness checker reads only its own shards
                       (``snapshot_shards``) instead of the whole hash.
 
 Every write is one Lua script (hash update + counter + stream entry, atomic),
 so the stream is an exact, gap-checkable change log.  Each directory process
-keeps a sorted local copy of the hash, fills it once (``HSCAN``) and then
+keeps the hash in its read view (``view.ReadView``), fills it once (``HSCAN``) and then
 follows the stream with a blocking ``XREAD``: a QUERY is answered from memory,
 never with a round trip.  The sequence numbers let a follower notice any gap
 (a trimmed stream after a long stall, a Redis that lost data or was flushed);
@@ -33,42 +32,20 @@ subscriber reconnects, a stream keeps it, and the sequence numbers make the
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
-import zlib
 from typing import Collection, Dict, List, Optional, Sequence, Tuple
 
 from redis import exceptions as redis_errors
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio import Redis
 
-from ..backoff import Backoff
-from .interfaces import (
-    AccountsUnavailable,
-    Registration,
-    Registry,
-    RegistryUnavailable,
-    Throttle,
-)
+from ...backoff import Backoff
+from ..redis_client import REDIS_DOWN, redis_client
+from .base import BUCKETS, Registration, Registry, RegistryUnavailable, bucket_of
+from .view import ReadView
 
 log = logging.getLogger("eurechat.directory.redis")
 
-__all__ = ["RedisRegistry", "RedisThrottle", "ThrottleUnavailable", "redis_client",
-           "BUCKETS", "bucket_of"]
-
-#: Index buckets of the presence hash.  Part of the data layout: every host
-#: must agree on it (shards of the checker are unions of buckets).
-BUCKETS = 1024
-
-
-def bucket_of(name: str) -> int:
-    """CRC-32 of the name, mod ``BUCKETS``: the same in every process and host."""
-    return zlib.crc32(name.encode("utf-8")) % BUCKETS
-
-#: What a lost or refused Redis looks like through redis-py.
-REDIS_DOWN: Tuple[type, ...] = (redis_errors.ConnectionError, redis_errors.TimeoutError,
-                                redis_errors.BusyLoadingError, OSError)
+__all__ = ["RedisRegistry"]
 
 # KEYS: hash, seq, stream, the name's index bucket.
 _BIND = """
@@ -126,23 +103,6 @@ return {redis.call('HLEN', KEYS[1]), n}
 """
 
 
-def redis_client(url: str, *, socket_timeout: float = 5.0, retries: int = 1,
-                 max_connections: int = 64) -> Redis:
-    """A client that fails fast on a dead server: one immediate retry (a pooled
-    connection that died with a restarted server), then the error.  Callers
-    turn the error into ``ERR directory unavailable, retry later``; waiting
-    here would only hold the session hostage.
-
-    The pool is a *blocking* one: a burst (a thousand removals from one
-    checker round, a login storm) queues for one of ``max_connections``
-    connections instead of failing or opening thousands of sockets."""
-    pool = BlockingConnectionPool.from_url(
-        url, decode_responses=True, socket_timeout=socket_timeout,
-        socket_connect_timeout=2.0, retry=Retry(NoBackoff(), retries),
-        health_check_interval=0, max_connections=max_connections, timeout=5.0)
-    return Redis.from_pool(pool)
-
-
 def _value(reg: Registration) -> str:
     return f"{reg.address},{reg.port}"
 
@@ -182,21 +142,13 @@ class RedisRegistry(Registry):
         self._feed_task: Optional[asyncio.Task] = None
         self._closing = False
         # The read view.
-        self._regs: Dict[str, Registration] = {}
-        self._names: List[str] = []
+        self.view = ReadView(on_change=self._wake)
         self._seq = 0            # last change applied from Redis
         self._last_id = "0-0"    # stream cursor
         self._live = False       # view known to be current
         # Writes of this process applied locally before the feed echoes them:
         # name -> (seq, registration or None for a removal).
         self._pending: Dict[str, Tuple[int, Optional[Registration]]] = {}
-        self.version = 0         # bumped on every change of the view
-        # Registrations in name order, parallel to _names.  QUERY 0 hands out
-        # this very list (no copy per request); it is copied before the next
-        # change once it has been lent (copy-on-write), so a caller never sees
-        # it change under it.
-        self._sorted: List[Registration] = []
-        self._lent = False
         self._changed: Optional[asyncio.Event] = None  # created on the loop, in start()
         self.resyncs = 0
         self.resumes = 0
@@ -231,7 +183,7 @@ class RedisRegistry(Registry):
             raise RegistryUnavailable(f"Redis at {self.url} refused: {e}") from e
         if self.follow:
             self._feed_task = asyncio.get_running_loop().create_task(self._follow())
-            log.info("presence in %s: %d registrations", self.url, len(self._names))
+            log.info("presence in %s: %d registrations", self.url, len(self.view))
 
     async def close(self) -> None:
         self._closing = True
@@ -265,6 +217,11 @@ class RedisRegistry(Registry):
     def applied_seq(self) -> int:
         """Sequence number of the last change applied from Redis's log."""
         return self._seq
+
+    @property
+    def version(self) -> int:
+        """Bumped on every change of the read view."""
+        return self.view.version
 
     @property
     def live(self) -> bool:
@@ -372,13 +329,7 @@ class RedisRegistry(Registry):
         if not self._live:
             raise RegistryUnavailable("presence feed from Redis interrupted"
                                       if self.follow else "no read view (follow=False)")
-        if name is not None:
-            reg = self._regs.get(name)
-            return (reg,) if reg is not None else ()
-        if limit is not None and limit < len(self._sorted):
-            return self._sorted[:limit]
-        self._lent = True
-        return self._sorted
+        return self.view.query(name, limit)
 
     async def snapshot(self) -> List[Registration]:
         if self._redis is None:
@@ -482,31 +433,15 @@ class RedisRegistry(Registry):
             return False
 
     # -- the read view -------------------------------------------------------
-    def _set(self, name: str, reg: Optional[Registration]) -> None:
-        """Apply one change in O(log n) + a memmove: no re-sort, so a directory
-        of a million registrations under constant churn stays cheap."""
-        regs = self._regs
-        if self._lent:
-            self._sorted = list(self._sorted)
-            self._lent = False
-        names = self._names
-        i = bisect.bisect_left(names, name)
-        present = i < len(names) and names[i] == name
-        if reg is None:
-            if present:
-                del names[i]
-                del self._sorted[i]
-                del regs[name]
-        else:
-            if present:
-                self._sorted[i] = reg
-            else:
-                names.insert(i, name)
-                self._sorted.insert(i, reg)
-            regs[name] = reg
-        self.version += 1
+    def _wake(self) -> None:
         if self._changed is not None:
             self._changed.set()
+
+    def _set(self, name: str, reg: Optional[Registration]) -> None:
+        if reg is None:
+            self.view.discard(name)
+        else:
+            self.view.put(reg)
 
     def _apply_local(self, name: str, seq: int, reg: Optional[Registration]) -> None:
         """Read your own writes: the session that BINDs sees it in its next
@@ -557,17 +492,11 @@ class RedisRegistry(Registry):
         # that raced with this rebuild is in the scan or after the cursor, so
         # the feed brings it back within milliseconds.
         self._pending.clear()
-        self._regs = fresh
-        self._names = sorted(fresh)
-        self._sorted = [fresh[n] for n in self._names]
-        self._lent = False
         self._seq = seq
         self._last_id = last_id
-        self.version += 1
         self.resyncs += 1
         self._live = True
-        if self._changed is not None:
-            self._changed.set()
+        self.view.reset(list(fresh.values()))  # wakes waiters (live, changed)
 
     async def _resume(self) -> bool:
         """After a lost feed connection: can the view simply continue from its
@@ -608,7 +537,7 @@ class RedisRegistry(Registry):
                     need_resync = False
                 if down_since_logged:
                     log.warning("presence feed from Redis restored (%d registrations)",
-                                len(self._names))
+                                len(self.view))
                     down_since_logged = False
                 assert self._feed_redis is not None
                 reply = await self._feed_redis.xread({self._stream: self._last_id},
@@ -642,96 +571,3 @@ class RedisRegistry(Registry):
                                 "QUERY answers 'directory unavailable' until it is back", e)
                     down_since_logged = True
                 await asyncio.sleep(backoff.next())
-
-
-class ThrottleUnavailable(RegistryUnavailable, AccountsUnavailable):
-    """Redis (which holds the shared throttle counters) is unreachable; it is
-    both kinds of unavailability so either handler in the session answers
-    ``directory unavailable``."""
-
-
-_FAILURE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local limit = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local uniq = redis.call('INCR', KEYS[1])
-for i = 2, #KEYS, 2 do
-  local f, b = KEYS[i], KEYS[i + 1]
-  redis.call('ZREMRANGEBYSCORE', f, '-inf', now - window)
-  redis.call('ZADD', f, now, tostring(now) .. ':' .. tostring(uniq))
-  redis.call('PEXPIRE', f, window)
-  if redis.call('ZCARD', f) >= limit then
-    redis.call('SET', b, '1', 'PX', window)
-    redis.call('DEL', f)
-  end
-end
-return 1
-"""
-
-
-class RedisThrottle(Throttle):
-    """Failed-login throttling shared by every directory host.
-
-    Failures of a key are a sliding window (a sorted set of timestamps taken
-    from Redis's own clock, so hosts with skewed clocks agree); reaching
-    ``limit`` within ``window`` seconds sets a block key that expires after
-    ``window`` seconds.  Everything expires by itself: no cleanup job.
-    """
-
-    def __init__(self, url: str, *, limit: int = 5, window: float = 60.0,
-                 prefix: str = "eurechat") -> None:
-        self.url = url
-        self.limit = limit
-        self.window = window
-        self.prefix = prefix
-        self._redis: Optional[Redis] = None
-        self._script = None
-
-    def _client(self) -> Redis:
-        if self._redis is None:
-            self._redis = redis_client(self.url)
-            self._script = self._redis.register_script(_FAILURE)
-        return self._redis
-
-    async def start(self) -> None:
-        """Check that Redis answers (called at startup for a one-line error)."""
-        try:
-            await self._client().ping()
-        except (redis_errors.RedisError, OSError) as e:
-            raise ThrottleUnavailable(f"cannot reach Redis at {self.url}: {e}") from e
-
-    async def close(self) -> None:
-        if self._redis is not None:
-            try:
-                await self._redis.aclose()
-            except Exception:
-                pass
-            self._redis = None
-
-    def _fail_key(self, key: str) -> str:
-        return f"{self.prefix}:throttle:f:{key}"
-
-    def _block_key(self, key: str) -> str:
-        return f"{self.prefix}:throttle:b:{key}"
-
-    async def blocked(self, keys: Sequence[str]) -> bool:
-        if not keys:
-            return False
-        try:
-            return bool(await self._client().exists(*[self._block_key(k) for k in keys]))
-        except (redis_errors.RedisError, OSError) as e:
-            raise ThrottleUnavailable(f"Redis unreachable: {e}") from e
-
-    async def failure(self, keys: Sequence[str]) -> None:
-        if not keys:
-            return
-        redis_keys: List[str] = [f"{self.prefix}:throttle:uniq"]
-        for k in keys:
-            redis_keys += [self._fail_key(k), self._block_key(k)]
-        self._client()
-        try:
-            await self._script(keys=redis_keys,
-                               args=[self.limit, int(self.window * 1000)])
-        except (redis_errors.RedisError, OSError) as e:
-            raise ThrottleUnavailable(f"Redis unreachable: {e}") from e

@@ -3,7 +3,7 @@
 The Manager process (started by the supervisor) holds one ``PresenceHub``:
 the registrations (source of truth), a numbered change log, and the
 subscribed workers.  A Manager proxy call is a round trip to another process,
-so QUERY never makes one: each worker keeps a ``LocalView`` and a feed
+so QUERY never makes one: each worker keeps a ``ReadView`` and a feed
 thread long-polls ``hub.changes(since)``, applies the changes on the event
 loop, and only then polls again (so "polled with ``since=N``" means "has
 applied everything up to N").
@@ -33,9 +33,9 @@ import time
 from multiprocessing.managers import BaseManager
 from typing import Deque, Dict, List, Optional, Sequence, Tuple
 
-from ..backoff import Backoff
-from .interfaces import Registration, Registry, RegistryUnavailable
-from .registry import LocalView
+from ...backoff import Backoff
+from .base import Registration, Registry, RegistryUnavailable
+from .view import ReadView
 
 log = logging.getLogger("eurechat.directory.manager")
 
@@ -232,7 +232,7 @@ class ManagerRegistry(Registry):
         self.address = address
         self.authkey = authkey
         self.subscribe = subscribe
-        self.view = LocalView()
+        self.view = ReadView()
         self.query = self.view.query  # type: ignore[method-assign]  # hot path: no hop
         self._hub = None
         self._sub: Optional[int] = None

@@ -58,9 +58,10 @@ from typing import Callable, FrozenSet, Iterable, List, Optional, TypeVar
 
 from redis import exceptions as redis_errors
 
-from .checker import stop_task
-from .interfaces import Election, Registration, Registry
-from .redis_registry import BUCKETS, bucket_of, redis_client
+from ..presence.base import BUCKETS, Registration, Registry, shard_of
+from ..redis_client import redis_client
+from ..tasks import stop_task
+from .base import Election
 
 log = logging.getLogger("eurechat.directory.lease")
 
@@ -220,13 +221,6 @@ class RedisLease(Election):
 R = TypeVar("R", bound=Registration)
 
 
-def shard_of(name: str, shards: int) -> int:
-    """The shard of a registration name: its index bucket (CRC-32, stable
-    everywhere, unlike Python's salted ``hash``) modulo the number of shards,
-    so that a shard is a set of whole buckets."""
-    return bucket_of(name) % shards
-
-
 def fair_share(shards: int, instances: int) -> int:
     """Most shards one of ``instances`` live instances may hold: enough that
     together they cover every shard, no more, so the probes spread out."""
@@ -350,16 +344,13 @@ class ShardedLease(Election):
 
     async def snapshot(self, registry: Registry) -> List[Registration]:
         """This round's registrations to probe: those of the shards held now,
-        read from the registry's index buckets when it has them (Redis: even
-        all of them, as a lone instance does, is cheaper than a sorted scan
-        of the hash, for Redis and for us), else its whole snapshot filtered."""
+        through ``Registry.snapshot_shards`` (Redis reads them from its index
+        buckets: even all of them, as a lone instance does, is cheaper than a
+        sorted scan of the hash, for Redis and for us)."""
         held = self.held()
         if not held:
             return []
-        snapshot_shards = getattr(registry, "snapshot_shards", None)
-        if snapshot_shards is None:
-            return self.select(await registry.snapshot())
-        return await snapshot_shards(held, self.shards)
+        return await registry.snapshot_shards(held, self.shards)
 
     async def leading(self) -> bool:
         return bool(self.held())
