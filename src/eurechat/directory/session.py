@@ -162,6 +162,17 @@ def _frame(type_: str, text: Union[str, bytes] = b"", args: Sequence[str] = ()) 
 
 
 _NO_RESULT = _frame("RESULT")
+_PONG = _frame("PONG")
+# ``Message`` without its constructor's checks, for fields the decoder has
+# already validated (the pure decoder builds its messages the same way).
+_checked_message = type.__call__
+
+
+def _pong(args: tuple) -> bytes:
+    """The reply to ``PING`` (its args echoed), encoded by ``Message``."""
+    if not args:
+        return _PONG
+    return bytes(_checked_message(Message, ("PONG", args, b"")))
 
 
 def _result(body: bytes, truncated: bool = False) -> bytes:
@@ -403,7 +414,7 @@ class Session:
         if self.trace is not None:
             self.trace("in", _redact(item))
         if type_ == "PING":
-            return _frame("PONG", b"", args), False, None
+            return _pong(args), False, None
         state = self.state
         if state is State.READY:
             return self._ready(type_, args, payload)
