@@ -437,7 +437,7 @@ def test_the_lookup_cache_forgets_claimed_names_but_not_waiting_recipients(tmp_p
     waiting keeps its entry (its last address is the fallback when the
     directory is down)."""
 
-    from eurechat.peer.node import CACHE_KEEP
+    from eurechat.peer.settings import CACHE_KEEP
 
     async def main():
         directory = ("127.0.0.1", cluster.dir_port)

@@ -12,7 +12,7 @@ from .directory_client import (
     PasswordRefused,
     Registration,
 )
-from .node import IncomingMessage, Peer, PeerError, Timings
+from .peer import IncomingMessage, Peer, PeerError, Timings
 from .store import StoreLocked
 
 __all__ = ["Peer", "IncomingMessage", "PeerError", "Timings", "Registration", "AuthFailed",

@@ -40,7 +40,7 @@ from .directory_client import (
     NameTaken,
     PasswordRefused,
 )
-from .node import Peer, PeerError
+from .peer import Peer, PeerError
 from .protocol import valid_name
 from .settings import env_float as _env_float
 from .store import INBOX_RETENTION, StoreLocked

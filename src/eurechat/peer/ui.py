@@ -21,7 +21,7 @@ import threading
 import time
 from typing import AsyncIterator, Callable, Iterator, List, Optional
 
-from .node import IncomingMessage
+from .events import IncomingMessage
 
 HELP = """commands:
   /msg NAME[,NAME...] TEXT   send TEXT (queued until each recipient has it)

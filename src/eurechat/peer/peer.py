@@ -1,11 +1,26 @@
-"""The asyncio peer: listener, connections, delivery engine, group commits.
+"""``Peer``: the peer's public API, and the wiring of its parts.
+
+The parts, each owning one thing (the rules have no I/O and are tested on
+their own; the edges run them on the event loop):
+
+- rules: ``outbox`` (one recipient's window, ACK matching, resends, message
+  ids), ``dialing`` (backoff, which address is worth a dial), ``pairing``
+  (which of two connections a pair keeps), ``liveness`` (when to probe a
+  silent connection, when to give it up), ``addresses`` (the lookup cache,
+  sightings), ``commit`` (the group commit and what follows it),
+  ``protocol`` (the wire codec of one link), ``settings``, ``events``;
+- edges: ``connection`` (one connection's ``asyncio.Protocol``),
+  ``connections`` (the table of connections, its sweep, the listener),
+  ``route`` (the driver of one recipient's route, the dialler);
+- here: ``Peer`` (what programs call) and ``_Wiring`` (what the edges may
+  ask of the peer: their ``typing.Protocol`` interfaces, nothing more).
 
 How a message travels (SPEC section 4):
 
-1. ``send()`` appends it to the pending outbox batch.  At the next turn of
-   the event loop one SQLite transaction commits everything pending (group
+1. ``send()`` appends it to the pending batch.  At the next turn of the
+   event loop one SQLite transaction commits everything pending (group
    commit); only then is the message ``queued`` (one event per recipient) and
-   handed to each recipient's ``_Route``.
+   handed to each recipient's ``Route``.
 2. A route keeps its recipient's unacknowledged messages in ``seq`` order and
    sends them pipelined, up to ``window`` unacknowledged at a time, over the
    one connection the pair shares.  When it has no connection it looks the
@@ -27,30 +42,24 @@ accepted them.
 One connection per pair: either side dials when it has something to send
 and no connection; an incoming connection is identified by the sender of its
 first MESSAGE and then also used for sending back, once the directory
-confirms that the claimed sender is registered at the connection's source IP.  If both sides dialled at
-once, the connection dialled by the peer whose name sorts first is kept and
-the other one closed (both sides apply the same rule, so they agree without
-talking about it); anything unacknowledged on the closed one is sent again.
-Of two connections dialled by the same side, the newer is kept (it dials only
-after giving the older up).
+confirms that the claimed sender is registered at the connection's source
+IP.  Of two connections for one pair, the pair rule (``pairing``) says which
+one stays; anything unacknowledged on the other is sent again.
 
 Dead connections: one that owes us ACKs and has gone silent is probed with a
-PING and closed if that goes unanswered too (``Liveness``, run by the sweep),
+PING and closed if that goes unanswered too (``liveness``, run by the sweep),
 so a half-open connection costs seconds, not the idle timeout.
+
+The engine logs on ``eurechat.peer.node`` (``settings.LOG_NAME``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import secrets
-import socket
-import struct
-import sys
-import termios
 import time
 from functools import partial
 from typing import (
@@ -71,17 +80,15 @@ from ..registration import Registration
 from . import commit
 from . import events as ev_
 from .addresses import AddressBook, Sightings
-from .dialing import Dialing
+from .connection import Connection
+from .connections import Connections, listen
 from .directory_client import DirectoryClient, DirectoryError, DirectoryUnavailable
 from .events import Event, IncomingMessage
-from .liveness import Liveness, Verdict
-from .outbox import Outbox, OutItem, new_msgid
-from .pairing import settle
+from .outbox import OutItem, new_msgid
 from .protocol import (
     AckReceived,
     ErrReceived,
     MessageReceived,
-    PeerProtocol,
     PingReceived,
     PongReceived,
     Violation,
@@ -90,7 +97,11 @@ from .protocol import (
     encode_pong,
     valid_name,
 )
-from .settings import CACHE_KEEP, LOG_NAME, MAX_TEXT_BYTES, Timings
+from .protocol import (
+    Event as ProtocolEvent,
+)
+from .route import Route
+from .settings import LOG_NAME, MAX_TEXT_BYTES, Timings
 from .store import INBOX_RETENTION, PeerStore, default_data_dir
 
 log = logging.getLogger(LOG_NAME)
@@ -103,298 +114,6 @@ class PeerError(Exception):
 def _plain_ip(ip: str) -> str:
     """``::ffff:1.2.3.4`` (IPv4 seen through an IPv6 socket) -> ``1.2.3.4``."""
     return ip[7:] if ip.startswith("::ffff:") else ip
-
-
-#: Linux's SIOCOUTQ (== TIOCOUTQ): bytes in a TCP socket's send queue that
-#: the remote has not acknowledged yet.  Elsewhere only our own buffer counts.
-_SIOCOUTQ = getattr(termios, "TIOCOUTQ", None) if sys.platform.startswith("linux") else None
-
-
-class _Conn(asyncio.Protocol):
-    """Transport edge of one peer connection; the logic is in PeerProtocol and Peer."""
-
-    def __init__(self, node: Peer, remote: Optional[str] = None, dialled: bool = False) -> None:
-        self.node = node
-        self.proto = PeerProtocol(remote)
-        self.dialled = dialled
-        self.transport: Optional[asyncio.Transport] = None
-        self.closed = False
-        self.paused = False
-        self.peername = None
-        self.frame_since = 0.0   # when the unfinished frame started (0: none)
-        self.addr: Optional[Tuple[str, int]] = None   # the address we dialled (dialled only)
-        self.last_rx = time.monotonic()   # when the remote last sent us anything
-        self.tx_since = 0.0   # first write owing us an answer after last_rx (<= last_rx: none)
-        self.written = 0      # bytes handed to the transport
-        self.fd = -1
-        t = node.timings
-        self.live = Liveness(t.ack_timeout, t.ping_timeout)
-
-    @property
-    def remote(self) -> Optional[str]:
-        return self.proto.remote
-
-    def connection_made(self, transport) -> None:  # type: ignore[override]
-        self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with contextlib.suppress(Exception):
-                self.fd = sock.fileno()
-        self.peername = transport.get_extra_info("peername")
-        self.node._conns_all.add(self)
-
-    def data_received(self, data: bytes) -> None:
-        was = self.proto.remote
-        self.last_rx = time.monotonic()
-        events = self.proto.receive(data)
-        if self.proto.decoder.in_frame:
-            if not self.frame_since:
-                self.frame_since = time.monotonic()
-        else:
-            self.frame_since = 0.0
-        if events:
-            self.node._on_events(self, events, was)
-
-    def connection_lost(self, exc) -> None:
-        self.closed = True
-        self.node._on_conn_lost(self)
-
-    def pause_writing(self) -> None:
-        self.paused = True
-
-    def resume_writing(self) -> None:
-        self.paused = False
-        self.node._on_resume(self)
-
-    def write(self, data: bytes, answer_due: bool = False) -> None:
-        """``answer_due``: the remote owes us an answer to ``data`` (our
-        MESSAGEs an ACK, our PING a PONG), so the wait for one (``Liveness``)
-        starts here if it has not yet.  Our ACKs and PONGs owe us nothing:
-        counting from one of them would make a reply sent long after we
-        acknowledged the other side look silent for all that while."""
-        if not self.closed and self.transport is not None:
-            if answer_due:
-                if self.tx_since <= self.last_rx:
-                    self.tx_since = time.monotonic()
-                self.node._watch.add(self)
-            self.written += len(data)
-            self.transport.write(data)
-
-    def close(self) -> None:
-        if not self.closed and self.transport is not None:
-            self.transport.close()
-
-    def abort(self) -> None:
-        """Close now, dropping what is buffered (``close`` would wait for a
-        buffer that a dead remote never drains, and never report the loss)."""
-        if not self.closed and self.transport is not None:
-            self.transport.abort()
-
-    def progress(self) -> Tuple[int, int]:
-        """(bytes the remote TCP has taken, bytes of ours it has not yet)."""
-        outstanding = self.transport.get_write_buffer_size() if self.transport else 0
-        if _SIOCOUTQ is not None and self.fd >= 0:
-            with contextlib.suppress(OSError, ValueError):
-                outstanding += struct.unpack(
-                    "i", fcntl.ioctl(self.fd, _SIOCOUTQ, b"\0\0\0\0"))[0]
-        return self.written - outstanding, outstanding
-
-    def __repr__(self) -> str:
-        return (f"<conn {'to' if self.dialled else 'from'} {self.remote or '?'} "
-                f"{self.peername}>")
-
-
-class _Waiting(ConnectionError):
-    """The recipient is still at an address whose backoff has not run out."""
-
-
-class _Route:
-    """Everything about sending to one recipient: its queue, connection, backoff."""
-
-    def __init__(self, node: Peer, name: str) -> None:
-        self.node = node
-        self.name = name
-        t = node.timings
-        self.outbox = Outbox(t.window)
-        self.dialing = Dialing(partial(jittered_delay, base=t.retry_base, cap=t.retry_max),
-                               t.lookup_interval)
-        self.conn: Optional[_Conn] = None
-        self.timer: Optional[asyncio.TimerHandle] = None
-        self.connecting: Optional[asyncio.Task] = None
-
-    @property
-    def queue(self):
-        """The unacknowledged messages, in seq order."""
-        return self.outbox.queue
-
-    @property
-    def sent(self) -> int:
-        """How many of ``queue`` went out on ``conn``: those in flight."""
-        return self.outbox.sent
-
-    @property
-    def attempt(self) -> int:
-        """Failures since the route last proved itself with an ACK."""
-        return self.dialing.attempt
-
-    @property
-    def connected(self) -> bool:
-        """Has a connection that is still open (a lost one does not count)."""
-        return self.conn is not None and not self.conn.closed
-
-    def enqueue(self, item: OutItem) -> None:
-        self.outbox.enqueue(item)
-
-    def use(self, conn: Optional[_Conn]) -> None:
-        """Send over ``conn`` from now on: everything unacknowledged goes again."""
-        if conn is not None and conn.closed:
-            # Already lost (its connection_lost has run and will not run
-            # again): adopting it would leave the route "connected" to
-            # nothing, and nothing would ever dial again.
-            conn = None
-        if conn is self.conn:
-            return
-        self.conn = conn
-        self.outbox.restart()
-        if conn is not None:
-            self._cancel_timer()
-        self.pump()   # send, or (no connection after all) get one
-
-    def _cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    def pump(self) -> None:
-        """Send what the window allows, or get a connection if there is none."""
-        conn = self.conn
-        if conn is None or conn.closed:
-            if self.outbox and self.connecting is None and self.timer is None:
-                self.connect_soon(self.dialing.first_delay())
-            return
-        if conn.paused:
-            return
-        data = self.outbox.take()
-        if data is not None:
-            conn.write(data, answer_due=True)
-
-    def on_ack(self, msgid: Optional[str], conn: _Conn) -> None:
-        """An ACK arrived on ``conn``.  Only the connection we send over can
-        acknowledge: an ACK on any other connection claiming this recipient's
-        name (an impostor we never sent to) would delete messages the
-        recipient never got."""
-        if conn is not self.conn:
-            log.debug("ignoring an ACK from %r: not the connection we send to %s over",
-                      conn, self.name)
-            return
-        done = self.outbox.ack(msgid)
-        if done is None:
-            return   # a duplicate ACK (we sent it twice), or nothing in flight
-        self.dialing.proved()
-        node = self.node
-        name = self.name
-        for item in done:
-            node._pending.dels.append((name, item))
-        node._schedule_flush()
-        node._to_pump.add(self)
-
-    def connect_soon(self, delay: Optional[float] = None) -> None:
-        """Dial after ``delay`` (None: the backoff for the current attempt)."""
-        if self.connecting is not None:
-            return
-        self._cancel_timer()
-        if delay is None:
-            delay = self.dialing.delay(self.node._loop.time(), self.node.directory is not None)
-        if delay <= 0:
-            self.connecting = asyncio.ensure_future(self._connect())
-        else:
-            self.timer = self.node._loop.call_later(delay, self._timer_fired)
-
-    def _timer_fired(self) -> None:
-        self.timer = None
-        if not self.connected and self.connecting is None and not self.node._closing:
-            self.connecting = asyncio.ensure_future(self._connect())
-
-    def dial_failed(self, addr: Tuple[str, int]) -> None:
-        """``addr`` failed us (see ``Dialing.failed``)."""
-        self.dialing.failed(addr, self.node._loop.time())
-
-    def wake(self) -> None:
-        """The recipient was just seen: retry now instead of waiting out the backoff."""
-        if self.outbox and not self.connected and self.connecting is None:
-            self._cancel_timer()
-            self.connecting = asyncio.ensure_future(self._connect())
-
-    def connect_now(self) -> asyncio.Task:
-        """Try to reach the recipient now (unless a try is under way); the
-        task of the try.  Its result: True if the route is connected."""
-        if self.connecting is None:
-            self._cancel_timer()
-            self.connecting = asyncio.ensure_future(self._connect())
-        return self.connecting
-
-    async def _connect(self) -> bool:
-        node = self.node
-        try:
-            conn = node._live_conn(self.name)
-            if conn is None:
-                addr = await node._resolve(self.name)
-                if self.connected:       # an incoming connection won meanwhile
-                    return True
-                if addr is None:
-                    raise ConnectionError(f"{self.name} is not online")
-                conn = node._live_conn(self.name)
-                if conn is None and not self.dialing.may_dial(addr, node._loop.time()):
-                    raise _Waiting(f"{self.name} at {addr[0]}:{addr[1]} was unreachable; "
-                                   "waiting for its backoff or a new address")
-                if conn is None:
-                    try:
-                        _, conn = await asyncio.wait_for(node._loop.create_connection(
-                            lambda: _Conn(node, self.name, dialled=True), addr[0], addr[1]),
-                            node.timings.connect_timeout)
-                    except (OSError, asyncio.TimeoutError) as exc:
-                        node._forget(self.name)
-                        self.dial_failed(addr)
-                        raise ConnectionError(f"{self.name} at {addr[0]}:{addr[1]}: "
-                                              f"{exc or exc.__class__.__name__}") from None
-                    if conn.closed:
-                        # Reset as soon as it was made (e.g. a listener that
-                        # died with us in its accept queue): its
-                        # connection_lost has already run, so it is a failed
-                        # dial, not a connection.
-                        node._forget(self.name)
-                        self.dial_failed(addr)
-                        raise ConnectionError(f"{self.name} at {addr[0]}:{addr[1]}: "
-                                              "connection lost as soon as it was made")
-                    conn.addr = addr
-                    log.debug("dialled %s at %s", self.name, addr)
-            self.connecting = None
-            node._identified(conn)
-            return True
-        except asyncio.CancelledError:
-            raise
-        except _Waiting as exc:
-            # Not a new failure: a lookup found the recipient still at the
-            # address that failed, whose backoff has not run out.
-            log.debug("not dialling %s yet: %s", self.name, exc)
-            return False
-        except (ConnectionError, DirectoryError) as exc:
-            log.debug("cannot reach %s: %s", self.name, exc)
-            queued = len(self.outbox)
-            if self.dialing.unreachable(queued > 0):
-                log.info("%s unreachable (%s); %d message(s) stay queued", self.name, exc,
-                         queued)
-                node._emit(ev_.unreachable(self.name, queued, str(exc),
-                                           node.last_seen(self.name)))
-            return False
-        finally:
-            if self.connecting is asyncio.current_task():
-                self.connecting = None
-            if not self.connected and self.outbox and not node._closing and \
-                    self.timer is None and self.connecting is None:
-                self.connect_soon(None)
 
 
 class Peer:
@@ -445,19 +164,18 @@ class Peer:
         self.directory: Optional[DirectoryClient] = None
         self.address: Optional[Tuple[str, int]] = None
         self._server: Optional[asyncio.AbstractServer] = None
-        self._routes: Dict[str, _Route] = {}
-        self._conns: Dict[str, Set[_Conn]] = {}
-        self._conns_all: Set[_Conn] = set()
-        #: connections that may owe us an answer (written to with
-        #: ``answer_due``, or probed): what the sweep checks for liveness
-        self._watch: Set[_Conn] = set()
+        self._routes: Dict[str, Route] = {}
+        self._wiring = _Wiring(self)
+        self._connections = Connections(self._wiring, self.timings)
+        self._backoff = partial(jittered_delay, base=self.timings.retry_base,
+                                cap=self.timings.retry_max)
         #: the lookup cache, behind the fixed ``addresses``
         self._book = AddressBook(self.addresses, self.timings.query_ttl)
         #: what the next group commit writes
         self._pending = commit.Pending()
         #: when each name was last seen online (loaded from the store at start)
         self._sightings = Sightings()
-        self._to_pump: Set[_Route] = set()
+        self._to_pump: Set[Route] = set()
         self._flush_handle: Optional[asyncio.Handle] = None
         self._pings: Dict[str, asyncio.Future] = {}
         self._inbox_q: Optional[asyncio.Queue] = None
@@ -497,11 +215,10 @@ class Peer:
                     row.created))
             self._sightings = Sightings(self.store.load_seen())
             host, port = self.listen_address
-            self._server = await self._loop.create_server(
-                lambda: _Conn(self), host or None, port, reuse_address=True)
+            self._server = await listen(self._connections, host, port)
             sockname = self._server.sockets[0].getsockname()
             self.address = (host or sockname[0], sockname[1])
-            self._sweeper = asyncio.ensure_future(self._sweep())
+            self._sweeper = asyncio.ensure_future(self._connections.sweep())
             if self.inbox_retention:
                 # At start-up: one bounded pass, before anything arrives.
                 self._pruner = asyncio.ensure_future(self._prune_loop(self.prune_inbox()))
@@ -531,97 +248,9 @@ class Peer:
         persists: what is still queued is sent at the next start."""
         await self._shutdown(leave)
 
-    async def _sweep(self) -> None:
-        """Close connections stuck in the middle of a frame (SPEC: a frame once
-        started must complete within ``frame_timeout``), so a slow or stalled
-        sender cannot pin buffers forever; and connections on which the
-        remote sent nothing for ``idle_timeout`` (not even the ACK of what we
-        sent), so idle or abandoned connections do not pin file descriptors
-        forever.  Closing an idle pair connection costs nothing: the next
-        message dials again, and anything unacknowledged is sent again.
-
-        And a connection that owes us ACKs but has gone silent is probed with
-        a PING and, if that goes unanswered too, closed as dead (``Liveness``),
-        so our messages are sent again over a new one within seconds instead
-        of waiting out the idle timeout."""
-        t = self.timings
-        limit = t.frame_timeout
-        idle = t.idle_timeout
-        full = max(0.05, min(10.0, limit / 2, idle / 2))
-        period = full
-        if t.ack_timeout > 0:
-            # Quarters: a dead connection is given up at most half a
-            # ping_timeout and a quarter of an ack_timeout late.  Only the
-            # connections that owe us something (``_watch``) are looked at
-            # this often; all of them, at the old pace (10 k connections
-            # cost some 20 ms a pass).
-            period = max(0.05, min(full, t.ack_timeout / 4, t.ping_timeout / 4))
-        next_full = time.monotonic() + full
-        while True:
-            await asyncio.sleep(period)
-            now = time.monotonic()
-            for conn in list(self._watch):
-                self._check_live(conn, now)
-            if now < next_full:
-                continue
-            next_full = now + full
-            self._prune_cache(self._loop.time())
-            for conn in list(self._conns_all):
-                if conn.frame_since and now - conn.frame_since > limit:
-                    if not self._closed_before(conn):
-                        log.warning("%r: frame unfinished after %.0f s, closing", conn, limit)
-                        conn.close()
-                elif now - conn.last_rx > idle:
-                    if not self._closed_before(conn):
-                        log.info("%r: idle for %.0f s, closing", conn, now - conn.last_rx)
-                        conn.close()
-
-    @staticmethod
-    def _closed_before(conn: _Conn) -> bool:
-        """``conn`` was closed by an earlier sweep and is still here: the
-        graceful close waits for our unsent bytes, which this remote does not
-        take (a shut window, a vanished host; TCP gives up after minutes, or
-        never).  Abort it; True if it was closing."""
-        if conn.transport is not None and conn.transport.is_closing():
-            conn.abort()
-            return True
-        return False
-
-    def _check_live(self, conn: _Conn, now: float) -> None:
-        """Probe ``conn`` or give it up, as ``Liveness`` says (see there)."""
-        route = self._routes.get(conn.remote) if conn.remote is not None else None
-        in_flight = route.sent if route is not None and route.conn is conn else 0
-        live = conn.live
-        if not live.probe_at:
-            if not in_flight:
-                # Nothing owed (an idle connection: only the idle timeout
-                # applies): not watched until we send something on it again.
-                self._watch.discard(conn)
-                return
-            if not live.due(now, True, conn.last_rx, conn.tx_since):
-                return   # not silent for long: no byte count (an ioctl) to take yet
-        verdict = live.check(now, in_flight > 0, conn.last_rx, conn.tx_since, *conn.progress())
-        if verdict is Verdict.PROBE:
-            log.info("%r: %d message(s) unacknowledged and nothing received for %.1f s: "
-                     "probing with PING", conn, in_flight, now - max(conn.last_rx, conn.tx_since))
-            conn.write(encode_ping("probe"))
-        elif verdict is Verdict.DEAD:
-            log.warning("%r: no answer to a PING within %.1f s (nothing received for %.1f s, "
-                        "%d message(s) unacknowledged): the other side is gone or the "
-                        "connection half-open; closing it, to look %s up and send again",
-                        conn, live.ping_timeout, now - conn.last_rx, in_flight, conn.remote)
-            if conn.remote is not None:
-                self._expire(conn.remote)   # its address may be what changed
-            conn.abort()
-
-    def _probe_now(self, conn: _Conn) -> None:
-        """Doubt ``conn`` at once: PING it; the sweep closes it if nothing at
-        all comes back within ``ping_timeout`` (``Liveness``)."""
-        if conn.live.probing or conn.closed:
-            return
-        conn.live.probe_now(time.monotonic(), conn.progress()[0])
-        self._watch.add(conn)
-        conn.write(encode_ping("probe"))
+    def _check_live(self, conn: Connection, now: float) -> None:
+        """Probe ``conn`` or give it up, as ``Liveness`` says (``Connections.check_live``)."""
+        self._connections.check_live(conn, now)
 
     def prune_inbox(self) -> int:
         """One bounded pass (``timings.prune_batch`` rows at most) deleting the
@@ -663,9 +292,7 @@ class Peer:
         if self._server is not None:
             self._server.close()
         for route in self._routes.values():
-            route._cancel_timer()
-            if route.connecting is not None:
-                route.connecting.cancel()
+            route.stop()
         if self._flush_handle is not None:
             self._flush_handle.cancel()
         if self.store is not None:
@@ -673,8 +300,7 @@ class Peer:
             self._sightings.save_all()
             with contextlib.suppress(Exception):
                 self._flush()
-        for conn in list(self._conns_all):
-            conn.close()
+        self._connections.close_all()
         for fut in self._pings.values():
             if not fut.done():
                 fut.cancel()
@@ -803,11 +429,7 @@ class Peer:
         route = self._route(name)
         conn = route.conn if route.conn is not None and not route.conn.closed else None
         if conn is None:
-            if route.connecting is None:
-                route._cancel_timer()
-                route.connecting = asyncio.ensure_future(route._connect())
-            task = route.connecting
-            await asyncio.shield(task)
+            await asyncio.shield(route.connect_now())
             conn = route.conn
             if conn is None or conn.closed:
                 raise PeerError(f"cannot reach {name}")
@@ -1005,19 +627,13 @@ class Peer:
             self._show_all(result.shown)
 
     # -- connections ------------------------------------------------------------
-    def _route(self, name: str) -> _Route:
+    def _route(self, name: str) -> Route:
         route = self._routes.get(name)
         if route is None:
-            route = self._routes[name] = _Route(self, name)
+            route = self._routes[name] = Route(self._wiring, name, self._backoff)
         return route
 
-    def _live_conn(self, name: str) -> Optional[_Conn]:
-        for conn in self._conns.get(name, ()):
-            if not conn.closed:
-                return conn
-        return None
-
-    async def _verify_incoming(self, conn: _Conn) -> None:
+    async def _verify_incoming(self, conn: Connection) -> None:
         """Use an incoming connection for sending only if it comes from where
         the directory says its claimed sender lives.
 
@@ -1043,36 +659,23 @@ class Peer:
             if route is not None:
                 route.wake()   # maybe online after all: dial the registered address
 
-    def _identified(self, conn: _Conn) -> None:
+    def _identified(self, conn: Connection) -> None:
         """``conn`` now speaks for ``conn.remote``: use it, or settle a duplicate."""
         name = conn.remote
         assert name is not None
         if conn.closed:
-            return   # lost already (and forgotten by _on_conn_lost): nothing to adopt
-        conns = self._conns.setdefault(name, set())
-        conns.add(conn)
-        route = self._route(name)
-        current = route.conn
-        if current is None or current.closed or current is conn:
-            # No backoff reset here: only an ACK proves the route (on_ack).
-            route.use(conn)
+            return   # lost already (and off the table): nothing to adopt
+        self._connections.identify(conn)
+        adopted = self._route(name).adopt(conn, self.user)
+        if adopted is None:
             return
-        # Two connections for one pair: the pair rule (``pairing``) says
-        # which one stays, and how the other goes.
-        rule = settle(self.user, name, current.dialled, conn.dialled)
-        keep, lose = (conn, current) if rule.keep_new else (current, conn)
-        log.debug("duplicate connection with %s: keeping %r, closing %r", name, keep, lose)
-        route.use(keep)
-        conns.discard(lose)
-        if rule.abort_loser:
-            lose.abort()
-        else:
-            lose.close()
-        if rule.probe_kept and self.timings.ack_timeout > 0:
-            log.info("%r: %s dialled us anew; probing the connection we keep", current, name)
-            self._probe_now(current)
+        self._connections.drop(adopted.lose, abort=adopted.abort_loser)
+        if adopted.probe_kept and self.timings.ack_timeout > 0:
+            log.info("%r: %s dialled us anew; probing the connection we keep",
+                     adopted.keep, name)
+            self._connections.probe_now(adopted.keep)
 
-    def _on_events(self, conn: _Conn, events: list, was: Optional[str]) -> None:
+    def _on_events(self, conn: Connection, events: list, was: Optional[str]) -> None:
         if was is None and conn.remote is not None:
             task = asyncio.ensure_future(self._verify_incoming(conn))
             self._tasks.add(task)
@@ -1111,28 +714,16 @@ class Peer:
                 route.pump()
                 self._saw(route.name)   # it acknowledged: online, whatever the directory says
 
-    def _on_conn_lost(self, conn: _Conn) -> None:
-        self._conns_all.discard(conn)
-        self._watch.discard(conn)
+    def _on_conn_lost(self, conn: Connection) -> None:
+        """``conn`` is closed (and off the table): its route goes on without it."""
         name = conn.remote
         if name is None:
             return
-        conns = self._conns.get(name)
-        if conns is not None:
-            conns.discard(conn)
         route = self._routes.get(name)
-        if route is not None and route.conn is conn:
-            route.conn = None
-            route.outbox.restart()
-            other = self._live_conn(name)
-            if other is not None:
-                route.use(other)
-            elif not self._closing and route.outbox:
-                # Redial: at once if it had proved itself, else after the
-                # backoff (``Dialing.lost``).
-                route.connect_soon(route.dialing.lost(conn.addr, self._loop.time()))
+        if route is not None:
+            route.lost(conn, self._connections.live(name))
 
-    def _on_resume(self, conn: _Conn) -> None:
+    def _on_resume(self, conn: Connection) -> None:
         route = self._routes.get(conn.remote) if conn.remote else None
         if route is not None and route.conn is conn:
             route.pump()
@@ -1178,7 +769,7 @@ class Peer:
         if noted.unregistered is not None:
             route = self._routes.get(noted.unregistered)
             if route is not None:
-                route.dialing.unregistered()
+                route.unregistered()
 
     def _saw(self, name: str) -> None:
         """``name`` is online now (listed by the directory, or it ACKed us)."""
@@ -1191,9 +782,6 @@ class Peer:
         the store: "never" means never since this data directory exists."""
         return self._sightings.last_seen(name)
 
-    def _forget(self, name: str) -> None:
-        self._book.forget(name)
-
     def _prune_cache(self, now: float) -> int:
         """Drop lookups older than ``CACHE_KEEP`` for names we have nothing
         queued for; returns how many went (``AddressBook.prune``)."""
@@ -1201,15 +789,84 @@ class Peer:
         return self._book.prune(
             now, lambda name: (route := routes.get(name)) is not None and bool(route.outbox))
 
-    def _expire(self, name: str) -> None:
-        """Look ``name`` up afresh next time, keeping its address as the fallback."""
-        self._book.expire(name)
-
     def _on_directory_online(self) -> None:
         self._book.clear()
         for route in self._routes.values():
             route.wake()
 
 
-__all__ = ["Peer", "Timings", "IncomingMessage", "PeerError", "new_msgid", "MAX_TEXT_BYTES",
-           "CACHE_KEEP", "Liveness"]
+class _Wiring:
+    """The peer as its edges see it: the ``connections.TableOwner`` of its
+    connection table and the ``route.RouteOwner`` of its routes.  Apart from
+    ``Peer`` so that the public class shows only its API."""
+
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
+        self.timings = peer.timings
+
+    # -- both -------------------------------------------------------------------
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self.peer._loop
+
+    @property
+    def closing(self) -> bool:
+        return self.peer._closing
+
+    @property
+    def has_directory(self) -> bool:
+        return self.peer.directory is not None
+
+    # -- TableOwner ---------------------------------------------------------------
+    def in_flight(self, conn: Connection) -> int:
+        route = self.peer._routes.get(conn.remote) if conn.remote is not None else None
+        return route.in_flight(conn) if route is not None else 0
+
+    def connection_dead(self, conn: Connection) -> None:
+        if conn.remote is not None:
+            self.peer._book.expire(conn.remote)   # its address may be what changed
+
+    def events_received(self, conn: Connection, events: List[ProtocolEvent],
+                        was: Optional[str]) -> None:
+        self.peer._on_events(conn, events, was)
+
+    def connection_lost(self, conn: Connection) -> None:
+        self.peer._on_conn_lost(conn)
+
+    def writing_resumed(self, conn: Connection) -> None:
+        self.peer._on_resume(conn)
+
+    def full_sweep(self) -> None:
+        self.peer._prune_cache(self.peer._loop.time())
+
+    # -- RouteOwner ---------------------------------------------------------------
+    def live_conn(self, name: str) -> Optional[Connection]:
+        return self.peer._connections.live(name)
+
+    async def resolve(self, name: str) -> Optional[Tuple[str, int]]:
+        return await self.peer._resolve(name)
+
+    def new_connection(self, name: str) -> Connection:
+        return self.peer._connections.new(name, dialled=True)
+
+    def forget(self, name: str) -> None:
+        self.peer._book.forget(name)
+
+    def identified(self, conn: Connection) -> None:
+        self.peer._identified(conn)
+
+    def acked(self, route: Route, done: List[OutItem]) -> None:
+        peer = self.peer
+        name = route.name
+        dels = peer._pending.dels
+        for item in done:
+            dels.append((name, item))
+        peer._schedule_flush()
+        peer._to_pump.add(route)
+
+    def unreachable(self, route: Route, queued: int, reason: str) -> None:
+        peer = self.peer
+        peer._emit(ev_.unreachable(route.name, queued, reason, peer.last_seen(route.name)))
+
+
+__all__ = ["Peer", "PeerError", "Timings", "IncomingMessage"]
