@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import enum
 import logging
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 from ...names import check_account, valid_username
 from ..errors import AccountExists, AccountsUnavailable
@@ -25,7 +26,23 @@ from .hashing import DUMMY_PASSWORD, hash_password, hash_pool, verify_password
 log = logging.getLogger("eurechat.directory.accounts")
 
 __all__ = ["AccountStore", "PasswordStore", "SyncAccountStore", "AccountExists",
-           "AccountsUnavailable", "in_hash_pool"]
+           "AccountsUnavailable", "in_hash_pool", "KeyKind", "KeyChange"]
+
+
+class KeyKind(str, enum.Enum):
+    """Why a user's enrolled key changed (SPEC §5.3: kept with its time)."""
+
+    ENROL = "enrol"    # the first key of the account
+    ROTATE = "rotate"  # a new key, authorised by a certificate of the old one
+    RESET = "reset"    # a new key, authorised by the password alone (a lost key)
+
+
+class KeyChange(NamedTuple):
+    """One entry of a user's key history, oldest first."""
+
+    fingerprint: str
+    kind: KeyKind
+    at: float  # seconds since the epoch
 
 
 async def in_hash_pool(fn, *args):
@@ -60,6 +77,23 @@ class AccountStore(abc.ABC):
     @abc.abstractmethod
     async def names(self) -> List[str]:
         """All account names, sorted."""
+
+    @abc.abstractmethod
+    async def key(self, name: str) -> Optional[str]:
+        """The fingerprint of ``name``'s enrolled key, None if none (or no account)."""
+
+    @abc.abstractmethod
+    async def change_key(self, name: str, expected: Optional[str], new: str,
+                         kind: KeyKind) -> bool:
+        """Enrol ``new`` as ``name``'s key if the enrolled one is still
+        ``expected`` (None: none yet), and record the change in the history,
+        in one transaction.  False if the account is gone or its key changed
+        meanwhile: two concurrent requests cannot both win, and the loser is
+        decided again against the key that won."""
+
+    @abc.abstractmethod
+    async def key_history(self, name: str) -> List[KeyChange]:
+        """Every key change of ``name``, oldest first."""
 
 
 class PasswordStore(AccountStore):

@@ -18,12 +18,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import psycopg
 
 from ...backoff import Backoff
-from .base import AccountExists, AccountsUnavailable, PasswordStore, SyncAccountStore
+from .base import (
+    AccountExists,
+    AccountsUnavailable,
+    KeyChange,
+    KeyKind,
+    PasswordStore,
+    SyncAccountStore,
+)
 
 log = logging.getLogger("eurechat.directory.pg_accounts")
 
@@ -36,7 +43,41 @@ CREATE TABLE IF NOT EXISTS eurechat_accounts (
     name    TEXT PRIMARY KEY,
     hash    TEXT NOT NULL,
     created TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS eurechat_account_keys (
+    name        TEXT PRIMARY KEY REFERENCES eurechat_accounts(name) ON DELETE CASCADE,
+    fingerprint TEXT NOT NULL,
+    changed     TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS eurechat_key_history (
+    id          BIGSERIAL PRIMARY KEY,
+    name        TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    at          TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS eurechat_key_history_name ON eurechat_key_history (name, id)
+"""
+
+# One statement (so one transaction in autocommit mode): the key moves only
+# if it is still the expected one, and the history row is written only if
+# it moved.
+_CHANGE_KEY = """
+WITH account AS (
+    SELECT a.name FROM eurechat_accounts a
+    LEFT JOIN eurechat_account_keys k ON k.name = a.name
+    WHERE a.name = %(name)s AND k.fingerprint IS NOT DISTINCT FROM %(expected)s
+    FOR UPDATE OF a
+), moved AS (
+    INSERT INTO eurechat_account_keys (name, fingerprint, changed)
+    SELECT name, %(new)s, now() FROM account
+    ON CONFLICT (name) DO UPDATE SET fingerprint = excluded.fingerprint, changed = now()
+    WHERE eurechat_account_keys.fingerprint IS NOT DISTINCT FROM %(expected)s
+    RETURNING name
 )
+INSERT INTO eurechat_key_history (name, fingerprint, kind)
+SELECT name, %(new)s, %(kind)s FROM moved
+RETURNING id
 """
 
 
@@ -84,7 +125,7 @@ class PostgresAccounts(PasswordStore):
         self._retry_at = 0.0
         return conn
 
-    async def _run(self, sql: str, params: tuple = (), fetch: str = "none"):
+    async def _run(self, sql: str, params: Any = (), fetch: str = "none"):
         """Run one statement on a pooled connection; any connection trouble
         becomes AccountsUnavailable and the connection is discarded."""
         if self._slots is None:
@@ -159,11 +200,29 @@ class PostgresAccounts(PasswordStore):
             (new, name, old)))
 
     async def delete(self, name: str) -> bool:
+        await self._run("DELETE FROM eurechat_key_history WHERE name = %s", (name,))
         return bool(await self._run("DELETE FROM eurechat_accounts WHERE name = %s", (name,)))
 
     async def names(self) -> List[str]:
         rows = await self._run("SELECT name FROM eurechat_accounts ORDER BY name COLLATE \"C\"", (), "all")
         return [r[0] for r in rows]
+
+    async def key(self, name: str) -> Optional[str]:
+        row = await self._run("SELECT fingerprint FROM eurechat_account_keys WHERE name = %s",
+                              (name,), "one")
+        return row[0] if row else None
+
+    async def change_key(self, name: str, expected: Optional[str], new: str,
+                         kind: KeyKind) -> bool:
+        row = await self._run(_CHANGE_KEY, {"name": name, "expected": expected, "new": new,
+                                            "kind": KeyKind(kind).value}, "one")
+        return row is not None
+
+    async def key_history(self, name: str) -> List[KeyChange]:
+        rows = await self._run(
+            "SELECT fingerprint, kind, extract(epoch FROM at) FROM eurechat_key_history "
+            "WHERE name = %s ORDER BY id", (name,), "all")
+        return [KeyChange(f, KeyKind(k), float(at)) for f, k, at in rows]
 
 
 class SyncPostgresAccounts(SyncAccountStore):
@@ -196,8 +255,10 @@ class SyncPostgresAccounts(SyncAccountStore):
             raise AccountExists(name)
 
     def delete(self, name: str) -> bool:
-        return self.db.execute("DELETE FROM eurechat_accounts WHERE name = %s",
-                               (name,)).rowcount > 0
+        with self.db.transaction():
+            self.db.execute("DELETE FROM eurechat_key_history WHERE name = %s", (name,))
+            return self.db.execute("DELETE FROM eurechat_accounts WHERE name = %s",
+                                   (name,)).rowcount > 0
 
     def names(self) -> List[str]:
         return [r[0] for r in self.db.execute(

@@ -16,7 +16,14 @@ import time
 from typing import List, Optional
 
 from ..sqlitedb import open_db
-from .base import AccountExists, AccountsUnavailable, PasswordStore, SyncAccountStore
+from .base import (
+    AccountExists,
+    AccountsUnavailable,
+    KeyChange,
+    KeyKind,
+    PasswordStore,
+    SyncAccountStore,
+)
 
 log = logging.getLogger("eurechat.directory.accounts")
 
@@ -28,6 +35,15 @@ DB_NAME = "directory.sqlite3"
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS accounts ("
     " name TEXT PRIMARY KEY, hash TEXT NOT NULL, created REAL NOT NULL)",
+    # The enrolled key lives beside the account rather than in it, so a
+    # database made before keys existed needs no migration.
+    "CREATE TABLE IF NOT EXISTS account_keys ("
+    " name TEXT PRIMARY KEY REFERENCES accounts(name) ON DELETE CASCADE,"
+    " fingerprint TEXT NOT NULL, changed REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS key_history ("
+    " id INTEGER PRIMARY KEY, name TEXT NOT NULL, fingerprint TEXT NOT NULL,"
+    " kind TEXT NOT NULL, at REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS key_history_name ON key_history (name, id)",
 )
 
 
@@ -58,10 +74,52 @@ class SyncAccounts(SyncAccountStore):
                                (new, name, old)).rowcount > 0
 
     def delete(self, name: str) -> bool:
-        return self.db.execute("DELETE FROM accounts WHERE name = ?", (name,)).rowcount > 0
+        with self._transaction():
+            self.db.execute("DELETE FROM account_keys WHERE name = ?", (name,))
+            self.db.execute("DELETE FROM key_history WHERE name = ?", (name,))
+            return self.db.execute("DELETE FROM accounts WHERE name = ?", (name,)).rowcount > 0
 
     def names(self) -> List[str]:
         return [r[0] for r in self.db.execute("SELECT name FROM accounts ORDER BY name")]
+
+    def key(self, name: str) -> Optional[str]:
+        row = self.db.execute("SELECT fingerprint FROM account_keys WHERE name = ?",
+                              (name,)).fetchone()
+        return row[0] if row else None
+
+    def change_key(self, name: str, expected: Optional[str], new: str, kind: KeyKind) -> bool:
+        now = time.time()
+        with self._transaction():
+            if self.record(name) is None or self.key(name) != expected:
+                return False
+            self.db.execute(
+                "INSERT INTO account_keys (name, fingerprint, changed) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET fingerprint = excluded.fingerprint,"
+                " changed = excluded.changed", (name, new, now))
+            self.db.execute("INSERT INTO key_history (name, fingerprint, kind, at) "
+                            "VALUES (?, ?, ?, ?)", (name, new, KeyKind(kind).value, now))
+            return True
+
+    def key_history(self, name: str) -> List[KeyChange]:
+        return [KeyChange(f, KeyKind(k), at) for f, k, at in self.db.execute(
+            "SELECT fingerprint, kind, at FROM key_history WHERE name = ? ORDER BY id",
+            (name,))]
+
+    def _transaction(self):
+        """BEGIN IMMEDIATE ... COMMIT: the read and the write of a key change
+        happen under one write lock, across the worker processes too."""
+        return _Immediate(self.db)
+
+
+class _Immediate:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
 
 
 class SqliteAccounts(PasswordStore):
@@ -114,3 +172,16 @@ class SqliteAccounts(PasswordStore):
     async def names(self) -> List[str]:
         assert self._sync is not None
         return await self._db(self._sync.names)
+
+    async def key(self, name: str) -> Optional[str]:
+        assert self._sync is not None
+        return await self._db(self._sync.key, name)
+
+    async def change_key(self, name: str, expected: Optional[str], new: str,
+                         kind: KeyKind) -> bool:
+        assert self._sync is not None
+        return await self._db(self._sync.change_key, name, expected, new, kind)
+
+    async def key_history(self, name: str) -> List[KeyChange]:
+        assert self._sync is not None
+        return await self._db(self._sync.key_history, name)
