@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark of peer-to-peer delivery (issue 4, point 7).  Not a test.
+"""Benchmark of peer-to-peer delivery.  Not a test.
 
 Two peers in two processes (alice here, bob a child process), each with its
 own SQLite outbox/inbox (WAL, synchronous=FULL) in a temporary directory, on
@@ -18,7 +18,7 @@ Measured:
   3. the ceiling: the same MESSAGE/ACK exchange over a bare asyncio socket
      with no storage at all (same framing, same process layout).
 
-Targets (issue 4): >= 20,000 msgs/s sustained; p99 <= 20 ms at 1,000 msgs/s.
+Targets: >= 20,000 msgs/s sustained; p99 <= 20 ms at 1,000 msgs/s.
 
     .venv/bin/python bench/bench_peer.py [--count 100000] [--repeat 3] [--rate 1000] [--seconds 5]
 """

@@ -19,6 +19,8 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOADGEN_C = os.path.join(ROOT, "..", "shared", "bench", "loadgen.c")
+if not os.path.exists(LOADGEN_C):  # a worktree elsewhere than beside shared/
+    LOADGEN_C = "/work/shared/bench/loadgen.c"
 READY = re.compile(r"listening on (.+):(\d+)")
 PY = sys.executable
 
