@@ -8,9 +8,15 @@
    and 16 against ``--workers 1`` pinned to CPU 0, loadgen pinned to CPU 1
    (``taskset``); then redis-server answering PING under the same pinning and
    load.  Targets: QUERY >= 0.5x redis PING at depth 1, >= 0.3x at depth 16.
+   The same over TLS 1.3 (loadgen ``-S``) against redis-server's TLS port
+   (``--tls-port``, with the directory's own Ed25519 server certificate, so
+   both do the same cryptography).  Targets: >= 0.6x redis TLS PING at depth
+   1, >= 0.5x at depth 16.  Then full TLS handshakes per second (loadgen
+   ``-N -S``: connect, handshake, one PING, close; no resumption), directory
+   vs redis.  Target: >= 1.0x.
 2. Idle memory: 10,000 connections held open (directory sessions logged in),
    bytes per connection from the server's RSS before/while holding them,
-   directory vs redis.  Target: <= 1.5x redis.
+   directory vs redis.  Target: <= 1.5x redis; over TLS <= 1.0x redis TLS.
 3. ``--workers 4``, unpinned: QUERY throughput.
 4. The liveness checker: one round over 10,000 registrations whose peers
    answer PING (a uvloop PONG server in another process).  Target: < 10 s.
@@ -140,8 +146,14 @@ def main() -> int:
     results = {}
     try:
         binary = build_loadgen(tmp)
+        tls_binary = build_loadgen(tmp, tls=True)
         data_dir = os.path.join(tmp, "data")
         prepare_accounts(data_dir)
+        # The directory's identity, created now so redis-server can use its
+        # server certificate too (same key type: same handshake cost).
+        subprocess.run([PY, "-m", "eurechat.directory", "fingerprint", "--data-dir", data_dir],
+                       check=True, capture_output=True)
+        tls_dir = os.path.join(data_dir, "tls")
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
         listener.listen(16)
@@ -157,31 +169,53 @@ def main() -> int:
         # per-round ratios is reported.  Then the idle-connection memory of each.
         d = Directory(data_dir, cpu=0)
         rport = free_port()
+        rtport = free_port()
         redis = subprocess.Popen(
             taskset(0) + ["redis-server", "--port", str(rport), "--save", "",
                           "--appendonly", "no", "--maxclients", str(opts.idle + 100),
-                          "--bind", "127.0.0.1"],
+                          "--bind", "127.0.0.1", "--tls-port", str(rtport),
+                          "--tls-cert-file", os.path.join(tls_dir, "server.crt"),
+                          "--tls-key-file", os.path.join(tls_dir, "server.key"),
+                          "--tls-ca-cert-file", os.path.join(tls_dir, "ca.crt"),
+                          "--tls-auth-clients", "no"],
             stdout=subprocess.PIPE, text=True, preexec_fn=raise_nofile)
         try:
             for line in redis.stdout:
                 if "Ready to accept connections" in line:
                     break
             bind_bob(d.port, target)
-            rounds = []
+            rounds, tls_rounds, churn = [], [], []
+            churn_args = ["-N", "-S", "-c", "32", "-t", opts.secs, "-w", "1"]
             for _ in range(opts.rounds):
                 dq = {p["depth"]: p for p in loadgen(binary, d.port, *query, cpu=1)}
                 rp = {p["depth"]: p for p in loadgen(
                     binary, rport, "-r", "-c", "200", "-d", "1,16", "-t", opts.secs,
                     "-w", "1", cpu=1)}
                 rounds.append((dq, rp))
+                dt = {p["depth"]: p for p in loadgen(tls_binary, d.port, "-S", *query, cpu=1)}
+                rt = {p["depth"]: p for p in loadgen(
+                    tls_binary, rtport, "-S", "-r", "-c", "200", "-d", "1,16", "-t",
+                    opts.secs, "-w", "1", cpu=1)}
+                tls_rounds.append((dt, rt))
+                dn = loadgen(tls_binary, d.port, *churn_args, cpu=1)[0]
+                rn = loadgen(tls_binary, rtport, *churn_args, "-r", cpu=1)[0]
+                churn.append((dn, rn))
                 print("round:", {k: (dq[k]["req_per_s"], rp[k]["req_per_s"]) for k in dq},
-                      flush=True)
+                      "tls:", {k: (dt[k]["req_per_s"], rt[k]["req_per_s"]) for k in dt},
+                      "handshakes/s:", (dn["cycles_per_s"], rn["cycles_per_s"]), flush=True)
             results["rounds"] = rounds
+            results["tls_rounds"] = tls_rounds
+            results["churn"] = churn
             results["idle_directory"] = idle_bytes(
                 binary, d.port, lambda: rss_kib(d.proc.pid), opts.idle,
                 ["-L", "bench:bench-password", "-B", "512"])
             results["idle_redis"] = idle_bytes(binary, rport, lambda: rss_kib(redis.pid),
                                                opts.idle, ["-r"])
+            results["idle_directory_tls"] = idle_bytes(
+                tls_binary, d.port, lambda: rss_kib(d.proc.pid), opts.idle,
+                ["-S", "-L", "bench:bench-password", "-B", "512"])
+            results["idle_redis_tls"] = idle_bytes(
+                tls_binary, rtport, lambda: rss_kib(redis.pid), opts.idle, ["-S", "-r"])
         finally:
             d.stop()
             redis.terminate()
@@ -223,20 +257,40 @@ def main() -> int:
         print(f"| QUERY 0 bob vs PING, 200 conns, depth {depth}, pinned (req/s, median) | "
               f"{dir_rps:.0f} | {red_rps:.0f} | {ratio:.2f}x "
               f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)}) | >= {target}x {ok} |")
-    if results["idle_redis"] > 0:  # a small --idle may not move redis's RSS at all
-        ratio = results["idle_directory"] / results["idle_redis"]
-        verdict = f"{ratio:.2f}x | <= 1.5x {'ok' if ratio <= 1.5 else 'ABOVE'}"
-    else:
-        verdict = "n/a (redis RSS did not grow: use a larger --idle) | <= 1.5x"
-    print(f"| idle bytes per connection, {opts.idle} conns | {results['idle_directory']:.0f} | "
-          f"{results['idle_redis']:.0f} | {verdict} |")
+    for depth, target in ((1, 0.6), (16, 0.5)):
+        pairs = results["tls_rounds"]
+        ratios = sorted(dt[depth]["req_per_s"] / rt[depth]["req_per_s"] for dt, rt in pairs)
+        ratio = statistics.median(ratios)
+        dir_rps = statistics.median(dt[depth]["req_per_s"] for dt, _ in pairs)
+        red_rps = statistics.median(rt[depth]["req_per_s"] for _, rt in pairs)
+        ok = "ok" if ratio >= target else "BELOW"
+        print(f"| TLS: QUERY 0 bob vs PING, 200 conns, depth {depth}, pinned (req/s, median) | "
+              f"{dir_rps:.0f} | {red_rps:.0f} | {ratio:.2f}x "
+              f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)}) | >= {target}x {ok} |")
+    ratios = sorted(dn["cycles_per_s"] / rn["cycles_per_s"] for dn, rn in results["churn"])
+    ratio = statistics.median(ratios)
+    print(f"| full TLS handshakes/s (connect, handshake, PING, close; 32 slots), one worker "
+          f"| {statistics.median(dn['cycles_per_s'] for dn, _ in results['churn']):.0f} "
+          f"| {statistics.median(rn['cycles_per_s'] for _, rn in results['churn']):.0f} "
+          f"| {ratio:.2f}x (rounds: {', '.join(f'{x:.2f}' for x in ratios)}) "
+          f"| >= 1.0x {'ok' if ratio >= 1.0 else 'BELOW'} |")
+    for label, mine, theirs, limit in (
+            ("", "idle_directory", "idle_redis", 1.5),
+            ("TLS ", "idle_directory_tls", "idle_redis_tls", 1.0)):
+        if results[theirs] > 0:  # a small --idle may not move redis's RSS at all
+            ratio = results[mine] / results[theirs]
+            verdict = f"{ratio:.2f}x | <= {limit}x {'ok' if ratio <= limit else 'ABOVE'}"
+        else:
+            verdict = f"n/a (redis RSS did not grow: use a larger --idle) | <= {limit}x"
+        print(f"| {label}idle bytes per connection, {opts.idle} conns | {results[mine]:.0f} | "
+              f"{results[theirs]:.0f} | {verdict} |")
     for depth in (1, 16):
         print(f"| --workers 4 unpinned, depth {depth} (req/s) | {w[depth]['req_per_s']:.0f} | "
               f"| | |")
     secs, probed, removed = results["checker"]
     print(f"| liveness round, {probed} registrations | {secs:.2f} s ({removed} removed) | | | "
           f"< 10 s {'ok' if secs < 10 else 'ABOVE'} |")
-    groups = [w] + [g for pair in rounds for g in pair]
+    groups = [w] + [g for pair in rounds + results["tls_rounds"] for g in pair]
     errors = sum(p.get("errors", 0) + p.get("disconnects", 0)
                  for group in groups for p in group.values())
     print(f"\nerrors+disconnects across runs: {errors}")

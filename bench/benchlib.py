@@ -42,10 +42,12 @@ def taskset(cpu) -> list:
     return ["taskset", "-c", str(cpu)]
 
 
-def build_loadgen(directory: str) -> str:
-    """Compile loadgen.c into ``directory``; returns the binary's path."""
-    binary = os.path.join(directory, "loadgen")
-    subprocess.run(["gcc", "-O2", "-o", binary, LOADGEN_C], check=True)
+def build_loadgen(directory: str, tls: bool = False) -> str:
+    """Compile loadgen.c into ``directory``; returns the binary's path.  With
+    ``tls`` it is linked with OpenSSL (``-S``; needs libssl-dev)."""
+    binary = os.path.join(directory, "loadgen-tls" if tls else "loadgen")
+    extra = (["-DLOADGEN_TLS"], ["-lssl", "-lcrypto"]) if tls else ([], [])
+    subprocess.run(["gcc", "-O2", *extra[0], "-o", binary, LOADGEN_C, *extra[1]], check=True)
     return binary
 
 

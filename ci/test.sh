@@ -16,6 +16,8 @@ command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
 command -v taskset >/dev/null 2>&1 || need_apt+=(util-linux)
 # systemd-analyze checks the units in contrib/ (tests/deploy).
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)          # s_client transcripts
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)              # a non-loopback source (netns)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing system packages: ${need_apt[*]}"
     if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi

@@ -255,6 +255,8 @@ def test_closing_session_whose_client_does_not_read_is_aborted(tmp_path):
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         client.setblocking(False)
         await asyncio.get_running_loop().sock_connect(client, (host, port))
+        # A session begins with its first byte (it tells TLS from plaintext).
+        await asyncio.get_running_loop().sock_sendall(client, b"PING 0\n")
         try:
             deadline = time.monotonic() + 10
             while not server.connections and time.monotonic() < deadline:

@@ -157,7 +157,9 @@ def test_one_process_counts_exactly_what_was_done(tmp_path):
         url = metrics_url(d)
         tally = Tally()
         wait_for(url, tally.expected(new_plaintext=0, ready_plaintext=0))
-        idle = FramedClient(d.host, d.port)  # connected, never says anything
+        idle = FramedClient(d.host, d.port)  # a session in state new that says no more:
+        idle.send_raw(b"P")  # its first byte made it a plaintext session
+        tally.bytes_in += 1
         open_ = sessions(d, tally, responder, "alice", users=2)
         got = wait_for(url, tally.expected(new_plaintext=1, auth_plaintext=0,
                                            ready_plaintext=3, ready_tls=0))

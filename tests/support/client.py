@@ -4,7 +4,8 @@ Both are real sockets on loopback with a timeout on every blocking call, so a
 broken server fails a test quickly instead of hanging it.
 
 - ``FramedClient(host, port)``: ``send``/``send_raw``/``recv``/``request``,
-  ``login(user, password)``, ``read_until_closed()``.
+  ``login(user, password)``, ``read_until_closed()``; ``tls=context`` speaks
+  TLS (``support.tls`` has the contexts).
 - ``Responder(mode)``: a listening socket on 127.0.0.1 that answers ``PING``
   with ``PONG`` (``mode="echo"``: echoes the token; ``"bare"``: ``PONG 0``;
   ``"silent"``: accepts and never answers; ``"wrong"``: a wrong token).  Use it
@@ -14,6 +15,7 @@ broken server fails a test quickly instead of hanging it.
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 from typing import List, Optional, Tuple, Union
@@ -33,9 +35,16 @@ class FramedClient:
     """One blocking connection speaking the framing."""
 
     def __init__(self, host: str, port: int, timeout: float = TIMEOUT,
-                 source: Optional[Tuple[str, int]] = None) -> None:
+                 source: Optional[Tuple[str, int]] = None,
+                 tls: Optional[ssl.SSLContext] = None) -> None:
         self.sock = socket.create_connection((host, port), timeout=timeout,
                                              source_address=source)
+        if tls is not None:
+            try:
+                self.sock = tls.wrap_socket(self.sock)
+            except BaseException:
+                self.sock.close()
+                raise
         self.timeout = timeout
         self.decoder = Decoder(max_payload=64 * 1024 * 1024)
         self.queue: List[Message] = []
@@ -65,7 +74,7 @@ class FramedClient:
                 data = self.sock.recv(65536)
             except socket.timeout:
                 raise TimeoutError("no reply in time") from None
-            except ConnectionResetError:
+            except (ConnectionResetError, ssl.SSLEOFError):
                 data = b""
             if not data:
                 self.eof = True

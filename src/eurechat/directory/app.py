@@ -16,8 +16,12 @@ import logging
 import os
 import signal
 import socket
-from typing import Callable, Optional, Sequence
+import ssl
+from typing import Callable, Optional, Sequence, Tuple
 
+from ..tls.contexts import server_context
+from ..tls.identity import DirectoryIdentity, IdentityError, load_directory_identity
+from ..tls.policy import Plaintext
 from . import metrics
 from .backends import make_accounts, make_election, make_registry, make_throttle
 from .checker import LivenessChecker
@@ -29,19 +33,28 @@ from .session import SessionConfig
 log = logging.getLogger("eurechat.directory.app")
 
 __all__ = ["server_config", "serve", "run", "install_uvloop", "stop_event", "open_backends",
-           "close_backends", "start_checker", "stop_checker", "announce"]
+           "close_backends", "start_checker", "stop_checker", "announce", "load_identity",
+           "chosen_loop", "warn_stock_loop"]
+
+
+def chosen_loop(enabled: bool = True) -> str:
+    """The loop ``install_uvloop(enabled)`` installs: "uvloop" or "asyncio"."""
+    if enabled and not os.environ.get("EURECHAT_NO_UVLOOP"):
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            return "asyncio"
+        return "uvloop"
+    return "asyncio"
 
 
 def install_uvloop(enabled: bool = True) -> str:
     """Use uvloop when it is installed (and not disabled); returns the loop name."""
-    if enabled and not os.environ.get("EURECHAT_NO_UVLOOP"):
-        try:
-            import uvloop
-        except ImportError:
-            return "asyncio"
+    name = chosen_loop(enabled)
+    if name == "uvloop":
+        import uvloop
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-        return "uvloop"
-    return "asyncio"
+    return name
 
 
 def raise_nofile(want: int) -> int:
@@ -65,16 +78,35 @@ def raise_nofile(want: int) -> int:
     return soft
 
 
-def server_config(opts: argparse.Namespace) -> ServerConfig:
+def load_identity(opts: argparse.Namespace) -> Tuple[DirectoryIdentity, ssl.SSLContext]:
+    """The directory's identity (created on first start) and its TLS context;
+    ``IdentityError`` with a one-line reason when it cannot be used."""
+    identity = load_directory_identity(
+        opts.data_dir, opts.host, ca_cert_file=getattr(opts, "tls_ca_cert", None),
+        ca_key_file=getattr(opts, "tls_ca_key", None))
+    try:
+        return identity, server_context(identity)
+    except (ssl.SSLError, OSError) as exc:
+        raise IdentityError(f"cannot use the server certificate in {identity.directory}: "
+                            f"{exc}") from None
+
+
+def server_config(opts: argparse.Namespace,
+                  identity: Optional[Tuple[DirectoryIdentity, ssl.SSLContext]] = None
+                  ) -> ServerConfig:
     return ServerConfig(
         session=SessionConfig(
             max_payload=opts.max_payload,
             preauth_max_payload=min(opts.preauth_max_payload, opts.max_payload),
             registration_open=opts.registration == "open",
             bind_policy=opts.bind_policy,
-            query_limit=opts.query_limit),
+            query_limit=opts.query_limit,
+            ca_pem=identity[0].ca_pem if identity else b""),
+        plaintext=Plaintext.parse(getattr(opts, "plaintext", "loopback")),
+        ssl_context=identity[1] if identity else None,
         max_connections=opts.max_connections,
         auth_timeout=opts.auth_timeout,
+        handshake_timeout=getattr(opts, "handshake_timeout", 10.0),
         frame_timeout=opts.frame_timeout,
         bind_timeout=opts.bind_timeout,
         high_water=opts.high_water,
@@ -152,7 +184,15 @@ async def serve(opts: argparse.Namespace, sock: Optional[socket.socket] = None,
     backends = [registry, accounts, throttle]
     if not await open_backends(backends):
         return 2
-    server = DirectoryServer(server_config(opts),
+    try:
+        identity = load_identity(opts)
+    except IdentityError as exc:
+        log.error("cannot start: %s", exc)
+        await close_backends(backends)
+        return 2
+    if run_checker:  # the only process (a supervisor logs it for its workers)
+        log.info("directory fingerprint %s", identity[0].fingerprint)
+    server = DirectoryServer(server_config(opts, identity),
                              Services(registry, accounts, throttle, opts.bind_timeout))
     try:
         host, port = await server.start(opts.host, opts.port, sock)
@@ -190,9 +230,17 @@ def start_metrics(opts: argparse.Namespace, multiprocess: bool) -> bool:
     return True
 
 
+def warn_stock_loop(loop_name: str) -> None:
+    """TLS sessions on asyncio's own loop cost ~10x the memory (its SSLProtocol
+    commits a 256 KiB buffer per connection, CPython issue 109534): say so."""
+    if loop_name != "uvloop":
+        log.warning("running on the standard asyncio loop: each TLS session holds about "
+                    "280 KB (uvloop: about 26 KB); install uvloop for many TLS sessions")
+
+
 def run(opts: argparse.Namespace) -> int:
     """``--workers 1``: everything in this process."""
-    install_uvloop(not opts.no_uvloop)
+    warn_stock_loop(install_uvloop(not opts.no_uvloop))
     if opts.metrics and not start_metrics(opts, multiprocess=False):
         return 2
     return asyncio.run(serve(opts, ready=announce))

@@ -35,7 +35,7 @@ log = logging.getLogger("eurechat.directory.cli")
 #: the OOM killer came).  Above the CPU count is allowed, with a WARNING.
 MAX_WORKERS = 256
 
-SUBCOMMANDS = ("serve", "useradd", "userdel", "users")
+SUBCOMMANDS = ("serve", "useradd", "userdel", "users", "fingerprint")
 
 DESCRIPTION = """\
 The eurechat directory server: peers log in, publish the address they listen
@@ -47,6 +47,10 @@ Other commands:
   eurechat-directory useradd NAME [--password-stdin] [--data-dir DIR] [--accounts URL]
   eurechat-directory userdel NAME [--data-dir DIR] [--accounts URL]
   eurechat-directory users [--data-dir DIR] [--accounts URL]
+  eurechat-directory fingerprint [--data-dir DIR]
+
+Every session may be TLS 1.3 or plaintext on the same port (the first byte
+tells); plaintext is allowed from loopback only by default (--plaintext).
 """
 
 EPILOG = """\
@@ -166,10 +170,22 @@ def build_serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-connections", type=_int_at_least(1), default=10000, metavar="N",
                    help="sessions per worker; beyond it a new connection gets "
                         "'ERR max number of clients reached' (default: %(default)s)")
+    tls = p.add_argument_group("transport (TLS 1.3 and plaintext share the port)")
+    tls.add_argument("--plaintext", choices=("off", "loopback", "on"), default="loopback",
+                     help="who may use the plaintext framing: nobody (TLS only), clients on "
+                          "127.0.0.0/8 and ::1, or everyone; a refused client gets "
+                          "'ERR TLS required' (default: %(default)s)")
+    tls.add_argument("--tls-ca-cert", default=None, metavar="FILE",
+                     help="an operator's CA certificate (PEM) that issues this host's server "
+                          "certificate and users' certificates, instead of the CA created in "
+                          "DIR/tls; hosts sharing one CA serve one user base")
+    tls.add_argument("--tls-ca-key", default=None, metavar="FILE",
+                     help="the private key of --tls-ca-cert (PEM, unencrypted)")
     p.add_argument("--log-level", default="info", choices=LOG_LEVELS,
                    help="logging threshold for eurechat.directory.* on stderr (default: info)")
     p.add_argument("--trace", action="store_true",
-                   help="log every frame in and out (passwords masked)")
+                   help="log every frame in and out (passwords masked; frames of TLS "
+                        "sessions decrypted and marked TLS)")
     p.add_argument("--metrics", type=_host_port, default=None, metavar="HOST:PORT",
                    help="serve Prometheus metrics on http://HOST:PORT/metrics (port 0 picks a "
                         "free one; the address is printed); needs 'eurechat[metrics]'")
@@ -178,6 +194,9 @@ def build_serve_parser() -> argparse.ArgumentParser:
     t = p.add_argument_group("tuning (defaults follow the protocol specification)")
     t.add_argument("--auth-timeout", type=_positive_float, default=30.0, metavar="S",
                    help="close sessions not authenticated within S seconds (default: 30)")
+    t.add_argument("--handshake-timeout", type=_positive_float, default=10.0, metavar="S",
+                   help="a TLS handshake must finish within S seconds (inside the "
+                        "--auth-timeout window) (default: 10)")
     t.add_argument("--frame-timeout", type=_positive_float, default=60.0, metavar="S",
                    help="a frame once started must complete within S seconds (default: 60)")
     t.add_argument("--preauth-max-payload", type=_int_at_least(0), default=4096, metavar="BYTES",
@@ -256,6 +275,8 @@ def _serve(argv: List[str]) -> int:
                   file=sys.stderr)
             return 2
     _require_extras(opts)
+    if (opts.tls_ca_cert is None) != (opts.tls_ca_key is None):
+        parser.error("--tls-ca-cert and --tls-ca-key go together")
     setup_logging(opts.log_level)
     cpus = _cpus()
     if opts.worker_fd is None and opts.workers > cpus:
@@ -377,9 +398,47 @@ def _manage(argv: List[str]) -> int:
         store.close()
 
 
+def _fingerprint(argv: List[str]) -> int:
+    p = Parser(
+        prog="eurechat-directory fingerprint",
+        description="Print the directory's fingerprint (its CA key's, SPEC §5.2): what "
+                    "peers pin and what users compare.  When DIR has no identity yet, "
+                    "one is created (the same the server would create at its first start).")
+    _data_dir_arg(p)
+    p.add_argument("--tls-ca-cert", default=None, metavar="FILE",
+                   help="print the fingerprint of this operator's CA certificate instead")
+    args = p.parse_args(argv)
+    from ..tls.fingerprint import fingerprint
+    from ..tls.identity import IdentityError, load_directory_identity, stored_fingerprint
+    try:
+        if args.tls_ca_cert:
+            from cryptography import x509
+            try:
+                with open(args.tls_ca_cert, "rb") as f:
+                    cert = x509.load_pem_x509_certificate(f.read())
+            except (OSError, ValueError) as exc:
+                print(f"eurechat-directory: cannot read {args.tls_ca_cert}: "
+                      f"{getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+                return 2
+            print(fingerprint(cert.public_key()))
+            return 0
+        data_dir = args.data_dir or default_data_dir()
+        found = stored_fingerprint(data_dir)
+        if found is None:
+            setup_logging("warning")
+            found = load_directory_identity(data_dir).fingerprint
+    except IdentityError as exc:
+        print(f"eurechat-directory: {exc}", file=sys.stderr)
+        return 2
+    print(found)
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv and argv[0] == "fingerprint":
+            return _fingerprint(argv[1:])
         if argv and argv[0] in SUBCOMMANDS[1:]:
             return _manage(argv)
         if argv and argv[0] == "serve":

@@ -21,10 +21,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Set
 
+from ..tls.policy import Plaintext
+from ..tls.sniff import Acceptor, FailureLog
 from . import metrics
 from .interfaces import AccountExists, AccountStore, BackendUnavailable, Registry, Throttle
 from .session import (
@@ -62,6 +65,11 @@ class ServerConfig:
     bind_timeout: float = 2.0
     high_water: int = 64 * 1024
     trace: bool = False
+    # The transports of the port (SPEC §5.1): who may use plaintext, and the
+    # TLS context (None: TLS connections are refused as failed handshakes).
+    plaintext: Plaintext = Plaintext.LOOPBACK
+    ssl_context: Optional[ssl.SSLContext] = None
+    handshake_timeout: float = 10.0
     # A closing connection whose client does not read what is left to send
     # (its final ERR behind replies it never read) is aborted after this long:
     # otherwise close() would wait for ever and the connection would outlive
@@ -298,13 +306,17 @@ class Services:
 
 
 class DirectoryProtocol(asyncio.Protocol):
-    """One client connection."""
+    """One client connection (over TLS when ``tls``; ``deadline``: the end of
+    its window before authentication, which started when it was accepted)."""
 
     __slots__ = ("server", "transport", "session", "task", "write_paused",
-                 "read_paused", "frame_since")
+                 "read_paused", "frame_since", "tls", "deadline")
 
-    def __init__(self, server: DirectoryServer) -> None:
+    def __init__(self, server: DirectoryServer, tls: bool = False,
+                 deadline: float = 0.0) -> None:
         self.server = server
+        self.tls = tls
+        self.deadline = deadline or time.monotonic() + server.config.auth_timeout
         self.transport: Optional[asyncio.Transport] = None
         self.session: Optional[Session] = None
         self.task: Optional[asyncio.Future] = None
@@ -317,20 +329,19 @@ class DirectoryProtocol(asyncio.Protocol):
         server = self.server
         self.transport = transport
         peername = transport.get_extra_info("peername")
-        if len(server.connections) >= server.config.max_connections:
-            server.refused(self.peer)
-            transport.write(FULL)
-            transport.close()
-            return
+        # (--max-connections was applied when the socket was accepted: Acceptor.admit.)
         # SO_KEEPALIVE is inherited from the listening socket (listening_socket).
         transport.set_write_buffer_limits(high=server.config.high_water)
         self.session = metrics.SessionType(server.config.session, server.query,
                                peername[0] if peername else "",
                                self._trace_in if server.config.trace else None)
         server.connections.add(self)
-        server.unauthenticated[self] = time.monotonic() + server.config.auth_timeout
+        if self.tls:
+            metrics.tls_handshake(True)
+            metrics.transport(self.session, "tls")
+        server.unauthenticated[self] = self.deadline
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("connection from %s", self.peer)
+            log.debug("%s: %s session", self.peer, "TLS" if self.tls else "plaintext")
 
     @property
     def peer(self) -> str:
@@ -339,7 +350,7 @@ class DirectoryProtocol(asyncio.Protocol):
         return f"{name[0]}:{name[1]}" if name else "?"
 
     def _trace_in(self, direction: str, data: bytes) -> None:
-        trace_log.info("%s > %r", self.peer, data)
+        trace_log.info("%s%s > %r", self.peer, " TLS" if self.tls else "", data)
 
     def data_received(self, data: bytes) -> None:
         session = self.session
@@ -428,7 +439,7 @@ class DirectoryProtocol(asyncio.Protocol):
         transport = self.transport
         if data:
             if self.server.config.trace:
-                trace_log.info("%s < %r", self.peer, data)
+                trace_log.info("%s%s < %r", self.peer, " TLS" if self.tls else "", data)
             transport.write(data)
         if close:
             self.close_transport()
@@ -481,6 +492,14 @@ class DirectoryProtocol(asyncio.Protocol):
         self.close_transport()
 
 
+class _HandshakeLog(FailureLog):
+    """Failed handshakes: logged rationed, and counted in the metrics."""
+
+    def failure(self, source: str, why: str) -> None:
+        metrics.tls_handshake(False)
+        super().failure(source, why)
+
+
 class DirectoryServer:
     """The listening side of one worker: connections, timers, shutdown."""
 
@@ -492,10 +511,23 @@ class DirectoryServer:
         self.unauthenticated: Dict[DirectoryProtocol, float] = {}
         self.in_frame: Set[DirectoryProtocol] = set()
         self.closing: Dict[DirectoryProtocol, float] = {}  # -> abort deadline
-        self._server: Optional[asyncio.AbstractServer] = None
         self._sweeper: Optional[asyncio.Task] = None
         self._refused = 0
         self._refused_logged = 0.0
+        self.acceptor: Optional[Acceptor] = None
+        self.handshake_failures = _HandshakeLog("TLS handshake failed")
+
+    def admit(self, address: tuple) -> Optional[bytes]:
+        """The connection limit, applied before anything is committed to a new
+        connection (connections still being classified or handshaking count)."""
+        peer = f"{address[0]}:{address[1]}" if len(address) >= 2 else "?"
+        pending = self.acceptor.pending if self.acceptor is not None else 0
+        if len(self.connections) + pending >= self.config.max_connections:
+            self.refused(peer)
+            return FULL
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("connection from %s", peer)
+        return None
 
     def refused(self, peer: str) -> None:
         """Log refusals past --max-connections at most once a second (with a
@@ -512,13 +544,18 @@ class DirectoryServer:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0,
                     sock: Optional[socket.socket] = None) -> tuple:
-        loop = asyncio.get_running_loop()
         if sock is None:
             sock = listening_socket(host, port)
-        self._server = await loop.create_server(
-            lambda: DirectoryProtocol(self), sock=sock, backlog=4096)
+        cfg = self.config
+        self.acceptor = Acceptor(
+            sock, lambda tls, deadline: DirectoryProtocol(self, tls, deadline),
+            cfg.ssl_context, cfg.plaintext, window=cfg.auth_timeout,
+            handshake_timeout=cfg.handshake_timeout, admit=self.admit,
+            silent=err("authentication timeout, closing"),
+            failures=self.handshake_failures)
+        self.acceptor.start()
         self._sweeper = asyncio.ensure_future(self._sweep())
-        return self._server.sockets[0].getsockname()[:2]
+        return sock.getsockname()[:2]
 
     async def _sweep(self) -> None:
         """Enforce the pre-auth and frame timeouts with one timer per worker
@@ -528,11 +565,10 @@ class DirectoryServer:
         while True:
             await asyncio.sleep(tick)
             now = time.monotonic()
-            expired = []
-            for proto, deadline in self.unauthenticated.items():
-                if deadline > now:
-                    break  # insertion order is deadline order
-                expired.append(proto)
+            # Not in deadline order: a window starts at accept, an entry is
+            # made once the first byte (and the handshake) are through.
+            expired = [proto for proto, deadline in self.unauthenticated.items()
+                       if deadline <= now]
             for proto in expired:
                 del self.unauthenticated[proto]
                 proto.timed_out("auth")
@@ -555,8 +591,9 @@ class DirectoryServer:
 
     async def close(self, timeout: float = 2.0) -> None:
         """Stop accepting, close every session, wait briefly for them to go."""
-        if self._server is not None:
-            self._server.close()
+        if self.acceptor is not None:
+            self.acceptor.close()
+            self.acceptor.sock.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
         for proto in list(self.connections):

@@ -118,6 +118,7 @@ class SessionConfig:
     max_header: int = 4096
     max_args: int = 64
     query_limit: int = 10_000             # QUERY 0 lists at most this many ("truncated")
+    ca_pem: bytes = b""                   # the CACERT reply (the directory's CA, PEM)
 
 
 @dataclass
@@ -147,13 +148,31 @@ _AUTH_FAILED = "authentication failed"
 _THROTTLED = "too many failed attempts, retry later"
 _BAD_BIND = "invalid bind notification"
 
+#: The protocol version a client announces with ``HELLO 0 eurechat/2``.
+PROTOCOL_V2 = "eurechat/2"
+
 # Reply frames of single-registration QUERYs, by value: a registration is
 # immutable, so its frame can be reused by every session until it changes.
+# One table per dialect (eurechat/2 lines have a fourth field).
 _FRAMES: dict = {}
+_FRAMES_V2: dict = {}
 _FRAMES_MAX = 65536
 _SOURCES: dict = {}
-# (sequence object, limit, frame) of the last QUERY 0 answered in this process.
+# (sequence object, limit, frame) of the last QUERY 0 answered in this process,
+# per dialect.
 _LIST_FRAME: list = [None, 0, b""]
+_LIST_FRAME_V2: list = [None, 0, b""]
+
+
+def _line(reg: Registration) -> str:
+    """A QUERY result line of the seed dialect: ``name,address,port``."""
+    return reg.line()
+
+
+def _line_v2(reg: Registration) -> str:
+    """A QUERY result line after ``HELLO 0 eurechat/2``: a fourth field, the
+    user's key fingerprint (empty while the user has none)."""
+    return f"{reg.line()},{getattr(reg, 'fingerprint', '') or ''}"
 
 
 def _frame(type_: str, text: Union[str, bytes] = b"", args: Sequence[str] = ()) -> bytes:
@@ -196,7 +215,7 @@ class Session:
     """
 
     __slots__ = ("config", "query", "source", "state", "user", "decoder", "_queue",
-                 "_next", "waiting", "trace", "_inbox", "_pos")
+                 "_next", "waiting", "trace", "_inbox", "_pos", "v2")
 
     def __init__(self, config: SessionConfig, query: Query, source: str = "",
                  trace: Optional[Callable[[str, bytes], None]] = None) -> None:
@@ -218,6 +237,8 @@ class Session:
         # Bytes received but not decoded yet (see DECODE_SLICE), from ``_pos``.
         self._inbox: Optional[bytes] = None
         self._pos = 0
+        # Said ``HELLO 0 eurechat/2``: QUERY lines carry the fourth field.
+        self.v2 = False
 
     # -- input -------------------------------------------------------------
     def receive(self, data: bytes) -> None:
@@ -415,6 +436,10 @@ class Session:
             self.trace("in", _redact(item))
         if type_ == "PING":
             return _pong(args), False, None
+        if type_ == "CACERT" and not args:  # any state, TLS or not
+            if not self.config.ca_pem:
+                return err("this directory has no TLS identity"), False, None
+            return _frame("RESULT", self.config.ca_pem), False, None
         state = self.state
         if state is State.READY:
             return self._ready(type_, args, payload)
@@ -430,6 +455,12 @@ class Session:
                 return ack(f"hi {args[0]}, authentication required"), False, None
             if type_ == "REGISTER" and 1 <= len(args) <= 2:
                 return self._register(args, payload)
+            if type_ == "HELLO" and len(args) == 1:
+                if args[0] != PROTOCOL_V2:
+                    return err(f"unsupported protocol {args[0]}: this directory speaks "
+                               f"{PROTOCOL_V2}"), False, None
+                self.v2 = True
+                return ack(PROTOCOL_V2), False, None
             return err(_EXPECT_USER), True, None
         # AUTH
         if type_ == "PASS" and len(args) <= 1:
@@ -462,19 +493,22 @@ class Session:
                 return err(UNAVAILABLE_TEXT), False, None
             if not regs:
                 return _NO_RESULT, False, None
+            v2 = self.v2
             if not args:
-                return self._list_frame(regs, limit), False, None
+                return self._list_frame(regs, limit, v2), False, None
+            line = _line_v2 if v2 else _line
             if len(regs) == 1:
-                frame = _FRAMES.get(regs[0])
+                frames = _FRAMES_V2 if v2 else _FRAMES
+                frame = frames.get(regs[0])
                 if frame is None:
-                    body = regs[0].line().encode("utf-8")
+                    body = line(regs[0]).encode("utf-8")
                     frame = _result(body)
-                    if len(_FRAMES) >= _FRAMES_MAX:
-                        _FRAMES.clear()
-                    _FRAMES[regs[0]] = frame
+                    if len(frames) >= _FRAMES_MAX:
+                        frames.clear()
+                    frames[regs[0]] = frame
                 return frame, False, None
             else:
-                body = "\n".join([r.line() for r in regs]).encode("utf-8")
+                body = "\n".join([line(r) for r in regs]).encode("utf-8")
             return _result(body), False, None
         if type_ == "BIND":
             reg = self._check_bind(args)
@@ -486,20 +520,21 @@ class Session:
         return err(f"I did not understand the message {type_}"), True, None
 
     @staticmethod
-    def _list_frame(regs: Sequence[Registration], limit: int) -> bytes:
+    def _list_frame(regs: Sequence[Registration], limit: int, v2: bool = False) -> bytes:
         """The ``QUERY 0`` reply.  Views hand out their sorted sequence and never
         mutate one they have handed out (they replace it), so the frame built for
         that very object can be reused until the view changes: on a large
         directory a stream of ``QUERY 0`` costs a lookup, not a join of
         thousands of lines each."""
-        cached = _LIST_FRAME
+        cached = _LIST_FRAME_V2 if v2 else _LIST_FRAME
         if cached[0] is regs and cached[1] == limit:
             return cached[2]
+        line = _line_v2 if v2 else _line
         if len(regs) > limit:  # one request never builds an unbounded reply
-            body = "\n".join([r.line() for r in regs[:limit]]).encode("utf-8")
+            body = "\n".join([line(r) for r in regs[:limit]]).encode("utf-8")
             frame = _result(body, truncated=True)
         else:
-            body = "\n".join([r.line() for r in regs]).encode("utf-8")
+            body = "\n".join([line(r) for r in regs]).encode("utf-8")
             frame = _result(body)
         cached[:] = [regs, limit, frame]
         return frame

@@ -510,6 +510,17 @@ class Supervisor:
             if not await open_backends([probe]):
                 return 2
             await close_backends([probe])
+            # The identity once, here: created before any worker exists (no
+            # race between them), its fingerprint logged once.
+            from ..tls.identity import IdentityError
+            from .app import chosen_loop, load_identity, warn_stock_loop
+            try:
+                identity, _ = load_identity(self.opts)
+            except IdentityError as exc:
+                log.error("cannot start: %s", exc)
+                return 2
+            log.info("directory fingerprint %s", identity.fingerprint)
+            warn_stock_loop(chosen_loop(not self.opts.no_uvloop))
             # A SIGINT/SIGTERM while the workers start ends the start-up at
             # once: each worker may take up to READY_TIMEOUT to say it serves,
             # and N of them on a loaded machine much longer.  Cancelling kills
