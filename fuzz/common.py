@@ -116,14 +116,16 @@ def frames(data: bytes) -> list:
     return items
 
 
-def instrumented_imports(modules: Sequence[str]) -> None:
-    """Import ``modules`` with atheris' Python coverage when atheris drives us."""
+def instrumented_imports(modules: Sequence[str], include: Sequence[str] = ("eurechat",)) -> None:
+    """Import ``modules`` with atheris' Python coverage when atheris drives us
+    (of the packages in ``include``: a standard module the target leans on,
+    like ``ipaddress``, can be added when it is not imported yet)."""
     atheris = _atheris()
     if atheris is None:
         for name in modules:
             importlib.import_module(name)
         return
-    with atheris.instrument_imports(include=["eurechat"]):
+    with atheris.instrument_imports(include=list(include)):
         for name in modules:
             importlib.import_module(name)
 
