@@ -34,7 +34,9 @@ import threading
 import common
 from common import Finding, check
 
-os.environ.setdefault("EURECHAT_SCRYPT_N", "16")  # cheap hashes: one login per input
+# Cheap password hashes (as in the tests): one login per input.
+os.environ.setdefault("EURECHAT_ARGON2_MEMORY_KIB", "8")
+os.environ.setdefault("EURECHAT_SCRYPT_N", "16")
 common.instrumented_imports([
     "eurechat.directory.server", "eurechat.directory.session", "eurechat.directory.app",
     "eurechat.fallback", "eurechat.rules", "eurechat.message"])
