@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark of the directory against redis-server, in one run (not a test).
 
-    .venv/bin/python bench/bench_directory.py [--secs 3] [--rounds 3] [--idle 10000]
+    .venv/bin/python bench/bench_directory.py [--secs 3] [--rounds 3] [--idle 10000] [--metrics]
 
 1. Throughput: ``../shared/bench/loadgen.c`` (compiled with gcc into a temp
    dir) drives 200 authenticated sessions issuing ``QUERY 0 bob`` at depth 1
@@ -20,6 +20,9 @@
 3. ``--workers 4``, unpinned: QUERY throughput.
 4. The liveness checker: one round over 10,000 registrations whose peers
    answer PING (a uvloop PONG server in another process).  Target: < 10 s.
+
+``--metrics``: the directories run with ``--metrics 127.0.0.1:0`` (the
+cost of counting; nothing scrapes them).
 
 Accounts are created with ``EURECHAT_ARGON2_MEMORY_KIB=8`` so that logging in 10,000
 sessions does not dominate the run (login is not what is measured).
@@ -72,10 +75,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+METRICS: list = []  # ["--metrics", "127.0.0.1:0"] with --metrics
+
+
 def Directory(data_dir: str, *args: str, cpu=None) -> _Directory:
     """Room for the idle-connection phase; BIND to the local listener."""
     return _Directory(data_dir, "--max-connections", "12000", "--bind-policy", "any", *args,
-                      cpu=cpu)
+                      *METRICS, cpu=cpu)
 
 
 def framed(sock: socket.socket, data: bytes) -> bytes:
@@ -134,7 +140,11 @@ def main() -> int:
                     help="interleaved directory/redis rounds (default 3)")
     ap.add_argument("--idle", type=int, default=10000, help="idle connections (default 10000)")
     ap.add_argument("--checker", type=int, default=10000, help="registrations for the checker")
+    ap.add_argument("--metrics", action="store_true",
+                    help="run the directories with --metrics 127.0.0.1:0")
     opts = ap.parse_args()
+    if opts.metrics:
+        METRICS[:] = ["--metrics", "127.0.0.1:0"]
     raise_nofile()
     import eurechat.framing as framing
     try:
@@ -160,8 +170,8 @@ def main() -> int:
         target = listener.getsockname()[1]
         query = ["-c", "200", "-d", "1,16", "-t", opts.secs, "-w", "1",
                  "-q", r"QUERY 0 bob\n", "-L", "bench:bench-password"]
-        print(f"framing={framing.IMPLEMENTATION} loop={loop_name} cpus={os.cpu_count()}",
-              flush=True)
+        print(f"framing={framing.IMPLEMENTATION} loop={loop_name} cpus={os.cpu_count()} "
+              f"metrics={'on' if opts.metrics else 'off'}", flush=True)
 
         # 1+2. pinned throughput, directory --workers 1 vs redis PING, interleaved
         # rounds (both servers up, pinned to CPU 0, loaded in turn from CPU 1) so
