@@ -1,5 +1,5 @@
 """The chat client tells the truth, clearly: what each notice and error line
-says matches what happened, once (issue 12 point 3).  Real directory, real
+says matches what happened, once.  Real directory, real
 peer processes; text mode (what a person reads) unless the JSON events are
 the point."""
 

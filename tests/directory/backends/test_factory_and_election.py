@@ -14,6 +14,7 @@ from eurechat.directory import backends
 from eurechat.directory.accounts.base import AccountStore, SyncAccountStore
 from eurechat.directory.accounts.postgres import PostgresAccounts
 from eurechat.directory.accounts.sqlite import SqliteAccounts, SyncAccounts
+from eurechat.directory.backends import make_accounts, make_registry, make_throttle
 from eurechat.directory.election.base import Election
 from eurechat.directory.election.lease import RedisLease, ShardedLease
 from eurechat.directory.election.local import LocalElection
@@ -146,3 +147,16 @@ def test_no_backend_imports_the_session_or_the_server():
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_factory():
+    assert isinstance(make_registry("memory"), MemoryRegistry)
+    with pytest.raises(ValueError):
+        make_registry("ftp://nope")
+    with pytest.raises(ValueError):
+        make_registry("manager")
+    assert isinstance(make_accounts(None, "/tmp/x"), SqliteAccounts)
+    assert isinstance(make_accounts("sqlite:///tmp/y.sqlite3", "/tmp/x"), SqliteAccounts)
+    assert make_accounts("sqlite:///tmp/y.sqlite3", "/tmp/x").path == "/tmp/y.sqlite3"
+    assert isinstance(make_throttle("memory", "/tmp/x"), MemoryThrottle)
+    assert isinstance(make_throttle(None, "/tmp/x"), SqliteThrottle)

@@ -74,3 +74,12 @@ def test_a_huge_password_is_cut_before_hashing():
     record = hash_password(b"x" * 1024)
     assert check_password(b"x" * 1024 + b"ignored beyond the limit", record)
     assert hashing.MAX_PASSWORD == 1024
+
+
+def test_password_record_salted_and_checked():
+    a, b = hash_password(b"same password"), hash_password(b"same password")
+    assert a != b and a.startswith("$argon2id$")
+    assert check_password(b"same password", a) and not check_password(b"other", a)
+    assert not check_password(b"x", "garbage$record")
+    old = hash_scrypt(b"same password", 16)
+    assert check_password(b"same password", old) and not check_password(b"other", old)

@@ -54,3 +54,13 @@ def test_changes_are_counted_and_announced():
     v.discard("bob")
     v.reset([])
     assert seen == [1, 2, 3, 4]
+
+
+def test_local_view_sorted_cache_and_expected_remove():
+    v = ReadView()
+    bob, ann = Registration("bob", "127.0.0.1", 2000), Registration("ann", "::1", 3000)
+    v.put(bob)
+    v.put(ann)
+    assert list(v.query()) == [ann, bob] and v.query("bob") == (bob,)
+    assert not v.discard("bob", expected=Registration("bob", "127.0.0.1", 2001))
+    assert v.discard("bob", expected=bob) and list(v.query()) == [ann]

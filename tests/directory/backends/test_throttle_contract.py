@@ -216,3 +216,36 @@ def test_an_unreachable_sqlite_file_is_backend_unavailable(tmp_path):
     throttle = SqliteThrottle(str(tmp_path / "file" / "t.sqlite3"))
     with pytest.raises(BackendUnavailable):
         asyncio.run(throttle.start())
+
+
+def test_sqlite_throttle_is_shared_between_instances(tmp_path):
+    async def main():
+        path = str(tmp_path / "t.sqlite3")
+        one, two = SqliteThrottle(path, limit=3), SqliteThrottle(path, limit=3)
+        await one.start()
+        await two.start()
+        await one.failure(["user:a", "addr:x"])
+        await two.failure(["user:a"])
+        assert not await one.blocked(["user:a"])
+        await one.failure(["user:a"])
+        assert await two.blocked(["user:a"]) and await two.blocked(["user:b", "user:a"])
+        assert not await two.blocked(["addr:x", "user:b"])
+        await one.close()
+        await two.close()
+    asyncio.run(main())
+
+
+def test_memory_throttle_window():
+    now = [0.0]
+    t = MemoryThrottle(limit=2, window=10, clock=lambda: now[0])
+
+    async def main():
+        await t.failure(["k"])
+        now[0] = 11.0  # the first failure fell out of the window
+        await t.failure(["k"])
+        assert not await t.blocked(["k"])
+        await t.failure(["k"])
+        assert await t.blocked(["k"])
+        now[0] = 21.5  # blocked for one window
+        assert not await t.blocked(["k"])
+    asyncio.run(main())
