@@ -1,5 +1,5 @@
-"""The peer's directory client against a scripted directory on a real socket:
-the failure modes a healthy directory never shows."""
+"""The peer's directory client against a scripted directory on a real socket
+(TLS, its CA pinned): the failure modes a healthy directory never shows."""
 
 from __future__ import annotations
 
@@ -16,10 +16,18 @@ from eurechat.peer.directory_client import (
     parse_result,
 )
 from eurechat.registration import Registration
+from eurechat.tls.trust import DirectoryTrust
+from support.certs import directory_pki
+
+SERVER_SSL, CA_PEM = directory_pki()
+
+
+def trusting() -> DirectoryTrust:
+    return DirectoryTrust(ca_pem=CA_PEM)
 
 
 class ScriptedDirectory:
-    """Answers LOGIN/PASS/BIND; answers QUERY only on sessions listed in
+    """Answers HELLO/USER/PASS/BIND; answers QUERY only on sessions listed in
     ``answer_queries_on`` (0-based session number), stays silent otherwise.
     ``hold``: the answer to a QUERY is held back until the next request arrives."""
 
@@ -31,7 +39,7 @@ class ScriptedDirectory:
         self.server = None
 
     async def start(self) -> int:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=SERVER_SSL)
         return self.server.sockets[0].getsockname()[1]
 
     async def _serve(self, reader, writer) -> None:
@@ -73,7 +81,7 @@ def test_a_request_that_times_out_drops_the_session_and_replies_stay_matched():
         fake = ScriptedDirectory(answer_queries_on={1})
         port = await fake.start()
         client = DirectoryClient("127.0.0.1", port, "alice", "password123",
-                                 listen=lambda: ("127.0.0.1", 4000), request_timeout=0.5,
+                                 listen=lambda: ("127.0.0.1", 4000), trust=trusting(), request_timeout=0.5,
                                  retry_base=0.01, retry_max=0.05, wait_online=5.0)
         try:
             assert await client.start() is True
@@ -86,7 +94,7 @@ def test_a_request_that_times_out_drops_the_session_and_replies_stay_matched():
             regs = await asyncio.wait_for(client.query("bob"), 10)
             assert [tuple(r) for r in regs] == [("bob", "127.0.0.1", 5001)]
             assert fake.sessions == 2
-            assert [t for n, t in fake.requests if n == 1] == ["LOGIN", "PASS", "BIND", "QUERY"]
+            assert [t for n, t in fake.requests if n == 1] == ["HELLO", "USER", "PASS", "BIND", "QUERY"]
         finally:
             await client.close()
             fake.close()
@@ -101,7 +109,7 @@ def test_one_reply_per_request_even_for_a_request_given_up_on():
         fake = ScriptedDirectory(answer_queries_on={0}, hold=True)
         port = await fake.start()
         client = DirectoryClient("127.0.0.1", port, "alice", "password123",
-                                 listen=lambda: ("127.0.0.1", 4000), request_timeout=10)
+                                 listen=lambda: ("127.0.0.1", 4000), trust=trusting(), request_timeout=10)
         try:
             assert await client.start() is True
             # The caller gives up on a QUERY before its reply (held back by
@@ -156,10 +164,10 @@ def test_directory_replies_up_to_64_mib_oversized_beyond_and_the_session_goes_on
                     writer.write(bytes(Message("RESULT", (), "bob,127.0.0.1,5555")))
 
     async def main() -> None:
-        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=SERVER_SSL)
         port = server.sockets[0].getsockname()[1]
         client = DirectoryClient("127.0.0.1", port, "alice", "password123",
-                                 listen=lambda: ("127.0.0.1", 4000), request_timeout=30)
+                                 listen=lambda: ("127.0.0.1", 4000), trust=trusting(), request_timeout=30)
         try:
             assert await client.start() is True
             regs = await client.query()
@@ -214,11 +222,11 @@ def test_a_directory_that_drops_each_session_after_bind_is_retried_with_backoff(
             finally:
                 writer.close()
 
-        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=SERVER_SSL)
         port = server.sockets[0].getsockname()[1]
         # Constant backoff: each retry after a short session waits 50-100 ms.
         client = DirectoryClient("127.0.0.1", port, "alice", "password123",
-                                 listen=lambda: ("127.0.0.1", 4000),
+                                 listen=lambda: ("127.0.0.1", 4000), trust=trusting(),
                                  retry_base=0.1, retry_max=0.1)
         try:
             assert await client.start() is True

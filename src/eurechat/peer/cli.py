@@ -10,6 +10,7 @@ Exit codes (also in docs/peer.md):
 4     ``--register`` refused: the name is taken (or registration closed)
 5     a peer for this user already runs on this data directory
 6     cannot listen on the ``--listen`` address
+7     the directory is not the one this peer trusts (SPEC §5.2)
 8     ``--register`` refused: the password breaks the rule (8 to 1024 bytes)
 ====  ==========================================================
 
@@ -31,6 +32,9 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from ..names import INVALID_PASSWORD, USERNAME_RULE, valid_password
+from ..tls.fingerprint import is_fingerprint
+from ..tls.policy import Plaintext
+from ..tls.trust import TrustError, read_ca_file
 from ..usage import LOG_LEVELS, Parser, can_prompt
 from .directory_client import (
     AlreadyOnline,
@@ -49,6 +53,8 @@ from .ui import Output, piped_lines, terminal_lines
 log = logging.getLogger("eurechat.peer.cli")
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_AUTH, EXIT_TAKEN, EXIT_LOCKED, EXIT_LISTEN = range(7)
+#: the directory is not the one this peer trusts (SPEC §5.2)
+EXIT_TRUST = 7
 #: ``--register`` with a password the rule refuses (7 is the trust store's)
 EXIT_PASSWORD = 8
 
@@ -112,6 +118,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "0/forever to keep everything")
     p.add_argument("--password-file", type=Path, default=None,
                    help="read the password from the first line of this file")
+    p.add_argument("--directory-ca", type=Path, default=None, metavar="FILE",
+                   help="trust the directory whose certificate is issued by this CA "
+                        "certificate (PEM)")
+    p.add_argument("--directory-fingerprint", default=None, metavar="sha256:...",
+                   help="trust the directory whose CA has this fingerprint (what "
+                        "'eurechat-directory fingerprint' prints); without this or "
+                        "--directory-ca the first CA seen is trusted and kept in "
+                        "DATA-DIR/known_directories")
+    p.add_argument("--plaintext", choices=[p.value for p in Plaintext], default="loopback",
+                   help="where plaintext (no TLS) is allowed: for a directory that does not "
+                        "speak TLS, and on the listening port (default loopback)")
     p.add_argument("--log-level", type=log_level, metavar="{" + ",".join(LOG_LEVELS) + "}",
                    default=os.environ.get("EURECHAT_LOG_LEVEL", "warning"),
                    help="logging threshold on stderr (default: $EURECHAT_LOG_LEVEL, else "
@@ -168,7 +185,10 @@ class App:
         self.peer = Peer(args.user, password, directory=args.directory, listen=args.listen,
                          data_dir=args.data_dir, register=args.register,
                          on_messages=self._show, on_event=self.out.event,
-                         inbox_retention=args.inbox_retention)
+                         inbox_retention=args.inbox_retention,
+                         directory_ca=args.directory_ca_pem,
+                         directory_fingerprint=args.directory_fingerprint,
+                         plaintext=args.plaintext, on_notice=self.notice)
         self.out.mark = self.peer.mark_shown
         self.out.on_gone = self._stdout_gone
         self.last: List[str] = []
@@ -183,6 +203,11 @@ class App:
 
     def error(self, text: str) -> None:
         self.out.event({"event": "error", "text": text})
+
+    def notice(self, text: str) -> None:
+        """A line to see once (a directory trusted on first use, plaintext):
+        on stderr, so that --json's stdout stays the SPEC's events."""
+        print(f"eurechat-peer: {text}", file=sys.stderr, flush=True)
 
     def fatal(self, text: str, code: int) -> int:
         if self.args.json:
@@ -202,6 +227,8 @@ class App:
             return self.fatal(f"{exc}: quit that one first", EXIT_LOCKED)
         except PasswordRefused as exc:
             return self.fatal(f"{exc} (choose a longer password)", EXIT_PASSWORD)
+        except TrustError as exc:
+            return self.fatal(str(exc), EXIT_TRUST)
         except StoreLocked as exc:
             return self.fatal(str(exc), EXIT_LOCKED)
         except OSError as exc:
@@ -377,6 +404,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not valid_name(args.user):
         return _usage(f"invalid --user {args.user!r}: {USERNAME_RULE}")
+    if args.directory_fingerprint is not None and not is_fingerprint(args.directory_fingerprint):
+        return _usage(f"invalid --directory-fingerprint {args.directory_fingerprint!r}: "
+                      "expected sha256: and 43 characters, as 'eurechat-directory "
+                      "fingerprint' prints")
+    args.directory_ca_pem = None
+    if args.directory_ca is not None:
+        try:
+            args.directory_ca_pem = read_ca_file(args.directory_ca)
+        except TrustError as exc:
+            return _usage(f"--directory-ca: {exc}")
     try:
         password = read_password(args)
     except SystemExit as exc:

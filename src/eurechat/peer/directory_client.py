@@ -1,14 +1,21 @@
-"""The peer's side of the directory protocol (SPEC section 2).
+"""The peer's side of the directory protocol (SPEC sections 2 and 5).
 
-One long-lived session: (REGISTER,) LOGIN, PASS, BIND of the real listening
-address, then QUERY/LEAVE on demand.  Requests are pipelined and their
+One long-lived session over TLS: the directory's identity is checked first
+(``eurechat.tls.trust``: a pinned CA, a given fingerprint, or trust on first
+use), and only then ``HELLO``, (``REGISTER``,) ``USER``, ``PASS``, ``BIND`` of
+the real listening address, then QUERY/LEAVE on demand.  A directory that
+does not answer TLS (the seed course's) is spoken to in plaintext only where
+the ``--plaintext`` policy allows it and nothing is pinned for it, and then in
+the seed dialect: ``USER 0``, ``PASS 0 <password>``, one request at a time.  Requests are pipelined and their
 replies matched in order (the directory answers each request exactly once,
 in order).  When the session drops, the client reconnects on its own with
 exponential backoff and jitter and BINDs again, so a directory restart costs
 the user nothing but a short pause in lookups.
 
-Fatal only at start-up: a wrong password (``AuthFailed``) and a name taken by
-someone else (``NameTaken``).  A directory that is down at start-up is not
+Fatal only at start-up: a wrong password (``AuthFailed``), a name taken by
+someone else (``NameTaken``) and a directory that is not the one this peer
+trusts (``TrustError``; later it is an ``on_error`` and credential-free
+retries).  A directory that is down at start-up is not
 fatal (SPEC section 4): ``start()`` returns False and the client keeps trying.
 """
 
@@ -18,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 from collections import deque
 from typing import Awaitable, Callable, List, Optional, Tuple
 
@@ -25,9 +33,19 @@ from ..backoff import jittered_delay as backoff_delay
 from ..errors import ProtocolError
 from ..framing import Decoder, Message, Oversized
 from ..registration import Registration
+from ..tls.policy import Plaintext, allows
+from ..tls.trust import (
+    DirectoryTrust,
+    Expectation,
+    TrustError,
+    TrustMismatch,
+    client_context,
+    describe_identity,
+)
 
 __all__ = ["DirectoryClient", "DirectoryError", "DirectoryUnavailable", "AuthFailed",
-           "NameTaken", "PasswordRefused", "AlreadyOnline", "Registration", "parse_result", "backoff_delay"]
+           "NameTaken", "PasswordRefused", "AlreadyOnline", "Registration", "parse_result",
+           "backoff_delay", "fits_argument"]
 
 log = logging.getLogger("eurechat.peer.directory")
 
@@ -37,6 +55,10 @@ WILDCARDS = {"", "0.0.0.0", "::"}
 #: What a directory past its ``--max-connections`` answers a new connection
 #: (SPEC section 2) before closing it: the directory is full, not our login bad.
 FULL = "max number of clients reached"
+#: The protocol version this client announces over TLS (SPEC section 5.3).
+HELLO = ("HELLO", ("eurechat/2",))
+#: The header line limit of the directory's decoder (SPEC section 1).
+MAX_HEADER = 4096
 
 
 class DirectoryError(Exception):
@@ -68,6 +90,8 @@ class PasswordRefused(DirectoryError):
 
 
 def parse_result(payload: bytes) -> List[Registration]:
+    """``name,address,port`` lines; after ``HELLO`` a fourth field (the user's
+    key fingerprint, SPEC section 5.3) follows, which this client does not use yet."""
     out = []
     for line in payload.decode("utf-8", "replace").split("\n"):
         if not line:
@@ -75,13 +99,28 @@ def parse_result(payload: bytes) -> List[Registration]:
         parts = line.split(",")
         # A port a socket can dial, in ASCII digits ("²".isdigit() too, and
         # getaddrinfo wraps 70000 to 4464); a name and an address.
-        if len(parts) != 3 or not (parts[0] and parts[1] and parts[2].isascii()
-                                   and parts[2].isdigit() and len(parts[2]) <= 5
-                                   and 0 < int(parts[2]) < 65536):
+        if len(parts) not in (3, 4) or not (parts[0] and parts[1] and parts[2].isascii()
+                                            and parts[2].isdigit() and len(parts[2]) <= 5
+                                            and 0 < int(parts[2]) < 65536):
             log.warning("ignoring malformed RESULT line %r", line)
             continue
         out.append(Registration(parts[0], parts[1], int(parts[2])))
     return out
+
+
+def fits_argument(password: str) -> bool:
+    """Whether ``PASS 0 <password>`` is a valid header: no space or control
+    byte, not empty, within the header limit.  Such a password goes as an
+    argument, which every directory (the seed course's too) understands;
+    any other one as a payload (``PASS <len>``)."""
+    raw = password.encode("utf-8")
+    return bool(raw) and len(raw) + len("PASS 0 \n") <= MAX_HEADER and \
+        all(0x21 <= b <= 0x7E or b >= 0x80 for b in raw)
+
+
+class _NotTLS(Exception):
+    """The directory did not complete a TLS handshake (it speaks plaintext,
+    closed, or stayed silent)."""
 
 
 def _check_full(reply: Message) -> None:
@@ -101,8 +140,24 @@ class DirectoryClient:
                  on_online: Optional[Callable[[], None]] = None,
                  on_error: Optional[Callable[[str], None]] = None,
                  recheck: float = 30.0, stable_after: float = 10.0,
-                 exclusive: bool = False) -> None:
+                 exclusive: bool = False,
+                 trust: Optional[DirectoryTrust] = None,
+                 plaintext: Plaintext = Plaintext.LOOPBACK,
+                 on_notice: Optional[Callable[[str], None]] = None) -> None:
+        """``trust``: whom to believe (None: every directory is refused, as a
+        directory client with no trust settings can send credentials to no
+        one).  ``plaintext``: where a directory that does not answer TLS may
+        be spoken to in clear.  ``on_notice``: the lines a person should see
+        once (a directory trusted on first use, a plaintext fallback)."""
         self.host, self.port = host, port
+        self.where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.trust = trust if trust is not None else DirectoryTrust()
+        self.plaintext = plaintext
+        self.on_notice = on_notice
+        #: the last session was plaintext in the seed dialect
+        self.seed = False
+        self._said_seed = False
+        self._unsent: deque = deque()
         self.user, self.password = user, password
         self.register = register
         self.listen = listen
@@ -142,18 +197,18 @@ class DirectoryClient:
         try:
             await self._session()
             ok = True
-        except (AuthFailed, NameTaken, PasswordRefused, AlreadyOnline):
+        except (AuthFailed, NameTaken, PasswordRefused, AlreadyOnline, TrustError):
             raise
         except (OSError, asyncio.TimeoutError, DirectoryError, ProtocolError) as exc:
             # Said once: as a log line, or to whoever shows on_error's text
             # (the CLI's screen, where a log line as well would say it twice).
             (log.info if self.on_error else log.warning)(
-                "directory %s:%s unreachable: %s; retrying in the background",
-                self.host, self.port, exc or exc.__class__.__name__)
+                "directory %s unreachable: %s; retrying in the background",
+                self.where, exc or exc.__class__.__name__)
             if self.on_error:
                 why = exc if isinstance(exc, DirectoryError) else \
                     f"unreachable ({exc or exc.__class__.__name__})"
-                self.on_error(f"directory {self.host}:{self.port}: {why}; retrying in the "
+                self.on_error(f"directory {self.where}: {why}; retrying in the "
                               "background (messages are queued meanwhile)")
             ok = False
         self._task = asyncio.ensure_future(self._run(connected=ok))
@@ -174,6 +229,7 @@ class DirectoryClient:
         attempt = 0
         refused = False   # a refused login was reported (once, until a login works)
         elsewhere = False  # another instance online was reported (once)
+        said = ""         # the last trust failure reported (once per run of them)
         loop = asyncio.get_running_loop()
         while not self._closing:
             if connected:
@@ -202,6 +258,7 @@ class DirectoryClient:
                 await self._session()
                 connected = True
                 refused = False
+                said = ""
                 log.info("directory session re-established")
             except AuthFailed as exc:
                 # The account is gone (deleted, or a directory with other
@@ -227,6 +284,15 @@ class DirectoryClient:
                 if not elsewhere and self.on_error:
                     self.on_error(f"{exc}; not logging in while it runs (retrying)")
                 elsewhere = True
+            except TrustError as exc:
+                # Not the directory we trust: no credential was sent, none
+                # will be.  Said once per run of failures; retried with backoff
+                # (the real directory may come back at that address).
+                connected = False
+                log.warning("%s", exc)
+                if self.on_error and str(exc) != said:
+                    self.on_error(str(exc))
+                said = str(exc)
             except (OSError, asyncio.TimeoutError, DirectoryError, ProtocolError) as exc:
                 connected = False
                 log.debug("directory reconnect failed: %r", exc)
@@ -274,8 +340,7 @@ class DirectoryClient:
     # -- one session --------------------------------------------------------
     async def _session(self) -> None:
         self._drop("reconnecting")
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(self.host, self.port), self.request_timeout)
+        reader, writer, expected = await self._open()
         self._writer = writer
         sock = writer.get_extra_info("socket")
         if sock is not None:   # notice a directory host that vanished without a FIN
@@ -283,6 +348,17 @@ class DirectoryClient:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         self._reader_task = asyncio.ensure_future(self._read(reader))
         try:
+            if not self.seed:
+                # Nothing that carries a credential is written before this.
+                await self._check_identity(writer, expected)
+                reply = await self.request(Message(*HELLO))
+                _check_full(reply)
+                if reply.type != "ACK":
+                    raise DirectoryError(f"HELLO refused: {reply.text}")
+            if self.register and self.seed:
+                self._notice(f"directory {self.where} speaks the seed dialect, which has no "
+                             "registration: logging in to an existing account")
+                self.register = False
             if self.register:
                 reply = await self.request(Message("REGISTER", (self.user,), self.password))
                 _check_full(reply)
@@ -317,8 +393,8 @@ class DirectoryClient:
             raise
         self._ready = True
         self._online.set()
-        log.info("logged in to %s:%s as %s, bound %s:%s", self.host, self.port, self.user,
-                 *self.bound)
+        log.info("logged in to %s as %s%s, bound %s:%s", self.where, self.user,
+                 " (plaintext, seed dialect)" if self.seed else "", *self.bound)
         if self.on_online:
             self.on_online()
 
@@ -346,12 +422,150 @@ class DirectoryClient:
                                 "(another eurechat-peer of this user, from another data "
                                 "directory or host)")
 
+    async def _tcp(self) -> socket.socket:
+        """A connected TCP socket to the directory (each address in turn)."""
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+        last: Optional[OSError] = None
+        for family, type_, proto, _, addr in infos:
+            sock = socket.socket(family, type_, proto)
+            sock.setblocking(False)
+            try:
+                await loop.sock_connect(sock, addr)
+                return sock
+            except OSError as exc:
+                sock.close()
+                last = exc
+        raise last or OSError(f"no address for {self.host}")
+
+    async def _tls(self, ca_pem: Optional[bytes]) -> Tuple[asyncio.StreamReader,
+                                                           asyncio.StreamWriter]:
+        """TCP, then a TLS handshake (verified against ``ca_pem`` if given).
+
+        Raises ``_NotTLS`` when the handshake does not complete for any reason
+        but a certificate that failed verification."""
+        sock = await asyncio.wait_for(self._tcp(), self.request_timeout)
+        peer_ip = sock.getpeername()[0]
+        try:
+            return await asyncio.wait_for(asyncio.open_connection(
+                sock=sock, ssl=client_context(ca_pem), server_hostname=self.host,
+                ssl_handshake_timeout=self.request_timeout), self.request_timeout + 1)
+        except ssl.SSLCertVerificationError:
+            sock.close()
+            raise
+        except (ssl.SSLError, OSError, EOFError, asyncio.TimeoutError,
+                asyncio.IncompleteReadError) as exc:
+            sock.close()
+            raise _NotTLS(peer_ip, exc) from None
+
+    async def _open(self) -> Tuple[asyncio.StreamReader, asyncio.StreamWriter,
+                                   Optional[Expectation]]:
+        """A transport to the directory: TLS, or the permitted plaintext fallback."""
+        expected = self.trust.expect(self.where)
+        try:
+            reader, writer = await self._tls(expected.ca_pem)
+        except ssl.SSLCertVerificationError as exc:
+            got, detail = await self._probe_identity()
+            log.debug("TLS verification of %s failed: %s", self.where, exc)
+            raise TrustMismatch(self.where, expected.fingerprint, got, detail) from None
+        except _NotTLS as exc:
+            peer_ip, why = exc.args
+            pinned = expected.fingerprint is not None
+            if pinned or not allows(self.plaintext, peer_ip):
+                reason = ("it is pinned to a TLS identity" if pinned else
+                          f"--plaintext {self.plaintext.value} does not allow plaintext to "
+                          f"{peer_ip}")
+                raise DirectoryUnavailable(
+                    f"no TLS handshake with {self.where} "
+                    f"({why or why.__class__.__name__}), and no plaintext: {reason}") from None
+            sock = await asyncio.wait_for(self._tcp(), self.request_timeout)
+            reader, writer = await asyncio.open_connection(sock=sock)
+            if not self._said_seed:
+                self._said_seed = True
+                self._notice(f"directory {self.where} does not answer TLS: using plaintext "
+                             f"and the seed dialect (allowed by --plaintext "
+                             f"{self.plaintext.value})")
+            self.seed = True
+            return reader, writer, None
+        self.seed = False
+        return reader, writer, expected
+
+    async def _check_identity(self, writer: asyncio.StreamWriter,
+                              expected: Optional[Expectation]) -> None:
+        """The directory is the one we trust, or ``TrustError`` (the session is
+        then dropped by the caller, before any credential is written)."""
+        assert expected is not None
+        ssl_object = writer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if not der:
+            raise TrustError(f"directory {self.where} presented no certificate; "
+                             "no credentials were sent")
+        if expected.ca_pem is not None:
+            self.trust.check_verified(self.where, expected, der)
+            return
+        reply = await self.request(Message("CACERT"))
+        if reply.type != "RESULT":
+            raise TrustError(f"directory {self.where} did not send its CA certificate "
+                             f"({reply.type} {reply.text}); no credentials were sent")
+        fp, pinned = self.trust.accept_ca(self.where, expected, der, reply.payload)
+        if pinned:
+            where = self.trust.known.path if self.trust.known is not None else "?"
+            self._notice(f"directory {self.where} is trusted on first use: its CA "
+                         f"fingerprint is {fp} (kept in {where}; compare it with "
+                         "'eurechat-directory fingerprint' on the directory's host)")
+
+    async def _probe_identity(self) -> Tuple[str, str]:
+        """After a failed verification: what does the server there show?
+        (fingerprint, detail) for the mismatch line, from a session that
+        sends nothing but ``CACERT``."""
+        writer = None
+        try:
+            reader, writer = await self._tls(None)
+            ssl_object = writer.get_extra_info("ssl_object")
+            der = ssl_object.getpeercert(binary_form=True)
+            ca_pem: Optional[bytes] = None
+            writer.write(bytes(Message("CACERT")))
+            decoder = Decoder(max_payload=DIRECTORY_MAX_PAYLOAD)
+            with contextlib.suppress(OSError, asyncio.TimeoutError, ProtocolError,
+                                     asyncio.IncompleteReadError):
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + self.request_timeout
+                while True:
+                    data = await asyncio.wait_for(reader.read(65536),
+                                                  max(deadline - loop.time(), 0.01))
+                    items = decoder.feed(data) if data else [None]
+                    if items:
+                        first = items[0]
+                        if isinstance(first, Message) and first.type == "RESULT":
+                            ca_pem = first.payload
+                        break
+            return describe_identity(der, ca_pem)
+        except (_NotTLS, OSError, asyncio.TimeoutError, ValueError) as exc:
+            return "an unknown CA", f"its certificate could not be read: {exc}"
+        finally:
+            if writer is not None:
+                writer.close()
+
+    def _notice(self, text: str) -> None:
+        if self.on_notice is not None:
+            log.info("%s", text)
+            self.on_notice(text)
+        else:
+            log.warning("%s", text)
+
     async def _login(self) -> None:
-        reply = await self.request(Message("LOGIN", (self.user,)))
+        reply = await self.request(Message("USER", (self.user,)))
         _check_full(reply)
         if reply.type != "ACK":
             raise AuthFailed(reply.text)
-        reply = await self.request(Message("PASS", (), self.password))
+        if fits_argument(self.password):
+            msg = Message("PASS", (self.password,))
+        elif self.seed:
+            raise AuthFailed("this password cannot be sent to a seed directory, which takes "
+                             "it as one argument: no spaces or control characters")
+        else:
+            msg = Message("PASS", (), self.password)
+        reply = await self.request(msg)
         if reply.type != "ACK":
             raise AuthFailed(reply.text)
 
@@ -392,6 +606,8 @@ class DirectoryClient:
                 fut.set_exception(DirectoryError("oversized reply"))
             else:
                 fut.set_result(item)
+        if self._unsent:
+            self._write_next()
 
     def _drop(self, why: str) -> None:
         self._ready = False
@@ -399,20 +615,35 @@ class DirectoryClient:
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.close()
-        while self._waiters:
-            fut = self._waiters.popleft()
+        while self._waiters or self._unsent:
+            fut = self._waiters.popleft() if self._waiters else self._unsent.popleft()[1]
             if not fut.done():
                 fut.set_exception(DirectoryUnavailable(why))
 
     # -- requests -----------------------------------------------------------
     def request(self, msg: Message) -> Awaitable[Message]:
-        """Send ``msg``; the awaitable resolves to the directory's reply."""
+        """Send ``msg``; the awaitable resolves to the directory's reply.
+
+        Requests are pipelined, except to a seed directory, which reads one
+        request per read: there the next is written when the last is answered."""
         if self._writer is None:
             raise DirectoryUnavailable("not connected to the directory")
         fut = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        self._writer.write(bytes(msg))
+        if self.seed and (self._waiters or self._unsent):
+            self._unsent.append((bytes(msg), fut))
+        else:
+            self._waiters.append(fut)
+            self._writer.write(bytes(msg))
         return self._reply(fut, self._writer)
+
+    def _write_next(self) -> None:
+        """Seed dialect: the oldest request not yet written goes out now."""
+        while self._unsent and not self._waiters and self._writer is not None:
+            data, fut = self._unsent.popleft()
+            if fut.done():      # its caller gave up before it was written
+                continue
+            self._waiters.append(fut)
+            self._writer.write(data)
 
     async def _reply(self, fut: asyncio.Future, writer: asyncio.StreamWriter) -> Message:
         try:

@@ -77,6 +77,8 @@ from typing import (
 
 from ..backoff import jittered_delay
 from ..registration import Registration
+from ..tls.policy import Plaintext
+from ..tls.trust import DirectoryTrust, KnownDirectories, read_ca_file
 from . import commit
 from . import events as ev_
 from .addresses import AddressBook, Sightings
@@ -129,6 +131,15 @@ class Peer:
     ``directory=None`` runs without a directory: recipients are then looked
     up in ``addresses`` (``{"bob": ("127.0.0.1", 5555)}``), which is handy
     for tests and for fixed deployments.
+
+    The directory is spoken to over TLS and trusted (SPEC section 5.2) by
+    ``directory_ca`` (its CA certificate: a path, or the PEM as bytes), else
+    ``directory_fingerprint`` (``sha256:...``), else on first use
+    (``<data_dir>/known_directories``).  ``plaintext`` (``off``,
+    ``loopback``, ``on``) says where a directory without TLS may be spoken to
+    in clear.  ``on_notice`` gets the lines a person should see once (a
+    directory trusted on first use, a fallback to plaintext); by default
+    they are logged.
     """
 
     def __init__(self, user: str, password: str = "", *,
@@ -141,7 +152,11 @@ class Peer:
                  on_message: Optional[Callable[[IncomingMessage], None]] = None,
                  on_messages: Optional[Callable[[List[IncomingMessage]], None]] = None,
                  on_event: Optional[Callable[[Event], None]] = None,
-                 inbox_retention: Optional[float] = INBOX_RETENTION) -> None:
+                 inbox_retention: Optional[float] = INBOX_RETENTION,
+                 directory_ca: Union[str, os.PathLike, bytes, None] = None,
+                 directory_fingerprint: Optional[str] = None,
+                 plaintext: Union[str, Plaintext] = Plaintext.LOOPBACK,
+                 on_notice: Optional[Callable[[str], None]] = None) -> None:
         if not valid_name(user):
             raise ValueError(f"invalid user name {user!r}: 1-32 of [A-Za-z0-9_.-], "
                              "not starting with '.' or '-'")
@@ -150,6 +165,13 @@ class Peer:
         self.directory_address = directory
         self.listen_address = listen
         self.data_dir = data_dir if data_dir is not None else default_data_dir()
+        self.plaintext = Plaintext.parse(plaintext)
+        #: whom the directory client believes (raises TrustError for a bad CA file)
+        self.trust = DirectoryTrust(
+            ca_pem=(directory_ca if isinstance(directory_ca, bytes) or directory_ca is None
+                    else read_ca_file(directory_ca)),
+            fingerprint=directory_fingerprint, known=KnownDirectories(self.data_dir))
+        self._on_notice = on_notice
         self.register = register
         self.addresses: Dict[str, Tuple[str, int]] = dict(addresses or {})
         self.timings = timings or Timings.from_env()
@@ -231,7 +253,8 @@ class Peer:
                     wait_online=self.timings.directory_wait,
                     on_online=self._on_directory_online,
                     on_error=lambda text: self._emit(ev_.error(text)),
-                    recheck=self.timings.rebind_check)
+                    recheck=self.timings.rebind_check,
+                    trust=self.trust, plaintext=self.plaintext, on_notice=self._on_notice)
                 await self.directory.start()
         except BaseException:
             await self._shutdown(leave=False)
