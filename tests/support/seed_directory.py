@@ -14,7 +14,8 @@ What it accepts, and nothing more (SPEC §5.4, last point):
   equivalent) and the connection is closed.
 
 Everything received is recorded (``chunks``: raw bytes per read;
-``requests``: the messages understood), for tests to assert on.
+``requests``: the messages understood; ``errors``: what it refused), for
+tests to assert on; ``wait(pred)`` blocks until a read makes ``pred`` true.
 """
 
 from __future__ import annotations
@@ -45,8 +46,7 @@ class SeedDirectory:
         self.chunks: List[bytes] = []
         self.requests: List[Message] = []
         self.errors: List[str] = []
-        self.logins = threading.Semaphore(0)
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self.sock = socket.create_server((host, 0))
         self.host, self.port = self.sock.getsockname()[:2]
         self._conns: List[socket.socket] = []
@@ -84,19 +84,18 @@ class SeedDirectory:
                 data = conn.recv(65536)
                 if not data:
                     return
+                msg = self._one(data)
                 with self._lock:
                     self.chunks.append(data)
-                msg = self._one(data)
-                if msg is not None:
-                    with self._lock:
+                    if msg is not None:
                         self.requests.append(msg)
-                reply, close = self._reply(msg, state, user)
+                    reply, close = self._reply(msg, state, user)
+                    self._lock.notify_all()
                 if msg is not None and reply.startswith(b"ACK"):
                     if state == "new":
                         state, user = "auth", msg.args[0]
                     elif state == "auth":
                         state = "ready"
-                        self.logins.release()
                 conn.sendall(reply)
                 if close:
                     return
@@ -126,20 +125,24 @@ class SeedDirectory:
             self.errors.append(f"{t} in state auth")
             return _frame("ERR", EXPECT_PASS), True
         if t == "BIND" and len(args) == 2 and args[1].isdigit() and not msg.payload:
-            with self._lock:
-                self.registrations[user] = (args[0], int(args[1]))
+            self.registrations[user] = (args[0], int(args[1]))
             return _frame("ACK", f"bound successfully to {args[0]}:{args[1]}"), False
         if t == "QUERY" and len(args) <= 1 and not msg.payload:
-            with self._lock:
-                regs = sorted(self.registrations.items())
+            regs = sorted(self.registrations.items())
             lines = [f"{n},{a},{p}" for n, (a, p) in regs if not args or n == args[0]]
             return _frame("RESULT", "\n".join(lines)), False
         if t == "LEAVE" and not args and not msg.payload:
-            with self._lock:
-                self.registrations.pop(user, None)
+            self.registrations.pop(user, None)
             return _frame("ACK", "deregistered from directory"), False
         self.errors.append(f"{t} in state ready")
         return _frame("ERR", f"I did not understand the message {t}"), True
+
+    def wait(self, pred, what: str, timeout: float = 20.0) -> None:
+        """Block until ``pred(self)`` holds (checked after each read)."""
+        with self._lock:
+            if not self._lock.wait_for(lambda: pred(self), timeout):
+                raise AssertionError(f"seed directory: timeout waiting for {what}; "
+                                     f"received {self.chunks[-5:]!r}")
 
     def received(self) -> bytes:
         with self._lock:
