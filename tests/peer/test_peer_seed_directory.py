@@ -15,6 +15,8 @@ from peer_helpers import FAST, PeerProc, peer_cmd
 from eurechat.framing import Message
 from eurechat.peer.directory_client import DirectoryClient
 from eurechat.tls.policy import Plaintext
+from eurechat.tls.trust import KnownDirectories
+from support.certs import make_ca
 from support.processes import start_process, test_env
 from support.seed_directory import SeedDirectory
 
@@ -132,3 +134,17 @@ def test_a_password_that_is_not_one_argument_is_not_sent_to_a_seed_directory():
         asyncio.run(main())
         assert b"two words" not in seed.received()
         assert [m.type for m in seed.requests] == ["USER"]
+
+
+def test_a_pinned_directory_is_never_spoken_to_in_plaintext(tmp_path, seed, procs):
+    """A directory pinned to a TLS identity that now answers plaintext (or
+    whose TLS handshakes someone resets) is not downgraded, even on loopback:
+    the peer keeps trying TLS and sends no login."""
+    KnownDirectories(tmp_path / "alice").add(seed.hostport, make_ca().cert_pem)
+    alice = start_peer(tmp_path, procs, seed, "alice")
+    err = alice.wait_event("error")
+    assert "pinned to a TLS identity" in err["text"], err
+    seed.wait(lambda s: len(s.chunks) >= 3, "three connection attempts")
+    assert seed.requests == []
+    assert all(c.startswith(b"\x16\x03") for c in seed.chunks), seed.chunks
+    assert FALLBACK not in alice.p.stderr()

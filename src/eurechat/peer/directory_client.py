@@ -289,9 +289,12 @@ class DirectoryClient:
                 # will be.  Said once per run of failures; retried with backoff
                 # (the real directory may come back at that address).
                 connected = False
-                log.warning("%s", exc)
-                if self.on_error and str(exc) != said:
-                    self.on_error(str(exc))
+                if str(exc) != said:
+                    log.warning("%s", exc)
+                    if self.on_error:
+                        self.on_error(str(exc))
+                else:
+                    log.debug("%s", exc)
                 said = str(exc)
             except (OSError, asyncio.TimeoutError, DirectoryError, ProtocolError) as exc:
                 connected = False

@@ -32,6 +32,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from .enrolment import DIRECTORY_URI
 from .fingerprint import PREFIX, fingerprint_of_cert, is_fingerprint
 
 try:  # the lock that keeps two peers on one data directory from losing a pin
@@ -47,8 +48,6 @@ __all__ = [
 
 log = logging.getLogger("eurechat.tls.trust")
 
-#: The subject alternative name URI only the directory's own certificate carries.
-DIRECTORY_URI = "eurechat:directory"
 KNOWN_FILE = "known_directories"
 KNOWN_PEMS = "known_directories.d"
 
