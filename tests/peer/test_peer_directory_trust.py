@@ -241,10 +241,12 @@ def test_a_recording_relay_sees_neither_the_password_nor_query_results(directory
     # A password that goes as an argument (PASS 0 <password>): the form a
     # seed directory would also read, so TLS is all that hides it here.
     password = "one-word-secret"
-    bob = peers.start("bob", directory.hostport, "--register")
+    directory.useradd("alice", password)
+    directory.useradd("bob", password)
+    bob = peers.start("bob", directory.hostport, password=password)
     bob_listen = bob.events("ready")[0]["listen"]
     with Relay(directory.address) as tap:
-        alice = peers.start("alice", tap.hostport, "--register", password=password)
+        alice = peers.start("alice", tap.hostport, password=password)
         who = alice.who_until(lambda e: {u["name"] for u in e["users"]} >= {"alice", "bob"})
         assert any(f'{u["address"]}:{u["port"]}' == bob_listen for u in who["users"])
         assert alice.quit() == 0
