@@ -14,6 +14,7 @@ from eurechat.framing import Decoder, Message
 from eurechat.peer import IncomingMessage, Peer, PeerError, StoreLocked, Timings
 from eurechat.peer.directory_client import DirectoryClient
 from eurechat.peer.store import PeerStore
+from eurechat.tls.trust import DirectoryTrust
 from support.peers import PASSWORD
 
 FAST = Timings(retry_base=0.02, retry_max=0.1, query_ttl=0.05, directory_wait=0)
@@ -409,8 +410,10 @@ def test_with_a_directory_lookups_do_not_redial_an_address_that_resets(tmp_path,
         slam = Slammer()
         addr = await slam.start()
         directory = ("127.0.0.1", cluster.dir_port)
+        ca = (Path(cluster.dir_data) / "tls" / "ca.crt").read_bytes()
         bob = DirectoryClient(directory[0], directory[1], "bob", PASSWORD,
-                              listen=lambda: addr, register=True)
+                              listen=lambda: addr, register=True,
+                              trust=DirectoryTrust(ca_pem=ca))
         assert await bob.start()
         a = Peer("alice", PASSWORD, directory=directory, register=True,
                  data_dir=tmp_path / "alice",
