@@ -10,13 +10,13 @@ import asyncio
 import subprocess
 
 import pytest
-from peer_helpers import FAST, PeerProc, peer_cmd
 
 from eurechat.framing import Message
 from eurechat.peer.directory_client import DirectoryClient
 from eurechat.tls.policy import Plaintext
 from eurechat.tls.trust import KnownDirectories
 from support.certs import make_ca
+from support.peers import FAST, PeerProc, peer_cmd
 from support.processes import start_process, test_env
 from support.seed_directory import SeedDirectory
 

@@ -15,11 +15,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from peer_helpers import FAST, PASSWORD, PeerProc, peer_cmd
 
 from eurechat.tls.fingerprint import fingerprint_of_cert
 from eurechat.tls.trust import load_certificate
 from support.certs import issue, make_ca, server_context
+from support.peers import FAST, PASSWORD, PeerProc, peer_cmd
 from support.processes import directory_cmd, start_directory, start_process, test_env
 from support.relay import Relay, insecure_client_context
 
