@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from typing import Dict, List, Optional, Protocol, Set
 
+from ..tls.policy import Plaintext
 from .connection import Connection
+from .listener import Listener, listen_sniffing
 from .liveness import Liveness, Verdict
 from .protocol import Event, encode_ping
 from .settings import LOG_NAME, Timings
@@ -53,12 +56,13 @@ class TableOwner(Protocol):
         """The sweep's slow pass ran (housekeeping at that pace)."""
 
 
-async def listen(connections: Connections, host: str, port: int) -> asyncio.AbstractServer:
+async def listen(connections: Connections, host: str, port: int,
+                 context: Optional[ssl.SSLContext], policy: Plaintext) -> Listener:
     """Listen for peers at ``host``:``port`` (``host`` empty: every
-    interface).  Each accepted connection becomes a ``Connection`` of
-    ``connections``, unidentified until its first MESSAGE names a sender."""
-    loop = asyncio.get_running_loop()
-    return await loop.create_server(connections.new, host or None, port, reuse_address=True)
+    interface), TLS and plaintext on the one port (``listener``).  Each
+    accepted connection becomes a ``Connection`` of ``connections``,
+    unidentified until its first MESSAGE names a sender."""
+    return await listen_sniffing(connections.new, host, port, context, policy)
 
 
 class Connections:

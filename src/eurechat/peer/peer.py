@@ -86,6 +86,7 @@ from .connection import Connection
 from .connections import Connections, listen
 from .directory_client import DirectoryClient, DirectoryError, DirectoryUnavailable
 from .events import Event, IncomingMessage
+from .identity import listener_context, load_identity_key
 from .outbox import OutItem, new_msgid
 from .protocol import (
     AckReceived,
@@ -237,7 +238,10 @@ class Peer:
                     row.created))
             self._sightings = Sightings(self.store.load_seen())
             host, port = self.listen_address
-            self._server = await listen(self._connections, host, port)
+            self._server = await listen(
+                self._connections, host, port,
+                listener_context(load_identity_key(self.data_dir), self.data_dir),
+                self.plaintext)
             sockname = self._server.sockets[0].getsockname()
             self.address = (host or sockname[0], sockname[1])
             self._sweeper = asyncio.ensure_future(self._connections.sweep())
