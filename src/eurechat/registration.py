@@ -12,11 +12,16 @@ class Registration(NamedTuple):
     """``name,address,port`` on the wire: who listens where.
 
     A tuple, so it is immutable and hashable (the directory caches reply
-    frames by registration) and compares equal to ``(name, address, port)``."""
+    frames by registration).  ``tls``: the directory reaches this listener
+    over TLS (BIND check, liveness probe) -- set for registrations made in a
+    session that said ``HELLO 0 eurechat/2``, whose peers listen with TLS;
+    seed peers and ``nc`` listeners are probed in plaintext.  It is not part
+    of the ``QUERY`` line."""
 
     name: str
     address: str
     port: int
+    tls: bool = False
 
     def line(self) -> str:
         """The ``QUERY`` result line: ``name,address,port``."""

@@ -7,7 +7,8 @@ broken server fails a test quickly instead of hanging it.
   ``login(user, password)``, ``read_until_closed()``; ``tls=context`` speaks
   TLS (``support.tls`` has the contexts).
 - ``Responder(mode)``: a listening socket on 127.0.0.1 that answers ``PING``
-  with ``PONG`` (``mode="echo"``: echoes the token; ``"bare"``: ``PONG 0``;
+  with ``PONG`` over plaintext or, with ``tls=`` a server context, TLS
+  (``mode="echo"``: echoes the token; ``"bare"``: ``PONG 0``;
   ``"silent"``: accepts and never answers; ``"wrong"``: a wrong token).  Use it
   as a BIND target and to test the liveness checker.
 """
@@ -20,6 +21,7 @@ import threading
 import time
 from typing import List, Optional, Tuple, Union
 
+from eurechat.errors import ProtocolError
 from eurechat.framing import Decoder, Message, encode
 
 __all__ = ["FramedClient", "Responder", "ConnectionClosed", "closed_port"]
@@ -122,8 +124,10 @@ def closed_port(host: str = "127.0.0.1") -> int:
 class Responder:
     """A listening socket that answers PING like a peer would (or not)."""
 
-    def __init__(self, mode: str = "echo", host: str = "127.0.0.1", name: str = "") -> None:
+    def __init__(self, mode: str = "echo", host: str = "127.0.0.1", name: str = "",
+                 tls: Optional[ssl.SSLContext] = None) -> None:
         self.mode = mode
+        self.tls = tls  # a server context: a TLS listener (what an eurechat/2 peer has)
         self.name = name
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -150,6 +154,8 @@ class Responder:
         decoder = Decoder()
         try:
             conn.settimeout(30)
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
             while True:
                 data = conn.recv(4096)
                 if not data:
@@ -168,7 +174,7 @@ class Responder:
                     elif self.mode == "wrong":
                         conn.sendall(b"PONG 0 not-the-nonce\n")
                     # "silent": never answer
-        except OSError:
+        except (OSError, ssl.SSLError, ProtocolError):
             return
         finally:
             conn.close()

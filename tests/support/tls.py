@@ -9,6 +9,8 @@ helpers do the same, so the tests check what a peer would.
   or a handshake test where trust is not the point)
 - ``server_uris(sock)``: the SAN URIs of the certificate a TLS socket got
 - ``ca_pem_of(data_dir)``: the CA certificate a directory keeps in DIR/tls
+- ``listener_context(tmp_dir)``: a TLS 1.3 server context with a throwaway
+  certificate (a peer's TLS listener, for BIND checks and liveness probes)
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import List
 
 from cryptography import x509
 
-__all__ = ["trusting", "unverified", "server_uris", "ca_pem_of"]
+__all__ = ["trusting", "unverified", "server_uris", "ca_pem_of", "listener_context"]
 
 
 def trusting(ca_pem: bytes) -> ssl.SSLContext:
@@ -47,3 +49,9 @@ def server_uris(sock: ssl.SSLSocket) -> List[str]:
 def ca_pem_of(data_dir: str) -> bytes:
     with open(os.path.join(data_dir, "tls", "ca.crt"), "rb") as f:
         return f.read()
+
+
+def listener_context(tmp_dir: str) -> ssl.SSLContext:
+    from eurechat.tls.contexts import server_context
+    from eurechat.tls.identity import load_directory_identity
+    return server_context(load_directory_identity(tmp_dir))

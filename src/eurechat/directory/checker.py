@@ -22,11 +22,13 @@ import asyncio
 import errno
 import logging
 import os
+import ssl
 import time
 from typing import List, Optional, Tuple
 
 from ..errors import ProtocolError
 from ..framing import Decoder, Message
+from ..tls.contexts import probe_context
 from . import metrics
 from .election.base import Election
 from .election.local import LocalElection
@@ -50,13 +52,18 @@ async def probe_peer(reg: Registration, timeout: float) -> Optional[str]:
     nonce = os.urandom(8).hex()
     deadline = time.monotonic() + timeout
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(reg.address, reg.port), timeout)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(
+            reg.address, reg.port, ssl=probe_context() if reg.tls else None,
+            server_hostname="" if reg.tls else None), timeout)
     except asyncio.TimeoutError:
-        return f"no TCP connection within {timeout:g} s"
+        return f"no {'TLS' if reg.tls else 'TCP'} connection within {timeout:g} s"
+    except ssl.SSLError as exc:
+        return f"TLS handshake failed: {exc.reason or exc}"
     except OSError as exc:
         if exc.errno in _LOCAL_ERRORS:
             raise  # our problem, not the peer's: never a reason to remove it
+        if reg.tls and not isinstance(exc, ConnectionRefusedError):
+            return f"TLS handshake failed: {exc.strerror or type(exc).__name__}"
         return f"connect failed: {exc.strerror or exc}"
     try:
         writer.write(bytes(Message("PING", (nonce,))))

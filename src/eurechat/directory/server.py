@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Set
 
+from ..tls.contexts import probe_context
 from ..tls.policy import Plaintext
 from ..tls.sniff import Acceptor, FailureLog
 from . import metrics
@@ -77,14 +78,22 @@ class ServerConfig:
     close_linger: float = 10.0
 
 
-async def probe_tcp(address: str, port: int, timeout: float) -> Optional[str]:
-    """Connect to ``address:port`` within ``timeout``; None if it worked, else why not."""
+async def probe_tcp(address: str, port: int, timeout: float,
+                    tls: bool = False) -> Optional[str]:
+    """Connect to ``address:port`` within ``timeout`` (with ``tls``: and
+    complete a TLS handshake, not verified yet -- ``probe_context``); None if
+    it worked, else why not."""
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(address, port), timeout)
+        _, writer = await asyncio.wait_for(asyncio.open_connection(
+            address, port, ssl=probe_context() if tls else None,
+            server_hostname="" if tls else None), timeout)
     except asyncio.TimeoutError:
-        return f"no TCP connection within {timeout:g} s"
-    except OSError as exc:
-        return exc.strerror or str(exc)
+        return f"no {'TLS' if tls else 'TCP'} connection within {timeout:g} s"
+    except OSError as exc:  # (ssl.SSLError included)
+        why = getattr(exc, "reason", None) or exc.strerror or str(exc) or type(exc).__name__
+        if tls and not isinstance(exc, ConnectionRefusedError):
+            return f"TLS handshake failed: {why}"
+        return why
     writer.close()
     return None
 
@@ -282,7 +291,7 @@ class Services:
             return Result.FAILED
         if cls is Bind:
             reg = effect.registration
-            why = await probe_tcp(reg.address, reg.port, self.bind_timeout)
+            why = await probe_tcp(reg.address, reg.port, self.bind_timeout, reg.tls)
             if why is not None:
                 log.info("BIND %s:%s of %r refused: %s", reg.address, reg.port, reg.name, why)
                 return Result.INVALID

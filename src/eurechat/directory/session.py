@@ -553,7 +553,7 @@ class Session:
         if self.config.bind_policy != "any" and address != (normalize_ip(self.source)
                                                              or self.source):
             return None
-        return Registration(self.user or "", address, port)
+        return Registration(self.user or "", address, port, self.v2)
 
     def _complete(self, effect: Effect, result: Result) -> tuple:
         """The reply for a finished effect: ``(bytes, close?)``."""

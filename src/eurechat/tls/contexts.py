@@ -7,6 +7,7 @@ CBC suites to configure away, and one round trip to the first request.
 
 from __future__ import annotations
 
+import functools
 import ssl
 
 from .identity import DirectoryIdentity
@@ -27,14 +28,20 @@ def server_context(identity: DirectoryIdentity) -> ssl.SSLContext:
     certificate behind it, so a client can see which CA it is talking to)."""
     context = _tls13(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
     context.load_cert_chain(identity.cert_file, identity.key_file)
+    # No session tickets: eurechat clients never resume a session (each
+    # connection is a full handshake), so tickets would only cost every
+    # handshake two encryptions and a write.
+    context.num_tickets = 0
     return context
 
 
+@functools.cache
 def probe_context() -> ssl.SSLContext:
     """The directory's client context for liveness and BIND probes of peers'
     TLS listeners.  It does not verify the listener yet: a peer's listener
     certificate is issued by the directory CA only once users have keys
-    (SPEC §5.3-§5.4); until then the probe encrypts but cannot authenticate."""
+    (SPEC §5.3-§5.4); until then the probe encrypts but cannot authenticate.
+    One context per process (making one costs more than a handshake)."""
     context = _tls13(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE

@@ -46,7 +46,7 @@ ACK_WAIT = 1.0       # longest a write waits for the other workers' views
 LOG_SIZE = 65536     # changes kept for subscribers that are briefly behind
 _STALE = POLL_TIMEOUT + 4.0
 
-RegTuple = Tuple[str, str, int]
+RegTuple = Tuple[str, str, int, bool]  # the fields of a Registration
 
 
 class PresenceHub:
@@ -118,7 +118,8 @@ class PresenceHub:
 
     # -- writes and reads --------------------------------------------------
     def bind(self, reg: RegTuple, wait: float = ACK_WAIT) -> int:
-        reg = (str(reg[0]), str(reg[1]), int(reg[2]))
+        # (name, address, port, tls): every field of a Registration.
+        reg = (str(reg[0]), str(reg[1]), int(reg[2]), bool(reg[3]) if len(reg) > 3 else False)
         with self._cond:
             self._regs[reg[0]] = reg
             seq = self._commit("bind", reg)

@@ -104,17 +104,21 @@ return {redis.call('HLEN', KEYS[1]), n}
 
 
 def _value(reg: Registration) -> str:
-    return f"{reg.address},{reg.port}"
+    """``address,port``, and ``,tls`` for a listener probed over TLS."""
+    return f"{reg.address},{reg.port},tls" if reg.tls else f"{reg.address},{reg.port}"
 
 
 def _parse(name: str, value: str) -> Optional[Registration]:
+    tls = value.endswith(",tls")
+    if tls:
+        value = value[:-4]
     address, sep, port = value.rpartition(",")
     # A port out of range (a foreign writer, a hand edit) would make the
     # checker's connect raise OverflowError and fail every round.
     if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) <= 65535:
         log.warning("ignoring malformed presence entry %r=%r", name, value)
         return None
-    return Registration(name, address, int(port))
+    return Registration(name, address, int(port), tls)
 
 
 class RedisRegistry(Registry):
