@@ -323,3 +323,16 @@ def test_plaintext_from_a_non_loopback_source_is_refused_by_default(tmp_path):
                      capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         assert ast.literal_eval(out.stdout).endswith(b"PONG 0 x\n")  # --plaintext on: served
+
+
+def test_trace_shows_decrypted_tls_frames_marked_tls(tmp_path):
+    with run_directory("--trace", data_dir=str(tmp_path)) as d:
+        with FramedClient(*d.address, tls=unverified()) as c:
+            assert c.request("REGISTER", "tracy", "tracy-secret-1").type == "ACK"
+            assert c.request("PING", "traced-over-tls") == Message("PONG", ("traced-over-tls",))
+        with FramedClient(*d.address) as c:
+            assert c.request("PING", "traced-in-clear") == Message("PONG", ("traced-in-clear",))
+        d.wait_for_log(r"127\.0\.0\.1:\d+ TLS > b'PING 0 traced-over-tls\\n'")
+        d.wait_for_log(r"127\.0\.0\.1:\d+ TLS < b'PONG 0 traced-over-tls\\n'")
+        d.wait_for_log(r"127\.0\.0\.1:\d+ > b'PING 0 traced-in-clear\\n'")
+        assert "REGISTER 0 tracy *****" in d.stderr() and "tracy-secret-1" not in d.stderr()

@@ -92,7 +92,7 @@ def test_a_request_that_times_out_drops_the_session_and_replies_stay_matched():
             else:
                 raise AssertionError("the silent directory answered")
             regs = await asyncio.wait_for(client.query("bob"), 10)
-            assert [tuple(r) for r in regs] == [("bob", "127.0.0.1", 5001)]
+            assert regs == [Registration("bob", "127.0.0.1", 5001)]
             assert fake.sessions == 2
             assert [t for n, t in fake.requests if n == 1] == ["HELLO", "USER", "PASS", "BIND", "QUERY"]
         finally:
@@ -171,7 +171,7 @@ def test_directory_replies_up_to_64_mib_oversized_beyond_and_the_session_goes_on
         try:
             assert await client.start() is True
             regs = await client.query()
-            assert len(regs) == 80_000 and regs[0] == ("user0000000", "127.0.0.1", 1024)
+            assert len(regs) == 80_000 and regs[0] == Registration("user0000000", "127.0.0.1", 1024)
             try:
                 await client.query()
             except DirectoryError as exc:
@@ -179,7 +179,7 @@ def test_directory_replies_up_to_64_mib_oversized_beyond_and_the_session_goes_on
             else:
                 raise AssertionError("a reply over 64 MiB was accepted")
             assert client.online
-            assert await client.query("bob") == [("bob", "127.0.0.1", 5555)]
+            assert await client.query("bob") == [Registration("bob", "127.0.0.1", 5555)]
         finally:
             await client.close()
             server.close()

@@ -46,7 +46,14 @@ ACK_WAIT = 1.0       # longest a write waits for the other workers' views
 LOG_SIZE = 65536     # changes kept for subscribers that are briefly behind
 _STALE = POLL_TIMEOUT + 4.0
 
-RegTuple = Tuple[str, str, int, bool]  # the fields of a Registration
+RegTuple = tuple  # the fields of a Registration: (name, address, port[, True])
+
+
+def _stored(reg) -> RegTuple:
+    """How the hub keeps a registration: ``(name, address, port)``, and a
+    fourth field ``True`` only for one probed over TLS (``Registration.tls``)."""
+    base = (str(reg[0]), str(reg[1]), int(reg[2]))
+    return base + (True,) if len(reg) > 3 and reg[3] else base
 
 
 class PresenceHub:
@@ -118,8 +125,7 @@ class PresenceHub:
 
     # -- writes and reads --------------------------------------------------
     def bind(self, reg: RegTuple, wait: float = ACK_WAIT) -> int:
-        # (name, address, port, tls): every field of a Registration.
-        reg = (str(reg[0]), str(reg[1]), int(reg[2]), bool(reg[3]) if len(reg) > 3 else False)
+        reg = _stored(reg)
         with self._cond:
             self._regs[reg[0]] = reg
             seq = self._commit("bind", reg)
@@ -130,7 +136,7 @@ class PresenceHub:
                wait: float = ACK_WAIT) -> Tuple[bool, int]:
         with self._cond:
             cur = self._regs.get(name)
-            if cur is None or (expected is not None and tuple(expected) != cur):
+            if cur is None or (expected is not None and _stored(expected) != cur):
                 return False, self._seq
             del self._regs[name]
             seq = self._commit("remove", (name, cur))
