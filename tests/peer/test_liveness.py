@@ -85,3 +85,38 @@ class TestProbeNow:
         live.probe_now(100.0, 0)
         assert live.check(101.0, False, last_rx=100.5, tx_since=0.0) is Verdict.OK
         assert not live.probing
+
+
+def test_the_liveness_rule():
+    """``Liveness`` on its own: times in, verdicts out."""
+    ok, probe, dead = Liveness.OK, Liveness.PROBE, Liveness.DEAD
+    live = Liveness(ack_timeout=10, ping_timeout=5)
+    # Idle (nothing in flight): never probed, however long the silence.
+    assert live.check(1000.0, False, last_rx=0.0, tx_since=0.0) == ok
+    # Sent at 100 on a connection silent since 0: the clock starts at the send.
+    assert live.check(109.0, True, last_rx=0.0, tx_since=100.0) == ok
+    assert live.check(110.5, True, last_rx=0.0, tx_since=100.0) == probe
+    assert live.check(115.0, True, last_rx=0.0, tx_since=110.5) == ok    # waiting for it
+    assert live.check(116.0, True, last_rx=0.0, tx_since=110.5) == dead
+    # Anything received after the probe answers it; the wait starts again.
+    live = Liveness(10, 5)
+    assert live.check(11.0, True, last_rx=0.0, tx_since=0.0) == probe
+    assert live.check(12.0, True, last_rx=11.5, tx_since=11.0) == ok
+    assert live.check(21.0, True, last_rx=11.5, tx_since=11.0) == ok
+    assert live.check(22.0, True, last_rx=11.5, tx_since=11.0) == probe
+    # Received recently, and we keep writing: not silent.
+    live = Liveness(10, 5)
+    assert live.check(50.0, True, last_rx=45.0, tx_since=30.0) == ok
+    # Our bytes ahead of the PING still draining (a slow link): its clock restarts.
+    live = Liveness(10, 5)
+    assert live.check(11.0, True, 0.0, 0.0, delivered=1000, outstanding=9000) == probe
+    assert live.check(17.0, True, 0.0, 0.0, delivered=4000, outstanding=6000) == ok
+    assert live.check(21.0, True, 0.0, 0.0, delivered=9000, outstanding=1000) == ok
+    assert live.check(25.0, True, 0.0, 0.0, delivered=9000, outstanding=1000) == ok
+    assert live.check(26.5, True, 0.0, 0.0, delivered=9000, outstanding=1000) == dead
+    # Nothing outstanding (all taken by the remote TCP, e.g. a middlebox): no reprieve.
+    live = Liveness(10, 5)
+    assert live.check(11.0, True, 0.0, 0.0, delivered=100, outstanding=0) == probe
+    assert live.check(16.5, True, 0.0, 0.0, delivered=120, outstanding=0) == dead
+    # ack_timeout 0: probing off.
+    assert Liveness(0, 5).check(1e6, True, 0.0, 0.0) == ok
