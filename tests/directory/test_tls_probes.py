@@ -1,7 +1,6 @@
-"""The directory reaches peers over the transport they listen with (issue 10
-point 6): registrations made after ``HELLO 0 eurechat/2`` are BIND-checked
-and liveness-probed over TLS; seed peers and ``nc`` listeners in plaintext,
-as before.  Through the real CLI, with ``--workers 1`` and ``--workers 2``
+"""The directory reaches peers over the transport they listen with:
+registrations made after ``HELLO 0 eurechat/2`` are BIND-checked and
+liveness-probed over TLS; seed peers and ``nc`` listeners in plaintext.  Through the real CLI, with ``--workers 1`` and ``--workers 2``
 (the Manager carries the flag), and over Redis (its value carries it)."""
 
 from __future__ import annotations
