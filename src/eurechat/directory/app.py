@@ -193,7 +193,8 @@ async def serve(opts: argparse.Namespace, sock: Optional[socket.socket] = None,
     if run_checker:  # the only process (a supervisor logs it for its workers)
         log.info("directory fingerprint %s", identity[0].fingerprint)
     server = DirectoryServer(server_config(opts, identity),
-                             Services(registry, accounts, throttle, opts.bind_timeout))
+                             Services(registry, accounts, throttle, opts.bind_timeout,
+                                      identity=identity[0] if identity else None))
     try:
         host, port = await server.start(opts.host, opts.port, sock)
     except OSError as exc:

@@ -68,7 +68,8 @@ REPLY_KINDS = {ord("A"): "ACK", ord("R"): "RESULT", ord("E"): "ERR", ord("P"): "
 STATES = (State.NEW, State.AUTH, State.READY)
 TRANSPORTS = ("plaintext", "tls")
 LOGIN_OUTCOMES = ("ok", "failed", "throttled", "certificate", "unavailable")
-OUTAGE_KINDS = {"BIND/LEAVE": "presence", "login": "login", "REGISTER": "register"}
+OUTAGE_KINDS = {"BIND/LEAVE": "presence", "login": "login", "REGISTER": "register",
+                "CERT": "login"}
 
 
 def available() -> bool:
@@ -257,8 +258,8 @@ class CountingSession(Session):
             _replies[reply[0]] += 1
         return out
 
-    def _complete(self, effect: Any, result: Result) -> tuple:
-        out = Session._complete(self, effect, result)
+    def _complete(self, effect: Any, result: Result, detail: bytes = b"") -> tuple:
+        out = Session._complete(self, effect, result, detail)
         _count_reply(out[0])
         if self.state is not self._counted:
             self._moved()

@@ -26,16 +26,26 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Set
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ..tls import enrolment
 from ..tls.contexts import probe_context
+from ..tls.fingerprint import fingerprint
+from ..tls.identity import DirectoryIdentity
 from ..tls.policy import Plaintext
 from ..tls.sniff import Acceptor, FailureLog
 from . import metrics
+from .accounts.base import KeyKind
 from .interfaces import AccountExists, AccountStore, BackendUnavailable, Registry, Throttle
 from .session import (
     Authenticate,
     Bind,
+    CertLogin,
     Effect,
+    Enrol,
     Leave,
+    PeerCertificate,
     Register,
     Result,
     Session,
@@ -53,6 +63,24 @@ trace_log = logging.getLogger("eurechat.directory.trace")
 __all__ = ["ServerConfig", "Services", "OutageLog", "DirectoryServer", "probe_tcp"]
 
 FULL = err("max number of clients reached")
+_PEM = serialization.Encoding.PEM
+
+
+def peer_certificate(transport: asyncio.BaseTransport) -> Optional[PeerCertificate]:
+    """The verified client certificate of a TLS transport, if it sent one.
+
+    The handshake has already checked it chains to the directory CA (the
+    server context requires that of any certificate offered); here only its
+    user and key are read."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    if not der:
+        return None
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        return PeerCertificate(enrolment.user_of(cert), fingerprint(cert.public_key()))
+    except ValueError:
+        return None
 
 
 @dataclass
@@ -236,11 +264,14 @@ class Services:
     """Carries out a session's effects against the backends."""
 
     def __init__(self, registry: Registry, accounts: AccountStore, throttle: Throttle,
-                 bind_timeout: float = 2.0, outage_log_interval: float = 10.0) -> None:
+                 bind_timeout: float = 2.0, outage_log_interval: float = 10.0,
+                 identity: Optional[DirectoryIdentity] = None) -> None:
         self.registry = registry
         self.accounts = accounts
         self.throttle = throttle
         self.bind_timeout = bind_timeout
+        # The CA that certifies users' keys (None: no TLS identity, no CERT).
+        self.identity = identity
         # One outage log per kind of request (they need different backends:
         # logins work while the presence registry is down, and must not end
         # its outage in the log).
@@ -249,6 +280,8 @@ class Services:
             Bind: presence, Leave: presence,
             Authenticate: OutageLog("login", outage_log_interval),
             Register: OutageLog("REGISTER", outage_log_interval)}
+        self.outages[CertLogin] = self.outages[Authenticate]
+        self.outages[Enrol] = OutageLog("CERT", outage_log_interval)
 
     def flush_outage_logs(self) -> None:
         """At shutdown: write the outage lines still waiting for their turn
@@ -258,7 +291,10 @@ class Services:
 
     async def perform(self, effect: Effect, source: str) -> Result:
         """The one place where backend outages become ``Result.UNAVAILABLE``
-        (and are logged, rate-limited: ``OutageLog``)."""
+        (and are logged, rate-limited: ``OutageLog``).
+
+        An ``Enrol`` gives ``(result, detail)``: its reply carries what was
+        decided (the certificate chain, or why not)."""
         try:
             result = await self._perform(effect, source)
         except BackendUnavailable as exc:
@@ -272,7 +308,8 @@ class Services:
         # Evidence that the backend works: the request reached it (a BIND whose
         # probe failed, or a throttled login, did not).
         outage = self.outages[type(effect)]
-        if outage.down and result is not Result.INVALID and result is not Result.THROTTLED:
+        verdict = result[0] if isinstance(result, tuple) else result
+        if outage.down and verdict is not Result.INVALID and verdict is not Result.THROTTLED:
             outage.success()
         return result
 
@@ -302,6 +339,16 @@ class Services:
             await self.registry.remove(effect.name)
             log.info("%r left", effect.name)
             return Result.OK
+        if cls is CertLogin:
+            if await self.accounts.key(effect.name) == effect.fingerprint:
+                log.info("%r logged in by certificate from %s", effect.name, source)
+                metrics.login("certificate")
+                return Result.OK
+            log.info("certificate of %r from %s is not of the enrolled key: password needed",
+                     effect.name, source)
+            return Result.FAILED
+        if cls is Enrol:
+            return await self._enrol(effect, source)
         if cls is Register:
             try:
                 await self.accounts.create(effect.name, effect.password)
@@ -312,6 +359,40 @@ class Services:
             log.info("account %r created from %s", effect.name, source)
             return Result.OK
         raise TypeError(f"unknown effect {effect!r}")
+
+    async def _enrol(self, effect: Enrol, source: str) -> tuple:
+        """``CERT``: decide what the request may change (``enrolment.decide``),
+        record a change of key as a compare-and-set on the enrolled key (a
+        concurrent change makes us decide again against the winner), then
+        certify the key."""
+        identity = self.identity
+        if identity is None or identity.ca_key is None:
+            return Result.INVALID, b"this directory does not issue certificates"
+        try:
+            request = enrolment.load_request(effect.request)
+        except enrolment.RequestRefused as exc:
+            return Result.INVALID, str(exc).encode()
+        for _ in range(3):
+            enrolled = await self.accounts.key(effect.name)
+            try:
+                change = enrolment.decide(
+                    effect.name, enrolled, request.fingerprint, session_key=effect.session_key,
+                    by_password=effect.by_password, reset=effect.reset)
+            except enrolment.RequestRefused as exc:
+                log.info("CERT of %r from %s refused: %s", effect.name, source, exc)
+                return Result.INVALID, str(exc).encode()
+            if change is enrolment.Change.RENEW:
+                break
+            if await self.accounts.change_key(effect.name, enrolled, request.fingerprint,
+                                              KeyKind(change.value)):
+                log.info("key of %r: %s %s from %s", effect.name, change.value,
+                         request.fingerprint, source)
+                break
+        else:
+            return Result.INVALID, b"the key changed meanwhile, retry"
+        cert = enrolment.issue_user_certificate(
+            effect.name, request.public_key, identity.ca_cert, identity.ca_key)
+        return Result.OK, cert.public_bytes(_PEM) + identity.ca_pem
 
 
 class DirectoryProtocol(asyncio.Protocol):
@@ -348,6 +429,8 @@ class DirectoryProtocol(asyncio.Protocol):
         if self.tls:
             metrics.tls_handshake(True)
             metrics.transport(self.session, "tls")
+            self.session.tls = True
+            self.session.peer_cert = peer_certificate(transport)
         server.unauthenticated[self] = self.deadline
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: %s session", self.peer, "TLS" if self.tls else "plaintext")
@@ -461,13 +544,16 @@ class DirectoryProtocol(asyncio.Protocol):
 
     async def _effect(self, effect: Effect) -> None:
         result = await self.server.services.perform(effect, self.session.source)
+        detail = b""
+        if isinstance(result, tuple):
+            result, detail = result
         metrics.effect_done(effect, result)
         self.task = None
         session = self.session
         if session.closed or self.transport.is_closing():
             return
         try:
-            out = session.resume(result, self.server.config.high_water)
+            out = session.resume(result, self.server.config.high_water, detail)
             if session.state is State.READY:
                 self.server.unauthenticated.pop(self, None)
             if self.apply(out.data, out.close, out.effect):

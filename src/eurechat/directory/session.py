@@ -25,7 +25,7 @@ import enum
 import ipaddress
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, List, NamedTuple, Optional, Sequence, Union
 
 from ..errors import ProtocolError
 from ..framing import Decoder, Message, Oversized
@@ -37,7 +37,7 @@ log = logging.getLogger("eurechat.directory.session")
 
 __all__ = [
     "Session", "SessionConfig", "Output", "Authenticate", "Register", "Bind", "Leave",
-    "Effect", "Result", "State", "valid_username", "valid_password", "normalize_ip",
+    "CertLogin", "Enrol", "Effect", "Result", "State", "PeerCertificate", "valid_username", "valid_password", "normalize_ip",
     "UNAVAILABLE_TEXT",
 ]
 
@@ -104,7 +104,39 @@ class Leave:
     name: str
 
 
-Effect = Union[Authenticate, Register, Bind, Leave]
+@dataclass(frozen=True)
+class CertLogin:
+    """Log ``name`` in by the certificate its TLS session was opened with:
+    OK only if ``fingerprint`` (the certificate's key) is ``name``'s enrolled
+    key; otherwise the session falls back to a password login."""
+
+    name: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class Enrol:
+    """``CERT``: certify the key of ``request`` (PEM) for ``name``.  The
+    server decides enrol/renew/rotate/reset (``tls.enrolment.decide``) from
+    what the session knows of how it was authenticated, and resumes with
+    ``(Result.OK, certificate chain)`` or ``(Result.INVALID, reason)``."""
+
+    name: str
+    request: bytes = field(repr=False)
+    reset: bool
+    session_key: Optional[str]   # the enrolled-key certificate the session was opened with
+    by_password: bool
+
+
+Effect = Union[Authenticate, Register, Bind, Leave, CertLogin, Enrol]
+
+
+class PeerCertificate(NamedTuple):
+    """The verified client certificate of a TLS session: the user it names
+    (None: not a user's) and its key's fingerprint."""
+
+    user: Optional[str]
+    fingerprint: str
 
 
 @dataclass
@@ -147,6 +179,7 @@ _EXPECT_PASS = "a 'PASS <password>' command was expected!"
 _AUTH_FAILED = "authentication failed"
 _THROTTLED = "too many failed attempts, retry later"
 _BAD_BIND = "invalid bind notification"
+_CERT_NEEDS_TLS = "CERT requires a TLS session"
 
 #: The protocol version a client announces with ``HELLO 0 eurechat/2``.
 PROTOCOL_V2 = "eurechat/2"
@@ -215,7 +248,8 @@ class Session:
     """
 
     __slots__ = ("config", "query", "source", "state", "user", "decoder", "_queue",
-                 "_next", "waiting", "trace", "_inbox", "_pos", "v2")
+                 "_next", "waiting", "trace", "_inbox", "_pos", "v2", "tls", "peer_cert",
+                 "by_password")
 
     def __init__(self, config: SessionConfig, query: Query, source: str = "",
                  trace: Optional[Callable[[str, bytes], None]] = None) -> None:
@@ -239,6 +273,12 @@ class Session:
         self._pos = 0
         # Said ``HELLO 0 eurechat/2``: QUERY lines carry the fourth field.
         self.v2 = False
+        # Set by the front end: the session is TLS, and the verified client
+        # certificate it was opened with (None: none).
+        self.tls = False
+        self.peer_cert: Optional[PeerCertificate] = None
+        # Authenticated by password (not by certificate): what a key reset needs.
+        self.by_password = False
 
     # -- input -------------------------------------------------------------
     def receive(self, data: bytes) -> None:
@@ -392,13 +432,16 @@ class Session:
         self.receive(data)
         return self.step(budget)
 
-    def resume(self, result: Result, budget: int = 1 << 62) -> Output:
-        """Hand back the outcome of the pending effect; continue with the queue."""
+    def resume(self, result: Result, budget: int = 1 << 62, detail: bytes = b"") -> Output:
+        """Hand back the outcome of the pending effect; continue with the queue.
+
+        ``detail`` is what the backend answered, for effects whose reply
+        carries it (``Enrol``: the certificate chain, or why not)."""
         effect = self.waiting
         if effect is None:
             raise RuntimeError("resume() without a pending effect")
         self.waiting = None
-        reply, close = self._complete(effect, result)
+        reply, close = self._complete(effect, result, detail)
         if close:
             self._close()
             return Output(reply, True, None)
@@ -452,6 +495,9 @@ class Session:
                 self.user = _SOURCES.setdefault(name, name) \
                     if len(_SOURCES) < 65536 and valid_username(name) else name
                 self.state = State.AUTH
+                cert = self.peer_cert
+                if cert is not None and cert.user == name:
+                    return b"", False, CertLogin(name, cert.fingerprint)
                 return ack(f"hi {args[0]}, authentication required"), False, None
             if type_ == "REGISTER" and 1 <= len(args) <= 2:
                 return self._register(args, payload)
@@ -517,6 +563,14 @@ class Session:
             return b"", False, Bind(reg)
         if type_ == "LEAVE" and not args:
             return b"", False, Leave(self.user or "")
+        if type_ == "CERT" and (not args or args == ("reset",)):
+            if not self.tls:
+                return err(_CERT_NEEDS_TLS), False, None
+            cert = self.peer_cert
+            session_key = cert.fingerprint if cert is not None and cert.user == self.user \
+                else None
+            return b"", False, Enrol(self.user or "", payload, bool(args), session_key,
+                                     self.by_password)
         return err(f"I did not understand the message {type_}"), True, None
 
     @staticmethod
@@ -555,13 +609,26 @@ class Session:
             return None
         return Registration(self.user or "", address, port, self.v2)
 
-    def _complete(self, effect: Effect, result: Result) -> tuple:
+    def _complete(self, effect: Effect, result: Result, detail: bytes = b"") -> tuple:
         """The reply for a finished effect: ``(bytes, close?)``."""
+        if isinstance(effect, CertLogin):
+            if result is Result.OK:
+                self.state = State.READY
+                self.decoder.max_payload = self.config.max_payload
+                return ack(f"hi {effect.name}, authenticated by certificate"), False
+            # Not the enrolled key (rotated away, reset), or the account store
+            # is down: the password still works.
+            return ack(f"hi {effect.name}, authentication required"), False
         if result is Result.UNAVAILABLE:
             return err(UNAVAILABLE_TEXT), False
+        if isinstance(effect, Enrol):
+            if result is Result.OK:
+                return _frame("RESULT", detail), False
+            return _frame("ERR", detail or b"certificate request refused"), False
         if isinstance(effect, Authenticate):
             if result is Result.OK:
                 self.state = State.READY
+                self.by_password = True
                 self.decoder.max_payload = self.config.max_payload
                 return ack("successfully authenticated"), False
             if result is Result.THROTTLED:

@@ -25,13 +25,20 @@ def _tls13(context: ssl.SSLContext) -> ssl.SSLContext:
 
 def server_context(identity: DirectoryIdentity) -> ssl.SSLContext:
     """The directory's listening context: its server certificate (with the CA
-    certificate behind it, so a client can see which CA it is talking to)."""
+    certificate behind it, so a client can see which CA it is talking to).
+
+    A client may present a certificate (login by certificate, a rotation the
+    old key authorises: SPEC §5.3); one that does not chain to the directory
+    CA, or has expired, fails the handshake.  Clients without one (a first
+    login, ``openssl s_client``) are served as before."""
     context = _tls13(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
     context.load_cert_chain(identity.cert_file, identity.key_file)
     # No session tickets: eurechat clients never resume a session (each
     # connection is a full handshake), so tickets would only cost every
     # handshake two encryptions and a write.
     context.num_tickets = 0
+    context.verify_mode = ssl.CERT_OPTIONAL
+    context.load_verify_locations(cadata=identity.ca_pem.decode("ascii"))
     return context
 
 
