@@ -10,8 +10,9 @@ Then, from any peer: ``/msg echobot hello`` -> ``echobot: echo: hello``.
 import argparse
 import asyncio
 import os
+import sys
 
-from eurechat.peer import Peer
+from eurechat.peer import AlreadyOnline, AuthFailed, NameTaken, PasswordRefused, Peer
 
 
 async def main() -> None:
@@ -41,3 +42,5 @@ if __name__ == "__main__":
         asyncio.run(main())
     except KeyboardInterrupt:
         pass
+    except (AuthFailed, NameTaken, PasswordRefused, AlreadyOnline) as exc:
+        sys.exit(f"echo_bot.py: {exc}")

@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from eurechat.peer import PasswordRefused, Peer
+from eurechat.peer import AlreadyOnline, PasswordRefused, Peer
 from support.client import FramedClient
-from support.peers import peer_cmd
+from support.peers import PASSWORD, peer_cmd
 from support.processes import Process, directory_cmd, start_process, test_env
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -58,6 +59,28 @@ def test_register_with_a_short_password_reports_the_rule_with_exit_8(cluster):
         "eurechat-peer: cannot register 'amy': invalid password: 8 to 1024 bytes "
         "(choose a longer password)"]
     assert "taken" not in res.stderr
+
+
+def test_a_short_password_is_refused_before_connecting(tmp_path):
+    """--register with a password the rule refuses: exit 8 at once, also
+    when the directory is down (the peer would otherwise start and retry a
+    REGISTER that can never succeed)."""
+    res = subprocess.run(peer_cmd() + ["--user", "amy", "--register", "--directory",
+                                       "127.0.0.1:1", "--data-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+                         env=test_env(EURECHAT_PASSWORD="short"))
+    assert res.returncode == 8, res.stderr
+    assert "invalid password: 8 to 1024 bytes" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_echo_bot_with_a_short_password_is_one_line(cluster):
+    res = subprocess.run([sys.executable, str(README.parent / "examples" / "echo_bot.py"),
+                          "--directory", cluster.hostport, "--data-dir", str(cluster.tmp / "b")],
+                         capture_output=True, text=True, timeout=60,
+                         env=cluster.env(EURECHAT_PASSWORD="short"))
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == (
+        "echo_bot.py: cannot register 'echobot': invalid password: 8 to 1024 bytes")
 
 
 def test_a_directory_refusing_the_password_is_not_a_taken_name(cluster):
@@ -141,6 +164,31 @@ def test_a_login_refused_later_is_said_once_with_the_hint(cluster):
     assert len(refused) == 1, refused
 
 
+def test_the_directory_coming_back_is_said_once(cluster):
+    p = text_peer(cluster, "alice", "--log-level", "debug")
+    cluster.stop_directory()
+    line = p.wait_for_log(r"lost the directory session; reconnecting").string
+    for _ in range(2):   # it stays away for a few retries
+        line = p.wait_for_log(r"directory reconnect failed",
+                              start=p.err_lines.index(line) + 1).string
+    cluster.restart_directory()
+    p.wait_for_log(r"^eurechat-peer: reconnected to the directory$")
+    assert finish(p) == 0     # everything it wrote has been read
+    assert sum("reconnected to the directory" in line
+               for line in p.lines + p.err_lines) == 1, p.err_lines
+
+
+def test_a_directory_reached_after_a_start_without_it_is_said_once(cluster):
+    cluster.stop_directory()
+    p = text_peer(cluster, "alice")
+    p.wait_for_line(r"^! directory 127\.0\.0\.1:\d+: unreachable")
+    cluster.restart_directory()
+    p.wait_for_log(r"^eurechat-peer: connected to the directory$")
+    assert finish(p) == 0
+    assert sum("connected to the directory" in line
+               for line in p.lines + p.err_lines) == 1, p.err_lines
+
+
 # -- /who, never seen -------------------------------------------------------------------------
 
 def test_who_name_says_that_name_is_not_online(cluster):
@@ -203,3 +251,46 @@ def test_a_line_without_slash_goes_to_whom_you_last_wrote_to(cluster):
     readme = " ".join(README.read_text(encoding="utf-8").split())
     assert ("a line without `/` goes to the peer(s) you last wrote to (before you have "
             "written to anyone: whoever last wrote to you)") in readme
+
+
+# -- a second peer of the same user ----------------------------------------------------------------
+
+def test_a_second_alice_from_another_data_directory_is_refused_and_the_first_stays(cluster):
+    alice = cluster.peer("alice")
+    address = alice.events("ready")[0]["listen"]
+    res = subprocess.run(peer_cmd() + ["--user", "alice", "--directory", cluster.hostport,
+                                       "--data-dir", str(cluster.tmp / "alice-2")],
+                         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+                         env=cluster.env())
+    assert res.returncode == 5, res.stderr
+    # (a first contact with the directory may say first that it is trusted on first use)
+    assert res.stderr.strip().splitlines()[-1] == (
+        f"eurechat-peer: alice is already online at {address} (another eurechat-peer of this "
+        "user, from another data directory or host): quit that one first")
+    assert "Traceback" not in res.stderr
+    bob = cluster.peer("bob")
+    bob.cmd("/who alice")
+    users = bob.wait_event("who")["users"]
+    assert [f"{u['address']}:{u['port']}" for u in users] == [address]
+    bob.cmd("/msg alice still here?")
+    alice.wait_event("message", text="still here?")
+
+
+def test_a_listing_left_by_a_killed_run_does_not_block_the_next_start(cluster):
+    alice = cluster.peer("alice")
+    alice.kill9()      # still listed until the directory's next check
+    again = cluster.peer("alice")
+    assert again.events("ready")
+
+
+def test_the_engine_raises_already_online(cluster):
+    alice = cluster.peer("alice")
+    address = alice.events("ready")[0]["listen"]
+
+    async def main() -> None:
+        peer = Peer("alice", PASSWORD, directory=("127.0.0.1", cluster.dir_port),
+                    data_dir=str(cluster.tmp / "alice-3"))
+        with pytest.raises(AlreadyOnline, match=f"already online at {address}"):
+            await peer.start()
+
+    asyncio.run(main())

@@ -8,7 +8,8 @@ Exit codes (also in docs/peer.md):
 2     usage error (bad flag, bad name, no way to get a password)
 3     authentication failed (wrong password, unknown user, throttled)
 4     ``--register`` refused: the name is taken (or registration closed)
-5     a peer for this user already runs on this data directory
+5     a peer for this user already runs: on this data directory, or
+      online elsewhere (listed at an address that answers)
 6     cannot listen on the ``--listen`` address
 7     the directory is not the one this peer trusts (SPEC §5.2)
 8     ``--register`` refused: the password breaks the rule (8 to 1024 bytes)

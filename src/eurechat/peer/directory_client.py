@@ -148,7 +148,8 @@ class DirectoryClient:
         directory client with no trust settings can send credentials to no
         one).  ``plaintext``: where a directory that does not answer TLS may
         be spoken to in clear.  ``on_notice``: the lines a person should see
-        once (a directory trusted on first use, a plaintext fallback)."""
+        once (a directory trusted on first use, a plaintext fallback, the
+        directory back after an outage)."""
         self.host, self.port = host, port
         self.where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.trust = trust if trust is not None else DirectoryTrust()
@@ -227,6 +228,7 @@ class DirectoryClient:
 
     async def _run(self, connected: bool) -> None:
         attempt = 0
+        ever = connected  # a session existed: coming back is a reconnection
         refused = False   # a refused login was reported (once, until a login works)
         elsewhere = False  # another instance online was reported (once)
         said = ""         # the last trust failure reported (once per run of them)
@@ -257,9 +259,13 @@ class DirectoryClient:
             try:
                 await self._session()
                 connected = True
-                refused = False
+                refused = elsewhere = False
                 said = ""
                 log.info("directory session re-established")
+                if self.on_notice:
+                    self.on_notice("reconnected to the directory" if ever
+                                   else "connected to the directory")
+                ever = True
             except AuthFailed as exc:
                 # The account is gone (deleted, or a directory with other
                 # accounts) or the password changed: say so once, and keep

@@ -258,7 +258,8 @@ class Peer:
                     on_online=self._on_directory_online,
                     on_error=lambda text: self._emit(ev_.error(text)),
                     recheck=self.timings.rebind_check,
-                    trust=self.trust, plaintext=self.plaintext, on_notice=self._on_notice)
+                    trust=self.trust, plaintext=self.plaintext, on_notice=self._on_notice,
+                    exclusive=True)
                 await self.directory.start()
         except BaseException:
             await self._shutdown(leave=False)

@@ -277,8 +277,6 @@ class Output:
                     "delivered when they are back)")
         if kind == "error":
             return f"! {e['text']}"
-        if kind == "notice":
-            return f"* {e['text']}"
         if kind == "help":
             return HELP
         return json.dumps(e, ensure_ascii=False)
