@@ -41,15 +41,17 @@ from typing import List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-TARGETS = ["framing", "session", "server", "peer", "directory_reply", "cert_request"]
+TARGETS = ["framing", "session", "server", "sniff", "peer", "directory_reply", "cert_request"]
 #: The modules whose line coverage ``--lines`` reports, per target.
 MODULES = {
     "framing": ["eurechat/fallback.py", "eurechat/rules.py"],
     "session": ["eurechat/directory/session.py"],
-    "server": ["eurechat/directory/server.py", "eurechat/directory/session.py"],
+    "server": ["eurechat/directory/server.py", "eurechat/directory/session.py",
+               "eurechat/tls/sniff.py"],
     "peer": ["eurechat/peer/protocol.py"],
     "directory_reply": ["eurechat/peer/directory_client.py"],
     "cert_request": ["eurechat/tls/enrolment.py"],
+    "sniff": ["eurechat/tls/sniff.py", "eurechat/tls/policy.py"],
 }
 
 _STATS = re.compile(r"^#(\d+)\s+(\w+)\s+cov: (\d+) ft: (\d+) corp: (\d+)/")

@@ -28,11 +28,12 @@ import target_framing  # noqa: E402
 import target_peer  # noqa: E402
 import target_server  # noqa: E402
 import target_session  # noqa: E402
+import target_sniff  # noqa: E402
 
 from eurechat.directory.session import Result  # noqa: E402
 
 #: Most seeds per target: the corpus is committed, so it stays small.
-MAX_SEEDS = 300
+MAX_SEEDS = 400
 MAX_SEED_BYTES = 2048
 
 
@@ -72,7 +73,9 @@ def session_seeds() -> list:
         ("feed", b"QUERY 0\nQUERY 0 bob\nPING 0 x\nLEAVE 0\n"), ("resume", Result.OK)]),
         target_session.seed([("feed", b"REGISTER 0 alice secret-pass\n"),
                              ("resume", Result.EXISTS), ("feed", b"USER 0 alice\n"),
-                             ("feed", b"PASS 11\nsecret-pass"), ("resume", Result.THROTTLED)])]
+                             ("feed", b"PASS 11\nsecret-pass"), ("resume", Result.THROTTLED)]),
+        target_session.seed([("feed", b"CACERT 0\nHELLO 0 eurechat/2\nHELLO 0 eurechat/3\n")]
+                            + LOGIN + [("feed", b"CACERT 0\nQUERY 0\nQUERY 0 bob\n")])]
     for lit in literals(["directory/test_session.py",
                          "directory/test_protocol.py",
                          "directory/test_transcript.py"]):
@@ -84,14 +87,36 @@ def session_seeds() -> list:
 
 
 def server_seeds() -> list:
-    out = [target_server.seed(b"QUERY 0\nPING 0 x\nBIND 0 127.0.0.1 5556\nQUERY 0 alice\n"
-                              b"LEAVE 0\n", login=True),
-           target_server.seed(b"REGISTER 0 bob bob-password\nUSER 0 bob\nPASS 0 bob-password\n")]
+    session = (b"QUERY 0\nPING 0 x\nBIND 0 127.0.0.1 5556\nQUERY 0 alice\nLEAVE 0\n"
+               b"HELLO 0 eurechat/2\nCACERT 0\n")
+    out = []
+    for tls in (False, True):
+        out += [target_server.seed(session, login=True, tls=tls),
+                target_server.seed(b"HELLO 0 eurechat/2\nCACERT 0\nUSER 0 alice\n"
+                                   b"PASS 14\nalice-passwordQUERY 0\n", tls=tls),
+                target_server.seed(b"REGISTER 0 bob bob-password\nUSER 0 bob\n"
+                                   b"PASS 0 bob-password\n", tls=tls)]
     for lit in literals(["directory/test_session.py", "directory/test_protocol.py",
                          "directory/test_transcript.py"]):
         if b"\n" in lit and lit[:1].isupper():
-            out.append(target_server.seed(lit))
-            out.append(target_server.seed(lit, login=True))
+            # Plaintext only: a TLS input costs ten plaintext ones, and the
+            # fuzzer sets the TLS bit on any of these by itself.
+            out.append(target_server.seed(lit, login=lit[:4] not in (b"USER", b"LOGI", b"REGI")))
+    return out
+
+
+def sniff_seeds() -> list:
+    """Every listed source under every policy, with a plaintext first byte, a
+    TLS record and nothing; and source texts the table does not list."""
+    out = []
+    for source in range(len(target_sniff.SOURCES)):
+        for policy in range(3):
+            out.append(target_sniff.seed(b"PING 0\n", policy, source))
+        out.append(target_sniff.seed(b"\x16\x03\x01\x00\xc0", 0, source))
+    out.append(target_sniff.seed(b"", 1, 0))
+    for text in (b"127.000.000.001", b"0:0:0:0:0:0:0:1", b"::ffff:7f00:1", b"::1%25",
+                 b"\xff\xfe", b"1" * 40):
+        out.append(bytes([1, 0x80, len(text)]) + text + b"USER 0 x\n")
     return out
 
 
@@ -145,7 +170,7 @@ def directory_reply_seeds() -> list:
 
 
 SEEDS = {"framing": framing_seeds, "directory_reply": directory_reply_seeds,
-         "server": server_seeds, "session": session_seeds, "peer": peer_seeds,
+         "server": server_seeds, "sniff": sniff_seeds, "session": session_seeds, "peer": peer_seeds,
          "cert_request": cert_request_seeds}
 
 

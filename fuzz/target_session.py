@@ -71,6 +71,8 @@ REGS = (Registration("alice", "127.0.0.2", 5000), Registration("bob", "127.0.0.1
 BY_NAME = {r.name: (r,) for r in REGS}
 DEFAULT_SLICE = session_module.DECODE_SLICE
 REPLY_TYPES = {"ACK", "ERR", "RESULT", "PONG"}
+#: What CACERT answers: short, so that its reply stays within the output bound.
+CA_PEM = b"-----BEGIN CERTIFICATE-----\nZnV6eg==\n-----END CERTIFICATE-----\n"
 
 
 class Registry:
@@ -257,6 +259,7 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 - the name atheris calls
         max_payload=256 if small else 64 * 1024,
         preauth_max_payload=16 if small else 4 * 1024,
         query_limit=1 if flags & 128 else 10_000,
+        ca_pem=CA_PEM,
     )
     source = SOURCES[(flags >> 3) & 3]
     registry = Registry(bool(flags & 4))
