@@ -15,13 +15,17 @@ class Registration(NamedTuple):
     frames by registration).  ``tls``: the directory reaches this listener
     over TLS (BIND check, liveness probe) -- set for registrations made in a
     session that said ``HELLO 0 eurechat/2``, whose peers listen with TLS;
-    seed peers and ``nc`` listeners are probed in plaintext.  It is not part
-    of the ``QUERY`` line."""
+    seed peers and ``nc`` listeners are probed in plaintext.  ``fingerprint``:
+    the user's enrolled key when the BIND was checked (empty: none); the
+    directory's probes require the listener to prove that key, and
+    ``QUERY`` after ``HELLO 0 eurechat/2`` gives it as a fourth field.
+    Neither is part of the seed ``QUERY`` line."""
 
     name: str
     address: str
     port: int
     tls: bool = False
+    fingerprint: str = ""
 
     def line(self) -> str:
         """The ``QUERY`` result line: ``name,address,port``."""

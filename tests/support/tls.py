@@ -54,4 +54,8 @@ def ca_pem_of(data_dir: str) -> bytes:
 def listener_context(tmp_dir: str) -> ssl.SSLContext:
     from eurechat.tls.contexts import server_context
     from eurechat.tls.identity import load_directory_identity
-    return server_context(load_directory_identity(tmp_dir))
+    ctx = server_context(load_directory_identity(tmp_dir))
+    # A stand-in for a peer's listener: it does not ask its clients for a
+    # certificate (a directory's server context does).
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx

@@ -19,7 +19,7 @@ import socket
 import ssl
 from typing import Callable, Optional, Sequence, Tuple
 
-from ..tls.contexts import server_context
+from ..tls.contexts import server_context, use_probe_identity
 from ..tls.identity import DirectoryIdentity, IdentityError, load_directory_identity
 from ..tls.policy import Plaintext
 from . import metrics
@@ -85,7 +85,9 @@ def load_identity(opts: argparse.Namespace) -> Tuple[DirectoryIdentity, ssl.SSLC
         opts.data_dir, opts.host, ca_cert_file=getattr(opts, "tls_ca_cert", None),
         ca_key_file=getattr(opts, "tls_ca_key", None))
     try:
-        return identity, server_context(identity)
+        context = server_context(identity)
+        use_probe_identity(identity)
+        return identity, context
     except (ssl.SSLError, OSError) as exc:
         raise IdentityError(f"cannot use the server certificate in {identity.directory}: "
                             f"{exc}") from None

@@ -28,7 +28,7 @@ from typing import List, Optional, Tuple
 
 from ..errors import ProtocolError
 from ..framing import Decoder, Message
-from ..tls.contexts import probe_context
+from ..tls.contexts import listener_problem, probe_context
 from . import metrics
 from .election.base import Election
 from .election.local import LocalElection
@@ -53,7 +53,8 @@ async def probe_peer(reg: Registration, timeout: float) -> Optional[str]:
     deadline = time.monotonic() + timeout
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(
-            reg.address, reg.port, ssl=probe_context() if reg.tls else None,
+            reg.address, reg.port,
+            ssl=probe_context(bool(reg.fingerprint)) if reg.tls else None,
             server_hostname="" if reg.tls else None), timeout)
     except asyncio.TimeoutError:
         return f"no {'TLS' if reg.tls else 'TCP'} connection within {timeout:g} s"
@@ -66,6 +67,11 @@ async def probe_peer(reg: Registration, timeout: float) -> Optional[str]:
             return f"TLS handshake failed: {exc.strerror or type(exc).__name__}"
         return f"connect failed: {exc.strerror or exc}"
     try:
+        if reg.tls and reg.fingerprint:
+            why = listener_problem(writer.get_extra_info("ssl_object"), reg.name,
+                                   reg.fingerprint)
+            if why is not None:
+                return why
         writer.write(bytes(Message("PING", (nonce,))))
         decoder = Decoder(max_payload=64 * 1024)
         while True:

@@ -30,7 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ..tls import enrolment
-from ..tls.contexts import probe_context
+from ..tls.contexts import listener_problem, probe_context
 from ..tls.fingerprint import fingerprint
 from ..tls.identity import DirectoryIdentity
 from ..tls.policy import Plaintext
@@ -106,14 +106,16 @@ class ServerConfig:
     close_linger: float = 10.0
 
 
-async def probe_tcp(address: str, port: int, timeout: float,
-                    tls: bool = False) -> Optional[str]:
-    """Connect to ``address:port`` within ``timeout`` (with ``tls``: and
-    complete a TLS handshake, not verified yet -- ``probe_context``); None if
-    it worked, else why not."""
+async def probe_tcp(address: str, port: int, timeout: float, tls: bool = False,
+                    name: str = "", fingerprint_: str = "") -> Optional[str]:
+    """Connect to ``address:port`` within ``timeout``; None if it worked, else
+    why not.  With ``tls``, complete a TLS handshake presenting the
+    directory's certificate; with ``fingerprint_`` too, the listener must
+    prove it holds ``name``'s enrolled key (``listener_problem``)."""
+    verify = tls and bool(fingerprint_)
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(
-            address, port, ssl=probe_context() if tls else None,
+            address, port, ssl=probe_context(verify) if tls else None,
             server_hostname="" if tls else None), timeout)
     except asyncio.TimeoutError:
         return f"no {'TLS' if tls else 'TCP'} connection within {timeout:g} s"
@@ -122,8 +124,12 @@ async def probe_tcp(address: str, port: int, timeout: float,
         if tls and not isinstance(exc, ConnectionRefusedError):
             return f"TLS handshake failed: {why}"
         return why
-    writer.close()
-    return None
+    try:
+        if verify:
+            return listener_problem(writer.get_extra_info("ssl_object"), name, fingerprint_)
+        return None
+    finally:
+        writer.close()
 
 
 class OutageLog:
@@ -328,7 +334,13 @@ class Services:
             return Result.FAILED
         if cls is Bind:
             reg = effect.registration
-            why = await probe_tcp(reg.address, reg.port, self.bind_timeout, reg.tls)
+            if reg.tls:
+                # A user with an enrolled key publishes only an endpoint that
+                # proves it; the fingerprint goes with the registration (the
+                # liveness probe checks it again, QUERY tells it).
+                reg = reg._replace(fingerprint=await self.accounts.key(reg.name) or "")
+            why = await probe_tcp(reg.address, reg.port, self.bind_timeout, reg.tls,
+                                  reg.name, reg.fingerprint)
             if why is not None:
                 log.info("BIND %s:%s of %r refused: %s", reg.address, reg.port, reg.name, why)
                 return Result.INVALID

@@ -302,6 +302,12 @@ def _server_ok(cert: x509.Certificate, ca_cert: x509.Certificate, ips: Sequence[
         return False
     if DIRECTORY_URI not in san.get_values_for_type(x509.UniformResourceIdentifier):
         return False
+    try:  # it also authenticates the directory's probes to peers' listeners
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return False
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
+        return False
     have = {str(i) for i in san.get_values_for_type(x509.IPAddress)}
     return all(str(ipaddress.ip_address(i)) in have for i in ips)
 
@@ -376,7 +382,8 @@ def _load_locked(directory: str, host: str, ca_cert_file: Optional[str],
         key = ed25519.Ed25519PrivateKey.generate()
         cert = issue_certificate(ca_key, ca_cert, key.public_key(),
                                  common_name="eurechat directory", uris=[DIRECTORY_URI],
-                                 dns_names=["localhost"], ips=ips, days=SERVER_DAYS)
+                                 dns_names=["localhost"], ips=ips, days=SERVER_DAYS,
+                                 client=True)
         # The key first: a crash in between leaves a certificate that does
         # not match its key, which the next start replaces.
         write_private(server_key, _key_pem(key))

@@ -46,13 +46,16 @@ ACK_WAIT = 1.0       # longest a write waits for the other workers' views
 LOG_SIZE = 65536     # changes kept for subscribers that are briefly behind
 _STALE = POLL_TIMEOUT + 4.0
 
-RegTuple = tuple  # the fields of a Registration: (name, address, port[, True])
+RegTuple = tuple  # the fields of a Registration: (name, address, port[, True[, fp]])
 
 
 def _stored(reg) -> RegTuple:
-    """How the hub keeps a registration: ``(name, address, port)``, and a
-    fourth field ``True`` only for one probed over TLS (``Registration.tls``)."""
+    """How the hub keeps a registration: ``(name, address, port)``, a fourth
+    field ``True`` only for one probed over TLS (``Registration.tls``), and a
+    fifth, the enrolled key's fingerprint, only when there is one."""
     base = (str(reg[0]), str(reg[1]), int(reg[2]))
+    if len(reg) > 4 and reg[4]:
+        return base + (bool(reg[3]), str(reg[4]))
     return base + (True,) if len(reg) > 3 and reg[3] else base
 
 

@@ -39,6 +39,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from ...backoff import Backoff
+from ...tls.fingerprint import PREFIX
 from ..redis_client import REDIS_DOWN, redis_client
 from .base import BUCKETS, Registration, Registry, RegistryUnavailable, bucket_of
 from .view import ReadView
@@ -104,21 +105,31 @@ return {redis.call('HLEN', KEYS[1]), n}
 
 
 def _value(reg: Registration) -> str:
-    """``address,port``, and ``,tls`` for a listener probed over TLS."""
+    """``address,port``, ``,tls`` for a listener probed over TLS, and
+    ``,<fingerprint>`` after it for a user with an enrolled key."""
+    if reg.fingerprint:
+        return f"{reg.address},{reg.port},{'tls' if reg.tls else ''},{reg.fingerprint}"
     return f"{reg.address},{reg.port},tls" if reg.tls else f"{reg.address},{reg.port}"
 
 
 def _parse(name: str, value: str) -> Optional[Registration]:
-    tls = value.endswith(",tls")
-    if tls:
-        value = value[:-4]
+    fp = ""
+    head, sep, last = value.rpartition(",")
+    if sep and last.startswith(PREFIX):
+        fp, value = last, head
+        tls = value.endswith(",tls")
+        value = value[:-4] if tls else value[:-1]  # ",tls" or the empty ","
+    else:
+        tls = value.endswith(",tls")
+        if tls:
+            value = value[:-4]
     address, sep, port = value.rpartition(",")
     # A port out of range (a foreign writer, a hand edit) would make the
     # checker's connect raise OverflowError and fail every round.
     if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) <= 65535:
         log.warning("ignoring malformed presence entry %r=%r", name, value)
         return None
-    return Registration(name, address, int(port), tls)
+    return Registration(name, address, int(port), tls, fp)
 
 
 class RedisRegistry(Registry):
