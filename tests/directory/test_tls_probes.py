@@ -48,6 +48,10 @@ def test_eurechat2_listeners_are_checked_and_probed_over_tls(tmp_path, workers):
             q.login("seed", "password-seed")
             assert q.request("QUERY").text == (f"neo,127.0.0.1,{tls_peer.port}\n"
                                                f"seed,127.0.0.1,{seed_peer.port}")
+        with FramedClient(*d.address, tls=unverified()) as q:  # eurechat/2: a fourth field
+            assert q.request("HELLO", "eurechat/2").type == "ACK"
+            q.login("seed", "password-seed")
+            assert q.request("QUERY", "neo").text == f"neo,127.0.0.1,{tls_peer.port},"
         tls_peer.close()
         d.wait_for_log(r"removed neo \(127\.0\.0\.1:\d+\): connect failed")
 
