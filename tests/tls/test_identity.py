@@ -171,3 +171,52 @@ def test_issue_certificate_is_generic(tmp_path):
     assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     lifetime = ident._not_after(cert) - datetime.datetime.now(datetime.timezone.utc)
     assert datetime.timedelta(days=6) < lifetime <= datetime.timedelta(days=7)
+
+
+def test_a_running_server_serves_a_renewed_certificate_to_new_connections(tmp_path):
+    """``DirectoryServer.set_tls`` (what the periodic renewal calls): new
+    sessions get the new context, and CACERT follows."""
+    import asyncio
+    import ssl
+
+    from eurechat.directory.accounts.sqlite import SqliteAccounts
+    from eurechat.directory.presence.memory import MemoryRegistry
+    from eurechat.directory.server import DirectoryServer, ServerConfig, Services
+    from eurechat.directory.session import SessionConfig
+    from eurechat.directory.throttle.memory import MemoryThrottle
+    from eurechat.tls.contexts import server_context
+
+    first = load_directory_identity(str(tmp_path / "one"))
+    second = load_directory_identity(str(tmp_path / "two"))
+
+    def client_ctx(pem: bytes) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.load_verify_locations(cadata=pem.decode())
+        return ctx
+
+    async def main():
+        services = Services(MemoryRegistry(), SqliteAccounts(str(tmp_path / "a.sqlite3")),
+                            MemoryThrottle())
+        await services.accounts.start()
+        server = DirectoryServer(ServerConfig(session=SessionConfig(ca_pem=first.ca_pem),
+                                              ssl_context=server_context(first)), services)
+        host, port = await server.start("127.0.0.1", 0)
+        try:
+            r, w = await asyncio.open_connection(host, port, ssl=client_ctx(first.ca_pem))
+            server.set_tls(second, server_context(second))
+            with pytest.raises(ssl.SSLCertVerificationError):
+                await asyncio.open_connection(host, port, ssl=client_ctx(first.ca_pem))
+            r2, w2 = await asyncio.open_connection(host, port, ssl=client_ctx(second.ca_pem))
+            w2.write(b"CACERT 0\n")
+            head = await r2.readline()
+            assert await r2.readexactly(int(head.split()[1])) == second.ca_pem
+            w.write(b"PING 0 still\n")  # the session opened before goes on
+            assert await r.readline() == b"PONG 0 still\n"
+            w.close()
+            w2.close()
+        finally:
+            await server.close()
+            await services.accounts.close()
+
+    asyncio.run(main())

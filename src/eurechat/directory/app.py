@@ -206,12 +206,36 @@ async def serve(opts: argparse.Namespace, sock: Optional[socket.socket] = None,
     checker = await start_checker(opts, registry) if run_checker else None
     if ready is not None:
         ready(host, port)
+    renewer = asyncio.ensure_future(keep_identity(opts, server))
     await stop.wait()
     log.info("shutting down")
+    renewer.cancel()
     await server.close(timeout=1.5)
     await stop_checker(checker)
     await close_backends(backends)
     return 0
+
+
+#: How often a running directory looks at its server certificate (renewed
+#: within 30 days of expiry, or when it no longer chains to the CA).
+IDENTITY_CHECK_INTERVAL = 6 * 3600.0
+
+
+async def keep_identity(opts: argparse.Namespace, server: DirectoryServer,
+                        interval: float = IDENTITY_CHECK_INTERVAL) -> None:
+    """Renew the server certificate while the directory runs: a directory up
+    for a year must not serve an expired certificate.  New connections get
+    the renewed one; the CA, and so the fingerprint peers pinned, stays."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            identity = await loop.run_in_executor(None, load_identity, opts)
+        except IdentityError as exc:
+            log.warning("cannot check the server certificate: %s (still serving the "
+                        "current one)", exc)
+            continue
+        server.set_tls(*identity)
 
 
 def announce(host: str, port: int) -> None:

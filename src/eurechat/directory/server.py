@@ -664,6 +664,14 @@ class DirectoryServer:
         self._sweeper = asyncio.ensure_future(self._sweep())
         return sock.getsockname()[:2]
 
+    def set_tls(self, identity, context: ssl.SSLContext) -> None:
+        """Serve new TLS connections with ``context`` (a renewed server
+        certificate); sessions already open keep theirs."""
+        self.config.ssl_context = context
+        self.config.session.ca_pem = identity.ca_pem
+        if self.acceptor is not None:
+            self.acceptor.context = context
+
     async def _sweep(self) -> None:
         """Enforce the pre-auth and frame timeouts with one timer per worker
         instead of one per connection."""
