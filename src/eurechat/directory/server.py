@@ -664,11 +664,12 @@ class DirectoryServer:
         self._sweeper = asyncio.ensure_future(self._sweep())
         return sock.getsockname()[:2]
 
-    def set_tls(self, identity, context: ssl.SSLContext) -> None:
+    def set_tls(self, identity: DirectoryIdentity, context: ssl.SSLContext) -> None:
         """Serve new TLS connections with ``context`` (a renewed server
         certificate); sessions already open keep theirs."""
         self.config.ssl_context = context
         self.config.session.ca_pem = identity.ca_pem
+        self.services.identity = identity
         if self.acceptor is not None:
             self.acceptor.context = context
 
