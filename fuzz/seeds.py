@@ -75,7 +75,18 @@ def session_seeds() -> list:
                              ("resume", Result.EXISTS), ("feed", b"USER 0 alice\n"),
                              ("feed", b"PASS 11\nsecret-pass"), ("resume", Result.THROTTLED)]),
         target_session.seed([("feed", b"CACERT 0\nHELLO 0 eurechat/2\nHELLO 0 eurechat/3\n")]
-                            + LOGIN + [("feed", b"CACERT 0\nQUERY 0\nQUERY 0 bob\n")])]
+                            + LOGIN + [("feed", b"CACERT 0\nQUERY 0\nQUERY 0 bob\nCERT 3\nabc")]),
+        # TLS, opened with alice's certificate: login by certificate, then CERT.
+        target_session.seed([("feed", b"USER 0 alice\n"), ("resume", Result.OK),
+                             ("feed", b"CERT 5\nPEM..CERT 5 reset\nPEM..QUERY 0\n"),
+                             ("resume", Result.OK), ("resume", Result.INVALID)], transport=1 | 2),
+        # TLS with mallory's certificate, logging in as alice by password.
+        target_session.seed(LOGIN + [("feed", b"CERT 4 reset\nPEM.CERT 4\nPEM."),
+                                     ("resume", Result.OK), ("resume", Result.OK)],
+                            transport=1 | 4),
+        # TLS without a client certificate; a certificate naming no user.
+        target_session.seed(LOGIN + [("feed", b"CERT 4\nPEM.")], transport=1),
+        target_session.seed([("feed", b"USER 0 alice\n")] + LOGIN[1:], transport=1 | 6)]
     for lit in literals(["directory/test_session.py",
                          "directory/test_protocol.py",
                          "directory/test_transcript.py"]):

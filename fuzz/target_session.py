@@ -12,8 +12,11 @@ write exactly the same bytes.  Invariants checked after every call:
   most ``budget`` plus one reply per ``step``, and the whole conversation's
   output stays within a fixed multiple of its input;
 * an effect is asked for only in the state that allows it, with checked
-  fields (a BIND of the session's own user, an allowed address and port);
-  READY only after a successful password check; the payload limit is the
+  fields (a BIND of the session's own user, an allowed address and port; a
+  login by certificate only for the user the session's certificate names,
+  with its key; CERT only in TLS, for the session's user, a rotation
+  authorised only by that user's own certificate); READY only after a
+  successful password or certificate check; the payload limit is the
   pre-authentication one until then;
 * once closed, a session stays closed: every later call writes nothing and
   asks for nothing;
@@ -22,7 +25,9 @@ write exactly the same bytes.  Invariants checked after every call:
 Input layout (``seed()`` writes it): byte 0 is the configuration (bit 0
 registration closed, bit 1 ``bind_policy=any``, bit 2 the registry is down,
 bits 3-4 the client's source address, bit 5 small payload limits, bit 6 a
-37-byte ``DECODE_SLICE``, bit 7 ``query_limit=1``); then operations, each
+37-byte ``DECODE_SLICE``, bit 7 ``query_limit=1``); byte 1 the transport
+(bit 0 TLS, bits 1-2 the verified client certificate it was opened with:
+none, alice's, mallory's, one naming no user); then operations, each
 an opcode byte (low 3 bits) and its operand:
 
 ====  ==========================================================
@@ -52,7 +57,10 @@ from eurechat.directory.interfaces import Registration, RegistryUnavailable  # n
 from eurechat.directory.session import (  # noqa: E402
     Authenticate,
     Bind,
+    CertLogin,
+    Enrol,
     Leave,
+    PeerCertificate,
     Register,
     Result,
     Session,
@@ -89,10 +97,17 @@ class Registry:
         return BY_NAME.get(name, ())
 
 
-def seed(ops, config: int = 0) -> bytes:
+#: Client certificates a TLS session may have been opened with (byte 1, bits 1-2).
+CERTS = [None, PeerCertificate("alice", "sha256:" + "A" * 43),
+         PeerCertificate("mallory", "sha256:" + "M" * 43), PeerCertificate(None, "sha256:" + "D" * 43)]
+#: What the back end answers an Enrol with (short: within the output bound).
+CHAIN = b"-----BEGIN CERTIFICATE-----\nY2hhaW4=\n-----END CERTIFICATE-----\n"
+
+
+def seed(ops, config: int = 0, transport: int = 0) -> bytes:
     """An input for this target from ``[("feed", bytes) | ("resume", Result) |
     ("step", budget) | ("timeout", "auth"|"frame") | ("receive", bytes)]``."""
-    out = bytearray([config])
+    out = bytearray([config, transport])
     for op, arg in ops:
         if op in ("feed", "receive"):
             code = 0 if op == "feed" else 6
@@ -114,14 +129,17 @@ class Driven:
     """One session under the fuzzer's program, with the checks that need its history."""
 
     def __init__(self, decoder_cls, config: SessionConfig, registry: Registry,
-                 source: str) -> None:
+                 source: str, tls: bool, cert) -> None:
         self.traced: list = []
         self.s = Session(config, registry, source, trace=self._trace)
+        self.s.tls = tls
+        self.s.peer_cert = cert
         self.s.decoder = decoder_cls(config.preauth_max_payload, config.max_header,
                                      config.max_args)
         self.config = config
         self.source = source
         self.authed = False
+        self.by_password = False
         self.closed = False
         self.total_in = 0
         self.total_out = 0
@@ -159,9 +177,13 @@ class Driven:
                 except RuntimeError:
                     return ("no effect pending",)
                 raise Finding("resume() without a pending effect did not raise")
-            out = s.resume(arg)
-            if isinstance(waiting, Authenticate) and arg is Result.OK:
+            detail = b""
+            if isinstance(waiting, Enrol):
+                detail = CHAIN if arg is Result.OK else b"key mismatch (fuzz)"
+            out = s.resume(arg, detail=detail)
+            if isinstance(waiting, (Authenticate, CertLogin)) and arg is Result.OK:
                 self.authed = True
+                self.by_password = isinstance(waiting, Authenticate)
         else:
             out = s.timeout(arg)
         self.verify(out, budget, state_before)
@@ -182,7 +204,10 @@ class Driven:
             self.closed = True
             check(s.waiting is None, "closed with an effect pending")
         if s.state is State.READY:
-            check(self.authed, "READY without a successful password check")
+            check(self.authed, "READY without a successful password or certificate check")
+            check(s.by_password == self.by_password,
+                  f"by_password {s.by_password} after a login by "
+                  f"{'password' if self.by_password else 'certificate'}")
             check(s.decoder.max_payload == self.config.max_payload,
                   "authenticated session kept the pre-authentication payload limit")
         elif not self.closed:
@@ -222,6 +247,24 @@ class Driven:
                       f"BIND of a foreign address {reg.address} from {self.source}")
         elif isinstance(effect, Leave):
             check(s.state is State.READY and effect.name == s.user, "LEAVE before login")
+        elif isinstance(effect, CertLogin):
+            # Only the user the session's verified certificate names, with its key.
+            cert = s.peer_cert
+            check(s.state is State.AUTH and s.tls and cert is not None
+                  and cert.user == effect.name == s.user
+                  and effect.fingerprint == cert.fingerprint,
+                  f"{effect!r} with certificate {cert!r} in state {s.state}")
+        elif isinstance(effect, Enrol):
+            cert = s.peer_cert
+            check(s.state is State.READY and s.tls and effect.name == s.user,
+                  f"CERT for {effect.name!r} in state {s.state} (tls={s.tls})")
+            # A rotation is authorised only by a certificate of this very user.
+            check(effect.session_key is None or (
+                cert is not None and cert.user == s.user
+                and effect.session_key == cert.fingerprint),
+                f"{effect!r} authorised by {cert!r}")
+            check(effect.by_password == self.by_password,
+                  f"{effect!r} after a login by {'password' if self.by_password else 'cert'}")
         else:
             raise Finding(f"unknown effect {effect!r}")
 
@@ -261,13 +304,16 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 - the name atheris calls
         query_limit=1 if flags & 128 else 10_000,
         ca_pem=CA_PEM,
     )
+    transport = r.byte()
+    tls = bool(transport & 1)
+    cert = CERTS[(transport >> 1) & 3] if tls else None
     source = SOURCES[(flags >> 3) & 3]
     registry = Registry(bool(flags & 4))
     session_module.DECODE_SLICE = 37 if flags & 64 else DEFAULT_SLICE
     try:
         ops = program(r)
-        pure = Driven(PURE, config, registry, source)
-        compiled = Driven(COMPILED, config, registry, source)
+        pure = Driven(PURE, config, registry, source, tls, cert)
+        compiled = Driven(COMPILED, config, registry, source, tls, cert)
         for index, (op, arg) in enumerate(ops):
             a = pure.call(op, arg)
             b = compiled.call(op, arg)
