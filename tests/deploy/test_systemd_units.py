@@ -204,7 +204,7 @@ def test_peer_unit_is_valid(tmp_path):
     assert argv[3] == "%h/.local/bin/eurechat-peer"
     assert os.access(os.path.join(BIN, "eurechat-peer"), os.X_OK)
     assert "--json" in argv and "--password-file" in argv
-    assert set(one(unit, "Service", "RestartPreventExitStatus").split()) == {"2", "3", "4", "5"}
+    assert set(one(unit, "Service", "RestartPreventExitStatus").split()) == {"2", "3", "4", "5", "7"}
     assert values(unit, "Install", "WantedBy") == ["default.target"]
     if shutil.which("systemd-analyze") is None:
         return
