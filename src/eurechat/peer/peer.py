@@ -60,6 +60,7 @@ import contextlib
 import logging
 import os
 import secrets
+import ssl
 import time
 from functools import partial
 from typing import (
@@ -84,9 +85,11 @@ from . import events as ev_
 from .addresses import AddressBook, Sightings
 from .connection import Connection
 from .connections import Connections, listen
+from .credentials import Credentials, cert_path
 from .directory_client import DirectoryClient, DirectoryError, DirectoryUnavailable
 from .events import Event, IncomingMessage
-from .identity import listener_context, load_identity_key
+from .identity import IdentityError, listener_context, load_identity_key
+from .listener import Listener
 from .outbox import OutItem, new_msgid
 from .protocol import (
     AckReceived,
@@ -186,7 +189,7 @@ class Peer:
         self.store: Optional[PeerStore] = None
         self.directory: Optional[DirectoryClient] = None
         self.address: Optional[Tuple[str, int]] = None
-        self._server: Optional[asyncio.AbstractServer] = None
+        self._server: Optional[Listener] = None
         self._routes: Dict[str, Route] = {}
         self._wiring = _Wiring(self)
         self._connections = Connections(self._wiring, self.timings)
@@ -198,6 +201,11 @@ class Peer:
         self._pending = commit.Pending()
         #: when each name was last seen online (loaded from the store at start)
         self._sightings = Sightings()
+        #: this user's certified identity (SPEC §5.3), None without one: what
+        #: the listener presents (``_listener_context``)
+        self.credentials: Optional[Credentials] = None
+        #: (mtime, size) of ``<user>.crt`` when the listener's context was made
+        self._cert_stamp: Optional[Tuple[int, int]] = None
         self._to_pump: Set[Route] = set()
         self._flush_handle: Optional[asyncio.Handle] = None
         self._pings: Dict[str, asyncio.Future] = {}
@@ -239,9 +247,7 @@ class Peer:
             self._sightings = Sightings(self.store.load_seen())
             host, port = self.listen_address
             self._server = await listen(
-                self._connections, host, port,
-                listener_context(load_identity_key(self.data_dir), self.data_dir),
-                self.plaintext)
+                self._connections, host, port, self._listener_context(), self.plaintext)
             sockname = self._server.sockets[0].getsockname()
             self.address = (host or sockname[0], sockname[1])
             self._sweeper = asyncio.ensure_future(self._connections.sweep())
@@ -270,6 +276,56 @@ class Peer:
                         for row in self.store.unshown()])
         for route in list(self._routes.values()):
             route.pump()
+
+    def _listener_context(self) -> ssl.SSLContext:
+        """What the listener presents: the directory's certificate for this
+        user while it is valid (the directory's BIND check and other peers
+        require it), else a self-signed certificate of the identity key."""
+        self._cert_stamp = self._stamp()
+        try:
+            creds = Credentials.load(self.data_dir, self.user)
+        except IdentityError as exc:
+            log.warning("%s", exc)
+            creds = None
+        if creds is not None and creds.valid():
+            try:
+                context = creds.server_context(require=False)
+            except ssl.SSLError as exc:   # the key file changed under the certificate
+                log.info("cannot present %s: %s", creds.cert_file, exc)
+            else:
+                self.credentials = creds
+                log.info("the listener presents %s (valid until %s)", creds.cert_file,
+                         creds.valid_until)
+                return context
+        self.credentials = None
+        return listener_context(load_identity_key(self.data_dir), self.data_dir)
+
+    def _stamp(self) -> Optional[Tuple[int, int]]:
+        try:
+            st = os.stat(cert_path(self.data_dir, self.user))
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def _refresh_listener(self, force: bool = False) -> None:
+        """Present the current certificate from the next connection on: after
+        an enrolment or renewal (``force``), or when ``<user>.crt`` changed
+        or the one presented is near its end (checked by the sweep)."""
+        server = self._server
+        if server is None or self._closing:
+            return
+        creds = self.credentials
+        if not force and self._stamp() == self._cert_stamp and \
+                (creds is None or creds.valid()):
+            return
+        server.acceptor.context = self._listener_context()
+
+    def _on_credentials(self, creds: Credentials) -> None:
+        """A new certificate (enrolment, renewal, reset, rotation) is kept:
+        the listener presents it at once (the BIND that follows is checked
+        against it)."""
+        self.credentials = creds
+        self._refresh_listener(force=True)
 
     async def close(self, leave: bool = False) -> None:
         """Stop; with ``leave`` deregister from the directory first.  The outbox
@@ -866,6 +922,7 @@ class _Wiring:
 
     def full_sweep(self) -> None:
         self.peer._prune_cache(self.peer._loop.time())
+        self.peer._refresh_listener()
 
     # -- RouteOwner ---------------------------------------------------------------
     def live_conn(self, name: str) -> Optional[Connection]:
