@@ -145,6 +145,28 @@ def sessions(d, tally: Tally, responder: Responder, name: str, users: int) -> Li
     return open_
 
 
+def odd_requests(d, tally: Tally) -> None:
+    """An oversized request, a type the protocol does not have, a frame that
+    does not parse: each counted under its own label, and its ERR."""
+    with Client(tally, d.host, d.port) as c:
+        reply = c.request("REGISTER", "carol", payload="x" * 5000)  # > 4096 before login
+        assert reply.type == "ERR" and "too large" in reply.payload.decode(), reply
+        tally.requests["REGISTER"] -= 1
+        tally.requests["oversized"] = tally.requests.get("oversized", 0) + 1
+        assert c.request("FOO").type == "ERR"
+        tally.requests["other"] = tally.requests.get("other", 0) + tally.requests.pop("FOO")
+        c.read_until_closed()
+    with Client(tally, d.host, d.port) as c:
+        c.send_raw(b"not a frame\n")
+        tally.bytes_in += len(b"not a frame\n")
+        reply = c.recv()
+        assert reply.type == "ERR" and "malformed" in reply.payload.decode(), reply
+        tally.requests["malformed"] = tally.requests.get("malformed", 0) + 1
+        tally.replies["ERR"] += 1
+        tally.bytes_out += len(bytes(reply))
+        c.read_until_closed()
+
+
 def metrics_url(d) -> str:
     return d.wait_for_line(METRICS_RE, timeout=10)["url"]
 
@@ -161,6 +183,7 @@ def test_one_process_counts_exactly_what_was_done(tmp_path):
         idle.send_raw(b"P")  # its first byte made it a plaintext session
         tally.bytes_in += 1
         open_ = sessions(d, tally, responder, "alice", users=2)
+        odd_requests(d, tally)
         got = wait_for(url, tally.expected(new_plaintext=1, auth_plaintext=0,
                                            ready_plaintext=3, ready_tls=0))
         assert got[key("registrations")] == 1.0

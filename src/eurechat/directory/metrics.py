@@ -160,8 +160,13 @@ class _Metrics:
 _M: Optional[_Metrics] = None
 
 # Per-request counts since the last flush (plain ints: see the module docstring).
-_requests: Dict[str, int] = dict.fromkeys(REQUEST_TYPES + ("other", "oversized", "malformed"), 0)
-_replies: List[int] = [0] * 256        # by the first byte of the reply frame
+_REQUEST_LABELS = REQUEST_TYPES + ("other", "oversized", "malformed")
+# Requests by the first byte of their reply (0: none yet, an effect), then by
+# type: one increment per request counts both (see CountingSession._handle).
+_by_reply: List[Optional[Dict[str, int]]] = [None] * 256
+for _byte in (0, *REPLY_KINDS):
+    _by_reply[_byte] = dict.fromkeys(_REQUEST_LABELS, 0)
+_replies: List[int] = [0] * 256        # other replies (effects, timeouts), by first byte
 _io: List[int] = [0, 0]                # bytes in, bytes out
 _sessions: Dict[Tuple[State, str], int] = {}  # gauge deltas
 _flusher: List[Any] = [None]           # the loop whose timer flushes
@@ -246,16 +251,15 @@ class CountingSession(Session):
 
     def _handle(self, item: Any) -> tuple:
         out = _session_handle(self, item)
+        reply = out[0]
         if item.__class__ is Message:
             try:
-                _requests[item[0]] += 1
+                _by_reply[reply[0] if reply else 0][item[0]] += 1  # type: ignore[index]
             except KeyError:  # not a type of the protocol
-                _requests["other"] += 1
+                _by_reply[reply[0] if reply else 0]["other"] += 1  # type: ignore[index]
         else:
-            _requests["oversized" if item.__class__ is Oversized else "malformed"] += 1
-        reply = out[0]
-        if reply:
-            _replies[reply[0]] += 1
+            _by_reply[reply[0] if reply else 0][  # type: ignore[index]
+                "oversized" if item.__class__ is Oversized else "malformed"] += 1
         return out
 
     def _complete(self, effect: Any, result: Result, detail: bytes = b"") -> tuple:
@@ -314,15 +318,27 @@ def flush() -> None:
     m = _M
     if m is None:
         return
-    for kind, n in _requests.items():
-        if n:
-            _requests[kind] -= n
-            m.request[kind].inc(n)
-    for byte, kind in REPLY_KINDS.items():
+    requests = dict.fromkeys(_REQUEST_LABELS, 0)
+    replies = dict.fromkeys(REPLY_KINDS, 0)
+    for byte in (0, *REPLY_KINDS):
+        counts = _by_reply[byte]
+        for kind, n in counts.items():  # type: ignore[union-attr]
+            if n:
+                counts[kind] -= n  # type: ignore[index]
+                requests[kind] += n
+                if byte:
+                    replies[byte] += n
+    for byte in REPLY_KINDS:
         n = _replies[byte]
         if n:
-            _replies[byte] = 0
-            m.reply[kind].inc(n)
+            _replies[byte] -= n
+            replies[byte] += n
+    for kind, n in requests.items():
+        if n:
+            m.request[kind].inc(n)
+    for byte, n in replies.items():
+        if n:
+            m.reply[REPLY_KINDS[byte]].inc(n)
     n_in, n_out = _io
     if n_in:
         _io[0] -= n_in
