@@ -42,6 +42,7 @@ from ..tls.trust import (
     client_context,
     describe_identity,
 )
+from .transport import HANDSHAKE_ERRORS, tcp_connect
 
 __all__ = ["DirectoryClient", "DirectoryError", "DirectoryUnavailable", "AuthFailed",
            "NameTaken", "PasswordRefused", "AlreadyOnline", "Registration", "parse_result",
@@ -431,29 +432,13 @@ class DirectoryClient:
                                 "(another eurechat-peer of this user, from another data "
                                 "directory or host)")
 
-    async def _tcp(self) -> socket.socket:
-        """A connected TCP socket to the directory (each address in turn)."""
-        loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
-        last: Optional[OSError] = None
-        for family, type_, proto, _, addr in infos:
-            sock = socket.socket(family, type_, proto)
-            sock.setblocking(False)
-            try:
-                await loop.sock_connect(sock, addr)
-                return sock
-            except OSError as exc:
-                sock.close()
-                last = exc
-        raise last or OSError(f"no address for {self.host}")
-
     async def _tls(self, ca_pem: Optional[bytes]) -> Tuple[asyncio.StreamReader,
                                                            asyncio.StreamWriter]:
         """TCP, then a TLS handshake (verified against ``ca_pem`` if given).
 
         Raises ``_NotTLS`` when the handshake does not complete for any reason
         but a certificate that failed verification."""
-        sock = await asyncio.wait_for(self._tcp(), self.request_timeout)
+        sock = await asyncio.wait_for(tcp_connect(self.host, self.port), self.request_timeout)
         peer_ip = sock.getpeername()[0]
         try:
             return await asyncio.wait_for(asyncio.open_connection(
@@ -462,8 +447,7 @@ class DirectoryClient:
         except ssl.SSLCertVerificationError:
             sock.close()
             raise
-        except (ssl.SSLError, OSError, EOFError, asyncio.TimeoutError,
-                asyncio.IncompleteReadError) as exc:
+        except HANDSHAKE_ERRORS as exc:
             sock.close()
             raise _NotTLS(peer_ip, exc) from None
 
@@ -487,7 +471,8 @@ class DirectoryClient:
                 raise DirectoryUnavailable(
                     f"no TLS handshake with {self.where} "
                     f"({why or why.__class__.__name__}), and no plaintext: {reason}") from None
-            sock = await asyncio.wait_for(self._tcp(), self.request_timeout)
+            sock = await asyncio.wait_for(tcp_connect(self.host, self.port),
+                                          self.request_timeout)
             reader, writer = await asyncio.open_connection(sock=sock)
             if not self._said_seed:
                 self._said_seed = True

@@ -109,6 +109,7 @@ from .protocol import (
 from .route import Route
 from .settings import LOG_NAME, MAX_TEXT_BYTES, Timings
 from .store import INBOX_RETENTION, PeerStore, default_data_dir
+from .transport import dial_context
 
 log = logging.getLogger(LOG_NAME)
 
@@ -887,6 +888,8 @@ class _Wiring:
     def __init__(self, peer: Peer) -> None:
         self.peer = peer
         self.timings = peer.timings
+        self.dial_context = dial_context()
+        self.plaintext = peer.plaintext
 
     # -- both -------------------------------------------------------------------
     @property

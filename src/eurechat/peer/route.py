@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from typing import Callable, Deque, List, NamedTuple, Optional, Protocol
 
+from ..tls.policy import Plaintext
+from . import transport
 from .connection import Connection
 from .dialing import Address, Dialing
 from .directory_client import DirectoryError
@@ -32,12 +35,15 @@ __all__ = ["Route", "RouteOwner", "Adopted", "dial"]
 
 
 
-async def dial(new: Callable[[], Connection], addr: Address, timeout: float) -> Connection:
+async def dial(new: Callable[[], Connection], addr: Address, timeout: float,
+               context: Optional[ssl.SSLContext] = None,
+               policy: Plaintext = Plaintext.LOOPBACK) -> Connection:
     """Connect to a peer at ``addr`` within ``timeout``; the connection
-    ``new()`` makes serves it.  Raises ``OSError`` or ``asyncio.TimeoutError``."""
-    loop = asyncio.get_running_loop()
-    _, conn = await asyncio.wait_for(loop.create_connection(new, addr[0], addr[1]), timeout)
-    return conn
+    ``new()`` makes serves it.  Over TLS with ``context``, falling back to
+    plaintext for a listener without TLS (a seed peer) where ``policy``
+    allows its address (``transport.dial``).  Raises ``OSError`` (a
+    ``ConnectionError`` for a refused fallback) or ``asyncio.TimeoutError``."""
+    return await transport.dial(new, addr, timeout, context, policy)
 
 
 class RouteOwner(Protocol):
@@ -45,6 +51,9 @@ class RouteOwner(Protocol):
 
     timings: Timings
     loop: asyncio.AbstractEventLoop
+    #: TLS for dials (None: plaintext), and where plaintext is allowed
+    dial_context: Optional[ssl.SSLContext]
+    plaintext: Plaintext
 
     @property
     def closing(self) -> bool:
@@ -294,7 +303,8 @@ class Route:
         name = self.name
         try:
             conn = await dial(lambda: owner.new_connection(name), addr,
-                              owner.timings.connect_timeout)
+                              owner.timings.connect_timeout, owner.dial_context,
+                              owner.plaintext)
         except (OSError, asyncio.TimeoutError) as exc:
             owner.forget(name)
             self.dialing.failed(addr, owner.loop.time())
