@@ -195,6 +195,7 @@ def test_seed_peer_bare_ack_is_accepted(tmp_path):
     with socket.socket() as srv:
         srv.bind(("127.0.0.1", 0))
         srv.listen(1)
+        srv.setblocking(False)
         port = srv.getsockname()[1]
 
         async def main():
@@ -203,6 +204,12 @@ def test_seed_peer_bare_ack_is_accepted(tmp_path):
             loop = asyncio.get_running_loop()
             await a.send("seed", "one")
             await a.send("seed", "two")
+            # TLS is tried first: a listener without it (as a seed peer's)
+            # closes, and is dialled again in plaintext (loopback allows it).
+            conn, _ = await loop.sock_accept(srv)
+            conn.setblocking(False)
+            assert (await loop.sock_recv(conn, 4096))[:1] == b"\x16"
+            conn.close()
             conn, _ = await loop.sock_accept(srv)
             conn.setblocking(False)
             dec = Decoder()
