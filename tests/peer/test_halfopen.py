@@ -38,6 +38,7 @@ from typing import Callable, Dict, List, Tuple
 
 import pytest
 
+from eurechat.errors import ProtocolError
 from eurechat.framing import Decoder, Message, encode
 from eurechat.peer import Peer, Timings
 from support.client import FramedClient
@@ -446,6 +447,9 @@ class SlowPeer:
                             else:
                                 self.unacked.append((conn, m.args[1]))
             except OSError:   # closed under us at the end of the test
+                return
+            except ProtocolError:   # a TLS ClientHello: no TLS here, as a seed peer
+                conn.close()
                 return
 
     def release(self) -> None:
