@@ -15,6 +15,7 @@ from eurechat.peer import IncomingMessage, Peer, PeerError, StoreLocked, Timings
 from eurechat.peer.directory_client import DirectoryClient
 from eurechat.peer.store import PeerStore
 from eurechat.tls.trust import DirectoryTrust
+from support.certs import directory_pki
 from support.peers import PASSWORD
 
 FAST = Timings(retry_base=0.02, retry_max=0.1, query_ttl=0.05, directory_wait=0)
@@ -334,7 +335,10 @@ class Slammer:
         self.server = None
 
     async def start(self) -> tuple:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        # A TLS listener, as an eurechat peer's: the directory's BIND check of
+        # a session that said HELLO completes a TLS handshake.
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0,
+                                                 ssl=directory_pki()[0])
         return self.server.sockets[0].getsockname()[:2]
 
     async def _serve(self, reader, writer) -> None:
