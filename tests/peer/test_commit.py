@@ -139,19 +139,18 @@ class TestOutcome:
         done = Done()
         batch = commit.Batch([("m1", "hi", ["bob", "carol"], done)], [], [], {})
         out = commit.outcome(batch, commit.Written([[4, 5]], []), "alice", 99.0)
-        (q,) = out.queued
-        assert q.msgid == "m1" and q.done is done
-        assert [(name, it.seq, it.msgid, it.created) for name, it in q.items] == [
+        assert out.committed == [(done, "m1")]
+        assert [(name, it.seq, it.msgid, it.created) for name, it in out.queued] == [
             ("bob", 4, "m1", 99.0), ("carol", 5, "m1", 99.0)]
-        assert q.items[0][1].frame == encode_message("alice", "m1", "hi")
-        assert q.items[0][1].frame is q.items[1][1].frame
+        assert out.queued[0][1].frame == encode_message("alice", "m1", "hi")
+        assert out.queued[0][1].frame is out.queued[1][1].frame
 
     def test_deletions_written_are_delivered(self):
         gone = OutItem(1, "m0", b"", 0.0)
         out = commit.outcome(commit.Batch([], [], [("bob", gone)], {}),
                              commit.Written([], []), "alice", 0.0)
         assert out.delivered == [("bob", gone)]
-        assert (out.acks, out.queued, out.shown) == ({}, [], [])
+        assert (out.acks, out.queued, out.committed, out.shown) == ({}, [], [], [])
 
 
 class TestFailure:

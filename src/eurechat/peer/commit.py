@@ -122,21 +122,14 @@ def write(batch: Batch, store: Store, now: float) -> Written:
     return Written(out_seqs, in_seqs)
 
 
-class Queued(NamedTuple):
-    """An accepted message, now in the outbox of each of its recipients."""
-
-    msgid: str
-    done: Any                          #: what ``send`` waits on (opaque here)
-    items: List[Tuple[str, OutItem]]   #: (recipient, its outbox item)
-
-
 class Outcome(NamedTuple):
     """What to do, in this order, once a batch is durable."""
 
-    acks: Dict[Hashable, bytes]   #: per connection, its ACK frames in arrival order
-    queued: List[Queued]          #: hand to the routes, say ``queued``, resolve ``done``
-    delivered: List[Acked]        #: say ``delivered``
-    shown: List[IncomingMessage]  #: new messages to show, in order
+    acks: Dict[Hashable, bytes]           #: per connection, its ACK frames in arrival order
+    queued: List[Tuple[str, OutItem]]     #: (recipient, item): hand to its route, say ``queued``
+    committed: List[Tuple[Any, str]]      #: (what ``send`` waits on, msgid): resolve it
+    delivered: List[Acked]                #: say ``delivered``
+    shown: List[IncomingMessage]          #: new messages to show, in order
 
 
 def outcome(batch: Batch, written: Written, user: str, now: float) -> Outcome:
@@ -150,13 +143,15 @@ def outcome(batch: Batch, written: Written, user: str, now: float) -> Outcome:
         frames.append(ack_frame(msgid))
         if seq is not None:
             shown.append(IncomingMessage(sender, msgid, text, seq))
-    queued = []
+    queued: List[Tuple[str, OutItem]] = []
+    committed: List[Tuple[Any, str]] = []
     for (msgid, text, names, done), seqs in zip(batch.out, written.out_seqs):
-        frame = message_frame(user, msgid, text)
-        queued.append(Queued(msgid, done, [(name, OutItem(seq, msgid, frame, now))
-                                           for name, seq in zip(names, seqs)]))
+        frame = message_frame(user, msgid, text)   # one frame, shared by the recipients
+        for name, seq in zip(names, seqs):
+            queued.append((name, OutItem(seq, msgid, frame, now)))
+        committed.append((done, msgid))
     return Outcome({conn: b"".join(frames) for conn, frames in acks.items()}, queued,
-                   batch.dels, shown)
+                   committed, batch.dels, shown)
 
 
 class Failure(NamedTuple):
@@ -174,5 +169,5 @@ def failure(batch: Batch) -> Failure:
     return Failure([done for _m, _t, _n, done in batch.out], close)
 
 
-__all__ = ["Pending", "Batch", "Store", "Written", "write", "Outcome", "Queued", "outcome",
+__all__ = ["Pending", "Batch", "Store", "Written", "write", "Outcome", "outcome",
            "Failure", "failure"]

@@ -687,15 +687,15 @@ class Peer:
         # 2. Hand committed messages to their routes and say they are queued.
         emit = self._emit if (self._listeners or self._event_qs) else None
         touched = set()
-        for q in result.queued:
-            for name, item in q.items:
-                route = self._route(name)
-                route.enqueue(item)
-                touched.add(route)
-                if emit:
-                    emit(ev_.queued(name, q.msgid))
-            if not q.done.done():
-                q.done.set_result(q.msgid)
+        for name, item in result.queued:
+            route = self._route(name)
+            route.outbox.enqueue(item)
+            touched.add(route)
+            if emit:
+                emit(ev_.queued(name, item.msgid))
+        for fut, msgid in result.committed:
+            if not fut.done():
+                fut.set_result(msgid)
         for route in touched:
             route.pump()
         # 3. Deliveries whose outbox rows are now gone.

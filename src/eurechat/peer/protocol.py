@@ -72,6 +72,7 @@ valid_name = valid_username
 
 
 _unchecked = tuple.__new__
+_wire = Message.__bytes__
 
 
 # The frames of the delivery path, one or two per message, are built as
@@ -81,13 +82,13 @@ _unchecked = tuple.__new__
 def message_frame(sender: str, msgid: str, text: Union[str, bytes]) -> bytes:
     """``encode_message`` of our own ``sender`` (checked by ``valid_name``
     when the peer started) and ``msgid`` (from ``MsgIds``)."""
-    return bytes(_unchecked(Message, ("MESSAGE", (sender, msgid),
+    return _wire(_unchecked(Message, ("MESSAGE", (sender, msgid),
                                       text.encode("utf-8") if isinstance(text, str) else text)))
 
 
 def ack_frame(msgid: Optional[str]) -> bytes:
     """``encode_ack`` of a ``msgid`` the decoder accepted."""
-    return bytes(_unchecked(Message, ("ACK", () if msgid is None else (msgid,), b"")))
+    return _wire(_unchecked(Message, ("ACK", () if msgid is None else (msgid,), b"")))
 
 
 def encode_message(sender: str, msgid: Optional[str], text: Union[str, bytes]) -> bytes:
