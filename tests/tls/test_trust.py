@@ -198,7 +198,7 @@ class TestKnownDirectoriesFile:
         assert stat.S_IMODE(os.stat(pem).st_mode) == 0o600
         lines = [x for x in known.path.read_text().splitlines() if not x.startswith("#")]
         assert lines == [f"{WHERE} {fp}"]
-        assert not [p for p in known.dir.iterdir() if p.name.endswith(".tmp")]
+        assert not [p for p in known.dir.iterdir() if ".tmp" in p.name]
 
     def test_a_lost_pem_keeps_the_pin_and_comes_back(self, tmp_path, ca, server, other_ca):
         known = KnownDirectories(tmp_path)

@@ -24,7 +24,6 @@ import datetime
 import logging
 import os
 import ssl
-import tempfile
 from pathlib import Path
 from typing import Dict, NamedTuple, Optional, Tuple, Union
 
@@ -34,6 +33,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from .enrolment import DIRECTORY_URI
 from .fingerprint import PREFIX, fingerprint_of_cert, is_fingerprint
+from .identity import write_private
 
 try:  # the lock that keeps two peers on one data directory from losing a pin
     import fcntl
@@ -230,13 +230,13 @@ class KnownDirectories:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.pems.mkdir(mode=0o700, exist_ok=True)
         with self._locked():
-            _write_atomic(self._pem_path(fp), ca_pem)
+            write_private(str(self._pem_path(fp)), ca_pem)
             pins = self._read()
             pins[where] = fp
             body = "# HOST:PORT and the fingerprint of the directory CA this peer trusts there;\n" \
                    f"# the CA certificates are in {KNOWN_PEMS}/.  Delete a line to trust anew.\n"
             body += "".join(f"{w} {f}\n" for w, f in sorted(pins.items()))
-            _write_atomic(self.path, body.encode("utf-8"))
+            write_private(str(self.path), body.encode("utf-8"))
         return fp
 
     @contextlib.contextmanager
@@ -250,21 +250,6 @@ class KnownDirectories:
             yield
         finally:
             os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class DirectoryTrust:
