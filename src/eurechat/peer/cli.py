@@ -13,6 +13,7 @@ Exit codes (also in docs/peer.md):
 6     cannot listen on the ``--listen`` address
 7     the directory is not the one this peer trusts (SPEC §5.2)
 8     ``--register`` refused: the password breaks the rule (8 to 1024 bytes)
+9     the directory has another key enrolled for this user (``--reset-key``)
 ====  ==========================================================
 
 A directory that is down at start-up is deliberately *not* an error: the peer
@@ -30,25 +31,29 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple, Union
 
 from ..names import INVALID_PASSWORD, USERNAME_RULE, valid_password
 from ..tls.fingerprint import is_fingerprint
 from ..tls.policy import Plaintext
 from ..tls.trust import TrustError, read_ca_file
 from ..usage import LOG_LEVELS, Parser, can_prompt
+from .credentials import Credentials
 from .directory_client import (
     AlreadyOnline,
     AuthFailed,
     DirectoryError,
     DirectoryUnavailable,
+    KeyMismatch,
     NameTaken,
+    PasswordNeeded,
     PasswordRefused,
 )
+from .identity import IdentityError
 from .peer import Peer, PeerError
 from .protocol import valid_name
 from .settings import env_float as _env_float
-from .store import INBOX_RETENTION, StoreLocked
+from .store import INBOX_RETENTION, StoreLocked, default_data_dir
 from .ui import Output, piped_lines, terminal_lines
 
 log = logging.getLogger("eurechat.peer.cli")
@@ -58,6 +63,8 @@ EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_AUTH, EXIT_TAKEN, EXIT_LOCKED, EXIT_LIS
 EXIT_TRUST = 7
 #: ``--register`` with a password the rule refuses (7 is the trust store's)
 EXIT_PASSWORD = 8
+#: the directory has another key enrolled for this user (SPEC §5.3)
+EXIT_KEY = 9
 
 
 def host_port(text: str) -> Tuple[str, int]:
@@ -96,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                                           "[--directory HOST:PORT] [options]",
         description="eurechat peer: chat with other peers directly; messages are kept "
                     "until delivered.",
-        epilog="Password: $EURECHAT_PASSWORD, else --password-file, else a prompt. "
+        epilog="Password: $EURECHAT_PASSWORD, else --password-file, else a prompt; not "
+               "needed while DATA-DIR/USER.crt, the certificate the directory issues at "
+               "each login, is valid. "
                "Commands: /msg NAME[,NAME...] TEXT, /who [NAME], /ping NAME, /pending, /waiting, "
                "/quit; "
                "a line without / goes to the peer(s) you last wrote to (before you "
@@ -119,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "0/forever to keep everything")
     p.add_argument("--password-file", type=Path, default=None,
                    help="read the password from the first line of this file")
+    p.add_argument("--reset-key", action="store_true",
+                   help="the directory has another key enrolled for you (identity.key was "
+                        "lost or replaced): log in with the password and enrol this peer's "
+                        "key instead (other peers see a key change)")
+    p.add_argument("--rotate-key", action="store_true",
+                   help="replace the identity key by a new one, authorised by the valid "
+                        "certificate of the old one (other peers see a key change)")
     p.add_argument("--directory-ca", type=Path, default=None, metavar="FILE",
                    help="trust the directory whose certificate is issued by this CA "
                         "certificate (PEM)")
@@ -146,7 +162,8 @@ def log_level(text: str) -> str:
     return text.lower()
 
 
-def read_password(args: argparse.Namespace) -> str:
+def given_password(args: argparse.Namespace) -> Optional[str]:
+    """The password from $EURECHAT_PASSWORD or --password-file, else None."""
     pw = os.environ.get("EURECHAT_PASSWORD")
     if pw:
         return pw
@@ -158,6 +175,13 @@ def read_password(args: argparse.Namespace) -> str:
         pw = data.splitlines()[0] if data else ""
         if not pw:
             raise SystemExit(_usage(f"--password-file {args.password_file} is empty"))
+        return pw
+    return None
+
+
+def read_password(args: argparse.Namespace) -> str:
+    pw = given_password(args)
+    if pw:
         return pw
     if not can_prompt():
         raise SystemExit(_usage("no password: set EURECHAT_PASSWORD, use --password-file, "
@@ -171,6 +195,29 @@ def read_password(args: argparse.Namespace) -> str:
     return pw
 
 
+def prompt_later(args: argparse.Namespace) -> Callable[[], Optional[str]]:
+    """The password source of a peer that has a valid certificate: asked
+    only if the directory refuses it, and then a prompt if there is a
+    terminal (None otherwise: the peer says why it needs the password)."""
+    def ask() -> Optional[str]:
+        if not can_prompt():
+            return None
+        try:
+            return getpass.getpass(f"password for {args.user}: ") or None
+        except (EOFError, KeyboardInterrupt):
+            return None
+    return ask
+
+
+def usable_certificate(args: argparse.Namespace) -> Optional[Credentials]:
+    """The user's valid certificate in the data directory, if any."""
+    try:
+        creds = Credentials.load(args.data_dir or default_data_dir(), args.user)
+    except IdentityError:
+        return None     # said when the peer starts
+    return creds if creds is not None and creds.valid() else None
+
+
 def _usage(text: str) -> int:
     print(f"eurechat-peer: {text}", file=sys.stderr)
     return EXIT_USAGE
@@ -179,7 +226,8 @@ def _usage(text: str) -> int:
 class App:
     """Reads commands, drives the Peer, renders its events."""
 
-    def __init__(self, args: argparse.Namespace, password: str) -> None:
+    def __init__(self, args: argparse.Namespace,
+                 password: Union[str, Callable[[], Optional[str]]]) -> None:
         self.args = args
         self.tty = sys.stdin.isatty() and sys.stdout.isatty()
         self.out = Output(args.json, tty=self.tty)
@@ -189,7 +237,8 @@ class App:
                          inbox_retention=args.inbox_retention,
                          directory_ca=args.directory_ca_pem,
                          directory_fingerprint=args.directory_fingerprint,
-                         plaintext=args.plaintext, on_notice=self.notice)
+                         plaintext=args.plaintext, on_notice=self.notice,
+                         reset_key=args.reset_key, rotate_key=args.rotate_key)
         self.out.mark = self.peer.mark_shown
         self.out.on_gone = self._stdout_gone
         self.last: List[str] = []
@@ -230,6 +279,11 @@ class App:
             return self.fatal(f"{exc} (choose a longer password)", EXIT_PASSWORD)
         except TrustError as exc:
             return self.fatal(str(exc), EXIT_TRUST)
+        except KeyMismatch as exc:
+            return self.fatal(str(exc), EXIT_KEY)
+        except PasswordNeeded as exc:
+            return self.fatal(f"{exc}: set EURECHAT_PASSWORD, use --password-file, or run on "
+                              "a terminal to be asked", EXIT_USAGE)
         except StoreLocked as exc:
             return self.fatal(str(exc), EXIT_LOCKED)
         except OSError as exc:
@@ -415,11 +469,23 @@ def main(argv: Optional[List[str]] = None) -> int:
             args.directory_ca_pem = read_ca_file(args.directory_ca)
         except TrustError as exc:
             return _usage(f"--directory-ca: {exc}")
+    if args.reset_key and args.rotate_key:
+        return _usage("--reset-key and --rotate-key exclude each other (a reset is for a "
+                      "lost key, a rotation needs the old key's certificate)")
+    certified = None if args.register or args.reset_key else usable_certificate(args)
+    if args.rotate_key and certified is None:
+        return _usage("--rotate-key needs a valid certificate of the current key (log in "
+                      "once with the password first; for a lost key use --reset-key)")
+    password: Union[str, Callable[[], Optional[str]]]
     try:
-        password = read_password(args)
+        # With a valid certificate the peer logs in by it: a password given
+        # is kept for when the directory refuses it, none is asked for now.
+        password = (given_password(args) or prompt_later(args)) if certified is not None \
+            else read_password(args)
     except SystemExit as exc:
         return int(exc.code or EXIT_USAGE)
-    if args.register and not valid_password(password.encode("utf-8")):
+    if args.register and isinstance(password, str) and \
+            not valid_password(password.encode("utf-8")):
         print(f"eurechat-peer: cannot register {args.user!r}: {INVALID_PASSWORD} "
               "(choose a longer password)", file=sys.stderr)
         return EXIT_PASSWORD

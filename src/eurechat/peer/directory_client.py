@@ -23,16 +23,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
+import os
 import socket
 import ssl
 from collections import deque
-from typing import Awaitable, Callable, List, Optional, Tuple
+from typing import Awaitable, Callable, List, Optional, Tuple, Union
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ..backoff import jittered_delay as backoff_delay
 from ..errors import ProtocolError
 from ..framing import Decoder, Message, Oversized
 from ..registration import Registration
+from ..tls.fingerprint import fingerprint
 from ..tls.policy import Plaintext, allows
 from ..tls.trust import (
     DirectoryTrust,
@@ -42,10 +47,20 @@ from ..tls.trust import (
     client_context,
     describe_identity,
 )
+from .credentials import (
+    Credentials,
+    CredentialsError,
+    certificate_request,
+    check_chain,
+    save_chain,
+    write_key,
+)
+from .identity import IdentityError, load_identity_key
 from .transport import HANDSHAKE_ERRORS, tcp_connect
 
 __all__ = ["DirectoryClient", "DirectoryError", "DirectoryUnavailable", "AuthFailed",
-           "NameTaken", "PasswordRefused", "AlreadyOnline", "Registration", "parse_result",
+           "NameTaken", "PasswordRefused", "AlreadyOnline", "PasswordNeeded", "KeyMismatch",
+           "Registration", "parse_result",
            "backoff_delay", "fits_argument"]
 
 log = logging.getLogger("eurechat.peer.directory")
@@ -88,6 +103,30 @@ class AlreadyOnline(DirectoryError):
 class PasswordRefused(DirectoryError):
     """``--register`` with a password the directory's rule refuses (its length):
     no account can have it, so there is no point in trying to log in with it."""
+
+
+class PasswordNeeded(DirectoryError):
+    """A login needs the password and there is none: no certificate of the
+    enrolled key to log in with (none yet, expired, reset or rotated
+    elsewhere), or ``reset_key``.  The text says why."""
+
+
+class KeyMismatch(DirectoryError):
+    """The directory has another key enrolled for this user: this peer's
+    ``identity.key`` was lost or replaced (or the key was reset or rotated
+    from elsewhere).  Its listener cannot prove the user (the directory
+    refuses to publish it, SPEC §5.4) until ``reset_key``."""
+
+
+#: The ``CERT`` refusal that means this peer's key is not the enrolled one.
+KEY_MISMATCH = "key mismatch:"
+#: A certificate with less than this left is renewed on the live session
+#: (it is renewed at every login too): a peer that stays logged in for
+#: days never needs its password again.
+RENEW_BEFORE = datetime.timedelta(days=3)
+#: What a password provider is: called (in a thread: it may prompt) only
+#: when a login needs the password; returns None when there is none.
+PasswordSource = Callable[[], Optional[str]]
 
 
 def parse_result(payload: bytes) -> List[Registration]:
@@ -134,7 +173,8 @@ def _check_full(reply: Message) -> None:
 class DirectoryClient:
     """Keeps one authenticated, bound session with the directory alive."""
 
-    def __init__(self, host: str, port: int, user: str, password: str, *,
+    def __init__(self, host: str, port: int, user: str,
+                 password: Union[str, PasswordSource, None], *,
                  listen: Callable[[], Tuple[str, int]], register: bool = False,
                  retry_base: float = 0.2, retry_max: float = 30.0,
                  request_timeout: float = 10.0, wait_online: float = 3.0,
@@ -144,13 +184,27 @@ class DirectoryClient:
                  exclusive: bool = False,
                  trust: Optional[DirectoryTrust] = None,
                  plaintext: Plaintext = Plaintext.LOOPBACK,
-                 on_notice: Optional[Callable[[str], None]] = None) -> None:
+                 on_notice: Optional[Callable[[str], None]] = None,
+                 data_dir: Union[str, os.PathLike, None] = None,
+                 reset_key: bool = False, rotate_key: bool = False,
+                 on_credentials: Optional[Callable[[Credentials], None]] = None) -> None:
         """``trust``: whom to believe (None: every directory is refused, as a
         directory client with no trust settings can send credentials to no
         one).  ``plaintext``: where a directory that does not answer TLS may
         be spoken to in clear.  ``on_notice``: the lines a person should see
         once (a directory trusted on first use, a plaintext fallback, the
-        directory back after an outage)."""
+        directory back after an outage).
+
+        ``password``: the password, or a ``PasswordSource`` asked only when a
+        login needs one (the CLI's prompt), or None.  ``data_dir``: where the
+        identity key and the user's certificate are (SPEC §5.3; None: no
+        certificates, password logins only).  Over TLS, a session is opened
+        with the certificate while it is valid and logs in by it; after any
+        login the key is certified again (``CERT``) and the chain kept.
+        ``reset_key``: the first login is by password and sends ``CERT
+        reset`` (a lost key).  ``rotate_key``: the first session opened with
+        a valid certificate certifies a new key, which then replaces
+        ``identity.key``.  ``on_credentials``: called with each new chain."""
         self.host, self.port = host, port
         self.where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.trust = trust if trust is not None else DirectoryTrust()
@@ -160,7 +214,21 @@ class DirectoryClient:
         self.seed = False
         self._said_seed = False
         self._unsent: deque = deque()
-        self.user, self.password = user, password
+        self.user = user
+        self.password = password if isinstance(password, str) else ""
+        self._password_source = password if callable(password) else None
+        self.data_dir = data_dir
+        self.reset_key, self.rotate_key = reset_key, rotate_key
+        self.on_credentials = on_credentials
+        #: the last session logged in by certificate
+        self.by_certificate = False
+        #: the certificate now kept (after the last CERT or the last load)
+        self.credentials: Optional[Credentials] = None
+        #: a certificate whose sessions the directory dropped before the
+        #: login: not presented again in this run (serial numbers)
+        self._refused_certs: set = set()
+        self._said_mismatch = ""
+        self._expected: Optional[Expectation] = None
         self.register = register
         self.listen = listen
         self.retry_base, self.retry_max = retry_base, retry_max
@@ -199,7 +267,8 @@ class DirectoryClient:
         try:
             await self._session()
             ok = True
-        except (AuthFailed, NameTaken, PasswordRefused, AlreadyOnline, TrustError):
+        except (AuthFailed, NameTaken, PasswordRefused, AlreadyOnline, TrustError,
+                PasswordNeeded, KeyMismatch):
             raise
         except (OSError, asyncio.TimeoutError, DirectoryError, ProtocolError) as exc:
             # Said once: as a log line, or to whoever shows on_error's text
@@ -267,6 +336,20 @@ class DirectoryClient:
                     self.on_notice("reconnected to the directory" if ever
                                    else "connected to the directory")
                 ever = True
+            except (PasswordNeeded, KeyMismatch) as exc:
+                # The certificate is refused (a reset or rotation elsewhere)
+                # or expired, and no password is at hand; or the key is not
+                # the enrolled one: said once, retried slowly.
+                connected = False
+                attempt = max(attempt, 30)
+                text = (f"{exc}; still retrying" if isinstance(exc, KeyMismatch) else
+                        f"{exc}; restart with the password; still retrying")
+                if not refused:
+                    if self.on_error:
+                        self.on_error(text)
+                    else:
+                        log.warning("%s", text)
+                refused = True
             except AuthFailed as exc:
                 # The account is gone (deleted, or a directory with other
                 # accounts) or the password changed: say so once, and keep
@@ -325,6 +408,7 @@ class DirectoryClient:
                 return
             try:
                 await self._check_registration()
+                await self._renew_if_old()
             except (OSError, asyncio.TimeoutError, DirectoryError, ProtocolError) as exc:
                 log.debug("registration check failed: %r", exc)
 
@@ -350,17 +434,19 @@ class DirectoryClient:
     # -- one session --------------------------------------------------------
     async def _session(self) -> None:
         self._drop("reconnecting")
-        reader, writer, expected = await self._open()
+        reader, writer, expected, presented = await self._open()
         self._writer = writer
         sock = writer.get_extra_info("socket")
         if sock is not None:   # notice a directory host that vanished without a FIN
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         self._reader_task = asyncio.ensure_future(self._read(reader))
+        self.by_certificate = False
+        logged_in = False
         try:
             if not self.seed:
                 # Nothing that carries a credential is written before this.
-                await self._check_identity(writer, expected)
+                expected = await self._check_identity(writer, expected)
                 reply = await self.request(Message(*HELLO))
                 _check_full(reply)
                 if reply.type != "ACK":
@@ -378,27 +464,41 @@ class DirectoryClient:
                     # Maybe it is our own account from an earlier run: try to log in.
                     why = reply.text
                     try:
-                        await self._login()
+                        await self._login(presented)
                     except AuthFailed:
                         raise NameTaken(f"cannot register {self.user!r}: {why}") from None
                     log.info("account %r already exists and the password matches", self.user)
                     self.register = False
                 else:
                     self.register = False  # created once; later sessions just log in
-                    await self._login()
+                    await self._login(presented)
             else:
-                await self._login()
+                await self._login(presented)
+            logged_in = True
             host, port = self.listen()
             if host in WILDCARDS:
                 host = writer.get_extra_info("sockname")[0]
             if self.exclusive and not self._bound_once:
                 await self._check_not_running_elsewhere(host, port)
+            if not self.seed:
+                # Before BIND: the directory checks that the listener shows
+                # the enrolled key's certificate (SPEC §5.4).
+                assert expected is not None
+                self._expected = expected
+                await self._certify(expected)
             reply = await self.request(Message("BIND", (host, str(port))))
             if reply.type != "ACK":
                 raise DirectoryError(f"BIND {host}:{port} refused: {reply.text}")
             self.bound = (host, port)
             self._bound_once = True
-        except BaseException:
+        except BaseException as exc:
+            if presented is not None and not logged_in and isinstance(
+                    exc, (OSError, DirectoryUnavailable, ProtocolError, asyncio.TimeoutError)):
+                # TLS 1.3: a client certificate the directory refuses ends
+                # the session after the handshake.  Not presented again.
+                log.warning("the directory dropped a session opened with the certificate in "
+                            "%s: logging in without it from now on", presented.cert_file)
+                self._refused_certs.add(presented.cert.serial_number)
             self._drop("session setup failed")
             raise
         self._ready = True
@@ -432,17 +532,20 @@ class DirectoryClient:
                                 "(another eurechat-peer of this user, from another data "
                                 "directory or host)")
 
-    async def _tls(self, ca_pem: Optional[bytes]) -> Tuple[asyncio.StreamReader,
-                                                           asyncio.StreamWriter]:
+    async def _tls(self, ca_pem: Optional[bytes], presented: Optional[Credentials] = None
+                   ) -> Tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """TCP, then a TLS handshake (verified against ``ca_pem`` if given).
 
         Raises ``_NotTLS`` when the handshake does not complete for any reason
         but a certificate that failed verification."""
+        context = client_context(ca_pem)
+        if presented is not None:
+            presented.apply(context)
         sock = await asyncio.wait_for(tcp_connect(self.host, self.port), self.request_timeout)
         peer_ip = sock.getpeername()[0]
         try:
             return await asyncio.wait_for(asyncio.open_connection(
-                sock=sock, ssl=client_context(ca_pem), server_hostname=self.host,
+                sock=sock, ssl=context, server_hostname=self.host,
                 ssl_handshake_timeout=self.request_timeout), self.request_timeout + 1)
         except ssl.SSLCertVerificationError:
             sock.close()
@@ -451,12 +554,45 @@ class DirectoryClient:
             sock.close()
             raise _NotTLS(peer_ip, exc) from None
 
-    async def _open(self) -> Tuple[asyncio.StreamReader, asyncio.StreamWriter,
-                                   Optional[Expectation]]:
-        """A transport to the directory: TLS, or the permitted plaintext fallback."""
-        expected = self.trust.expect(self.where)
+    def _presentable(self, expected: Expectation) -> Optional[Credentials]:
+        """The certificate to open the session with, if any: valid now (an
+        expired one fails the handshake), of the current identity key, issued
+        by the CA this directory is trusted by, not refused earlier in this
+        run, and not when a reset is asked (that login is by password)."""
+        if self.data_dir is None or self.reset_key or expected.fingerprint is None:
+            return None
         try:
-            reader, writer = await self._tls(expected.ca_pem)
+            creds = Credentials.load(self.data_dir, self.user)
+        except IdentityError as exc:
+            log.warning("%s", exc)
+            return None
+        self.credentials = creds
+        if creds is None or not creds.valid() or creds.ca_fingerprint != expected.fingerprint \
+                or creds.cert.serial_number in self._refused_certs:
+            return None
+        return creds
+
+    async def _open(self) -> Tuple[asyncio.StreamReader, asyncio.StreamWriter,
+                                   Optional[Expectation], Optional[Credentials]]:
+        """A transport to the directory: TLS (opened with this peer's
+        certificate when it has a usable one), or the permitted plaintext
+        fallback."""
+        expected = self.trust.expect(self.where)
+        presented = self._presentable(expected)
+        if presented is not None and expected.ca_pem is None:
+            # Pinned by fingerprint only: the CA kept with the certificate
+            # has that fingerprint, so the handshake can be verified by it.
+            expected = expected._replace(ca_pem=presented.ca_pem)
+        try:
+            try:
+                reader, writer = await self._tls(expected.ca_pem, presented)
+            except ssl.SSLError as exc:
+                if presented is None or isinstance(exc, ssl.SSLCertVerificationError):
+                    raise
+                # the key file changed under the certificate: go without it
+                log.info("cannot use %s: %s", presented.cert_file, exc)
+                presented = None
+                reader, writer = await self._tls(expected.ca_pem)
         except ssl.SSLCertVerificationError as exc:
             got, detail = await self._probe_identity()
             log.debug("TLS verification of %s failed: %s", self.where, exc)
@@ -480,14 +616,16 @@ class DirectoryClient:
                              f"and the seed dialect (allowed by --plaintext "
                              f"{self.plaintext.value})")
             self.seed = True
-            return reader, writer, None
+            return reader, writer, None, None
         self.seed = False
-        return reader, writer, expected
+        return reader, writer, expected, presented
 
     async def _check_identity(self, writer: asyncio.StreamWriter,
-                              expected: Optional[Expectation]) -> None:
+                              expected: Optional[Expectation]) -> Expectation:
         """The directory is the one we trust, or ``TrustError`` (the session is
-        then dropped by the caller, before any credential is written)."""
+        then dropped by the caller, before any credential is written).
+        Returns what the session is now known to be: the CA's fingerprint
+        and PEM (found by ``CACERT`` on first use)."""
         assert expected is not None
         ssl_object = writer.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
@@ -496,17 +634,19 @@ class DirectoryClient:
                              "no credentials were sent")
         if expected.ca_pem is not None:
             self.trust.check_verified(self.where, expected, der)
-            return
+            return expected
         reply = await self.request(Message("CACERT"))
         if reply.type != "RESULT":
             raise TrustError(f"directory {self.where} did not send its CA certificate "
                              f"({reply.type} {reply.text}); no credentials were sent")
         fp, pinned = self.trust.accept_ca(self.where, expected, der, reply.payload)
+        found = expected._replace(fingerprint=fp, ca_pem=reply.payload)
         if pinned:
             where = self.trust.known.path if self.trust.known is not None else "?"
             self._notice(f"directory {self.where} is trusted on first use: its CA "
                          f"fingerprint is {fp} (kept in {where}; compare it with "
                          "'eurechat-directory fingerprint' on the directory's host)")
+        return found
 
     async def _probe_identity(self) -> Tuple[str, str]:
         """After a failed verification: what does the server there show?
@@ -547,11 +687,18 @@ class DirectoryClient:
         else:
             log.warning("%s", text)
 
-    async def _login(self) -> None:
+    async def _login(self, presented: Optional[Credentials] = None) -> None:
+        """``USER``, then ``PASS`` unless the session's certificate logged us in."""
         reply = await self.request(Message("USER", (self.user,)))
         _check_full(reply)
         if reply.type != "ACK":
             raise AuthFailed(reply.text)
+        if presented is not None and reply.text.endswith("authenticated by certificate"):
+            self.by_certificate = True
+            log.info("logged in as %s by the certificate in %s", self.user, presented.cert_file)
+            return
+        if not self.password:
+            await self._ask_password(presented)
         if fits_argument(self.password):
             msg = Message("PASS", (self.password,))
         elif self.seed:
@@ -562,6 +709,122 @@ class DirectoryClient:
         reply = await self.request(msg)
         if reply.type != "ACK":
             raise AuthFailed(reply.text)
+
+    def _why_password(self, presented: Optional[Credentials]) -> str:
+        """Why this login needs the password (for the line that asks for it)."""
+        if self.reset_key:
+            return "a key reset is authorised by the password"
+        if presented is not None:
+            return (f"the directory does not accept the certificate in {presented.cert_file} "
+                    "(its key is no longer the enrolled one)")
+        creds = self.credentials
+        if creds is None:
+            return "no certificate yet" if self.data_dir is not None else "no certificate"
+        if not creds.valid():
+            return (f"the certificate in {creds.cert_file} expired "
+                    f"{creds.valid_until:%Y-%m-%d %H:%M} UTC")
+        return f"the certificate in {creds.cert_file} is from another directory CA"
+
+    async def _ask_password(self, presented: Optional[Credentials]) -> None:
+        """Get the password from the source (once), or ``PasswordNeeded``."""
+        source, self._password_source = self._password_source, None
+        why = self._why_password(presented)
+        if source is not None:
+            log.info("a password is needed to log in as %s: %s", self.user, why)
+            got = await asyncio.get_running_loop().run_in_executor(None, source)
+            if got:
+                self.password = got
+                return
+        raise PasswordNeeded(f"logging in as {self.user!r} needs the password ({why})")
+
+    async def _certify(self, expected: Expectation) -> None:
+        """``CERT``: certify the identity key (enrol, renew; a reset or a
+        rotation when asked) and keep the chain.  A refusal is said (a key
+        mismatch once, with what to do) and the session goes on: a peer
+        without a certificate still chats, it only needs its password."""
+        if self.data_dir is None:
+            return
+        try:
+            key = load_identity_key(self.data_dir)
+        except IdentityError as exc:
+            self._error(f"cannot certify this peer's key: {exc}")
+            return
+        rotate = self.rotate_key and self.by_certificate
+        if self.rotate_key and not rotate:
+            self._error("--rotate-key needs a valid certificate of the enrolled key to "
+                        "authorise the new key (log in once with the password first, or "
+                        "use --reset-key if the old key is lost); the key was not rotated")
+            self.rotate_key = False
+        reset = self.reset_key and not self.by_certificate
+        new = ed25519.Ed25519PrivateKey.generate() if rotate else key
+        reply = await self.request(Message("CERT", ("reset",) if reset else (),
+                                           certificate_request(new)))
+        if reply.type != "RESULT":
+            text = reply.text
+            if text.startswith(KEY_MISMATCH):
+                raise KeyMismatch(
+                    f"the directory refuses this peer's key {fingerprint(key.public_key())} "
+                    f"({text}): was {os.path.join(str(self.data_dir), 'identity.key')} lost "
+                    "or replaced? Restart with --reset-key (and the password) to enrol this "
+                    "key; other peers will see a key change")
+            text = f"the directory did not certify this peer's key: {text}"
+            if text != self._said_mismatch:
+                self._error(text)
+            self._said_mismatch = text
+            return
+        try:
+            cert, ca = check_chain(reply.payload, self.user, new.public_key())
+        except CredentialsError as exc:
+            self._error(f"the directory's certificate for {self.user} is not usable: {exc}")
+            return
+        if fingerprint(ca.public_key()) != expected.fingerprint:
+            self._error(f"the directory's certificate for {self.user} is issued by another "
+                        f"CA ({fingerprint(ca.public_key())}, expected {expected.fingerprint})")
+            return
+        before = self.credentials
+        try:
+            if rotate:
+                # The key first: a crash before the chain is saved leaves the
+                # new (enrolled) key and a chain that no longer matches it,
+                # and the next start logs in by password and renews.
+                write_key(self.data_dir, new)
+            path = save_chain(self.data_dir, self.user, reply.payload)
+        except OSError as exc:
+            self._error(f"cannot keep the certificate for {self.user}: {exc.strerror or exc}")
+            return
+        creds = Credentials(self.user, new, cert, ca, path.parent / "identity.key", path)
+        self.credentials = creds
+        self._said_mismatch = ""
+        fp = creds.fingerprint
+        if rotate:
+            self._notice(f"rotated the identity key of {self.user}: now {fp} (other peers "
+                         "will see a key change)")
+        elif reset:
+            self._notice(f"reset the enrolled key of {self.user} to this peer's key {fp} "
+                         "(other peers will see a key change)")
+        elif before is None or before.fingerprint != fp:
+            self._notice(f"the directory certified this peer's key {fp} for {self.user} "
+                         f"(kept in {path}): the next starts need no password while it is "
+                         "valid")
+        log.info("certificate for %s renewed until %s", self.user, creds.valid_until)
+        self.rotate_key = self.reset_key = False
+        if self.on_credentials is not None:
+            self.on_credentials(creds)
+
+    async def _renew_if_old(self) -> None:
+        """Renew the certificate on the live session when it is near its end."""
+        creds = self.credentials
+        if self.seed or self._expected is None or self.data_dir is None or creds is None:
+            return
+        now = datetime.datetime.now(datetime.timezone.utc)
+        if creds.valid_until - now < RENEW_BEFORE:
+            await self._certify(self._expected)
+
+    def _error(self, text: str) -> None:
+        if self.on_error is None:
+            log.warning("%s", text)
+        else:
+            self.on_error(text)
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         decoder = Decoder(max_payload=DIRECTORY_MAX_PAYLOAD)

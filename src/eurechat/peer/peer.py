@@ -86,7 +86,12 @@ from .addresses import AddressBook, Sightings
 from .connection import Connection
 from .connections import Connections, listen
 from .credentials import Credentials, cert_path
-from .directory_client import DirectoryClient, DirectoryError, DirectoryUnavailable
+from .directory_client import (
+    DirectoryClient,
+    DirectoryError,
+    DirectoryUnavailable,
+    PasswordSource,
+)
 from .events import Event, IncomingMessage
 from .identity import IdentityError, listener_context, load_identity_key
 from .listener import Listener
@@ -145,9 +150,18 @@ class Peer:
     in clear.  ``on_notice`` gets the lines a person should see once (a
     directory trusted on first use, a fallback to plaintext); by default
     they are logged.
+
+    Keys (SPEC section 5.3): after each login over TLS the identity key is
+    certified and the chain kept in ``<data_dir>/<user>.crt``; while it is
+    valid the peer logs in by it, so ``password`` may be empty (``""`` or
+    None), or a callable asked only when a login needs the password.  With
+    neither a password nor a valid certificate, ``start()`` raises
+    ``PasswordNeeded``.  ``reset_key`` enrols this peer's key in place of a
+    lost one (authorised by the password); ``rotate_key`` replaces the key
+    by a new one, authorised by the valid certificate of the old one.
     """
 
-    def __init__(self, user: str, password: str = "", *,
+    def __init__(self, user: str, password: Union[str, PasswordSource, None] = "", *,
                  directory: Optional[Tuple[str, int]] = None,
                  listen: Tuple[str, int] = ("127.0.0.1", 0),
                  data_dir: Union[str, os.PathLike, None] = None,
@@ -161,12 +175,14 @@ class Peer:
                  directory_ca: Union[str, os.PathLike, bytes, None] = None,
                  directory_fingerprint: Optional[str] = None,
                  plaintext: Union[str, Plaintext] = Plaintext.LOOPBACK,
-                 on_notice: Optional[Callable[[str], None]] = None) -> None:
+                 on_notice: Optional[Callable[[str], None]] = None,
+                 reset_key: bool = False, rotate_key: bool = False) -> None:
         if not valid_name(user):
             raise ValueError(f"invalid user name {user!r}: 1-32 of [A-Za-z0-9_.-], "
                              "not starting with '.' or '-'")
         self.user = user
         self._password = password
+        self.reset_key, self.rotate_key = reset_key, rotate_key
         self.directory_address = directory
         self.listen_address = listen
         self.data_dir = data_dir if data_dir is not None else default_data_dir()
@@ -266,7 +282,8 @@ class Peer:
                     on_error=lambda text: self._emit(ev_.error(text)),
                     recheck=self.timings.rebind_check,
                     trust=self.trust, plaintext=self.plaintext, on_notice=self._on_notice,
-                    exclusive=True)
+                    exclusive=True, data_dir=self.data_dir, reset_key=self.reset_key,
+                    rotate_key=self.rotate_key, on_credentials=self._on_credentials)
                 await self.directory.start()
         except BaseException:
             await self._shutdown(leave=False)
