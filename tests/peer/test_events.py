@@ -1,4 +1,4 @@
-"""The events' fields, as ``--json`` prints them (SPEC section 4)."""
+"""The events' fields, as ``--json`` prints them (SPEC sections 4 and 5.5)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,13 @@ class TestEventFields:
         assert events.queued("bob", "m1") == {"event": "queued", "to": "bob", "id": "m1"}
         assert events.delivered("bob", "m1") == {"event": "delivered", "to": "bob", "id": "m1"}
         assert events.message(IncomingMessage("bob", "b1", "hi", 3)) == {
-            "event": "message", "from": "bob", "id": "b1", "text": "hi"}
+            "event": "message", "from": "bob", "id": "b1", "text": "hi", "verified": False}
+        assert events.message(IncomingMessage("bob", "b1", "hi", 3, True))["verified"] is True
+        assert events.keychange("bob", "sha256:a", "sha256:b") == {
+            "event": "keychange", "name": "bob", "old": "sha256:a", "new": "sha256:b"}
+        assert events.verify("bob", "12345", "sha256:a", "sha256:b") == {
+            "event": "verify", "name": "bob", "number": "12345", "own": "sha256:a",
+            "theirs": "sha256:b"}
         assert events.error("disk full") == {"event": "error", "text": "disk full"}
         assert events.unreachable("bob", 2, "not online", None) == {
             "event": "unreachable", "to": "bob", "queued": 2, "reason": "not online",

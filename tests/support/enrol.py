@@ -3,9 +3,9 @@ the directory (``CERT``, SPEC §5.3) and keeps the chain where the peer looks
 for it (``<data-dir>/<user>.crt``), and reads the directory's answers in the
 ``eurechat/2`` dialect (``QUERY`` lines with the key's fingerprint).
 
-- ``enrol(directory, data_dir, user, password, register=True)``: the
-  fingerprint of the enrolled key (the peer's ``identity.key``, created if
-  missing)
+- ``enrol(directory, data_dir, user, password, register=True, reset=False)``:
+  the fingerprint of the enrolled key (the peer's ``identity.key``, created if
+  missing; with ``reset`` a new one)
 - ``v2_session(directory, user, password, register=False)``: a logged-in
   TLS session after ``HELLO 0 eurechat/2`` (``QUERY`` lines carry the
   fingerprint); with ``request_until`` it waits for a listing
@@ -35,11 +35,16 @@ def v2_session(directory, user: str, password: str, register: bool = False) -> F
     return c
 
 
-def enrol(directory, data_dir, user: str, password: str, register: bool = True) -> str:
+def enrol(directory, data_dir, user: str, password: str, register: bool = True,
+          reset: bool = False) -> str:
+    """``reset``: a new identity key replaces the enrolled one (``CERT reset``)."""
     Path(data_dir).mkdir(parents=True, exist_ok=True)
+    if reset:
+        (Path(data_dir) / "identity.key").unlink()
     key = load_identity_key(data_dir)
     with v2_session(directory, user, password, register) as c:
-        reply = c.request("CERT", payload=certificate_request(key))
+        reply = c.request("CERT", *(("reset",) if reset else ()),
+                          payload=certificate_request(key))
     assert reply.type == "RESULT", reply
     save_chain(data_dir, user, reply.payload)
     return fingerprint(key.public_key())

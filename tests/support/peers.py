@@ -34,16 +34,20 @@ FAST = {
 }
 
 
-#: The --json events of SPEC section 4 and their exact keys.
+#: The --json events of SPEC sections 4 and 5.5 and their exact keys.
 SPEC_EVENTS = {
     "ready": {"event", "user", "listen"},
-    "message": {"event", "from", "id", "text"},
+    "message": {"event", "from", "id", "text", "verified"},
     "queued": {"event", "to", "id"},
     "delivered": {"event", "to", "id"},
     "who": {"event", "users"},
     "pong": {"event", "from", "ms"},
     "pending": {"event", "messages"},
     "error": {"event", "text"},
+    # SPEC section 5.5
+    "keychange": {"event", "name", "old", "new"},
+    "verify": {"event", "name", "number", "own", "theirs"},
+    "sent": {"event", "to", "id"},
 }
 
 #: Events beyond the SPEC, each only in answer to a command beyond the SPEC

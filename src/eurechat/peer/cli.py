@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                "needed while DATA-DIR/USER.crt, the certificate the directory issues at "
                "each login, is valid. "
                "Commands: /msg NAME[,NAME...] TEXT, /who [NAME], /ping NAME, /pending, /waiting, "
-               "/quit; "
+               "/verify NAME, /trust NAME, /quit; "
                "a line without / goes to the peer(s) you last wrote to (before you "
                "wrote to anyone: whoever last wrote to you).")
     p.add_argument("--user", required=True, help="your user name")
@@ -146,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plaintext", choices=[p.value for p in Plaintext], default="loopback",
                    help="where plaintext (no TLS) is allowed: for a directory that does not "
                         "speak TLS, and on the listening port (default loopback)")
+    p.add_argument("--strict-keys", action="store_true",
+                   help="hold messages to a peer whose key changed until /trust NAME")
     p.add_argument("--log-level", type=log_level, metavar="{" + ",".join(LOG_LEVELS) + "}",
                    default=os.environ.get("EURECHAT_LOG_LEVEL", "warning"),
                    help="logging threshold on stderr (default: $EURECHAT_LOG_LEVEL, else "
@@ -238,7 +240,8 @@ class App:
                          directory_ca=args.directory_ca_pem,
                          directory_fingerprint=args.directory_fingerprint,
                          plaintext=args.plaintext, on_notice=self.notice,
-                         reset_key=args.reset_key, rotate_key=args.rotate_key)
+                         reset_key=args.reset_key, rotate_key=args.rotate_key,
+                         strict_keys=args.strict_keys)
         self.out.mark = self.peer.mark_shown
         self.out.on_gone = self._stdout_gone
         self.last: List[str] = []
@@ -416,6 +419,20 @@ class App:
             if not self.args.json:   # what "never seen" can mean depends on it
                 event["directory_online"] = self.directory_online()
             self.out.event(event)
+        elif cmd in ("/verify", "/trust"):
+            if not valid_name(rest):
+                self.error(f"usage: {cmd} NAME")
+                return False
+            if cmd == "/trust":
+                fp = self.peer.trust_key(rest)
+                if fp is None:
+                    self.error(f"/trust: no key seen for {rest} yet")
+                elif not self.args.json:
+                    self.out.event({"event": "trusted", "name": rest, "fingerprint": fp})
+            else:
+                task = asyncio.ensure_future(self._verify(rest))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
         elif cmd == "/quit":
             return True
         elif cmd == "/help":
@@ -442,6 +459,12 @@ class App:
     def _sent(self, fut: asyncio.Future) -> None:
         if not fut.cancelled() and fut.exception() is not None:
             self.error(str(fut.exception()))
+
+    async def _verify(self, name: str) -> None:
+        try:
+            await self.peer.verify(name)   # the event is emitted by the peer
+        except (PeerError, DirectoryError, asyncio.TimeoutError) as exc:
+            self.error(f"/verify {name}: {exc or 'timeout'}")
 
     async def _ping(self, name: str) -> None:
         try:

@@ -142,7 +142,8 @@ def outcome(batch: Batch, written: Written, user: str, now: float) -> Outcome:
             frames = acks[conn] = []
         frames.append(ack_frame(msgid))
         if seq is not None:
-            shown.append(IncomingMessage(sender, msgid, text, seq))
+            shown.append(IncomingMessage(sender, msgid, text, seq,
+                                         getattr(conn, "verified", False)))
     queued: List[Tuple[str, OutItem]] = []
     committed: List[Tuple[Any, str]] = []
     for (msgid, text, names, done), seqs in zip(batch.out, written.out_seqs):

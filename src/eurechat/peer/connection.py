@@ -20,6 +20,10 @@ import termios
 import time
 from typing import List, Optional, Protocol, Tuple
 
+from cryptography import x509
+
+from ..tls.enrolment import is_directory, user_of
+from ..tls.fingerprint import fingerprint
 from .liveness import Liveness
 from .protocol import Event, PeerProtocol
 
@@ -67,6 +71,16 @@ class Connection(asyncio.Protocol):
         self.written = 0      # bytes handed to the transport
         self.fd = -1
         self.live = live
+        #: the other side's user as its certificate proves it (an accepted
+        #: TLS connection: at the handshake; a dialled one: once the
+        #: dialler checked the listener), else None
+        self.cert_user: Optional[str] = None
+        #: the other side's key fingerprint, with ``cert_user``
+        self.cert_fingerprint: Optional[str] = None
+        #: what arrives here comes from ``cert_user`` (SPEC §5.4 "verified")
+        self.verified = False
+        #: the directory's BIND check or liveness probe
+        self.directory_probe = False
 
     @property
     def remote(self) -> Optional[str]:
@@ -82,7 +96,29 @@ class Connection(asyncio.Protocol):
             with contextlib.suppress(Exception):
                 self.fd = sock.fileno()
         self.peername = transport.get_extra_info("peername")
+        if not self.dialled:
+            self._take_certificate(transport.get_extra_info("ssl_object"))
         self.owner.connection_made(self)
+
+    def _take_certificate(self, ssl_object) -> None:
+        """An accepted TLS connection speaks for the user its client
+        certificate names (the listener required one chained to the directory
+        CA) or is the directory's probe."""
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if not der:
+            return
+        if is_directory(der):
+            self.directory_probe = self.proto.probe_only = True
+            return
+        user = user_of(der)
+        if user is not None:
+            self.certify(user, fingerprint(x509.load_der_x509_certificate(der).public_key()))
+
+    def certify(self, user: str, fp: str) -> None:
+        """The other side proved (by certificate) that it is ``user``."""
+        self.cert_user, self.cert_fingerprint = user, fp
+        self.verified = True
+        self.proto.certified = user
 
     def data_received(self, data: bytes) -> None:
         was = self.proto.remote

@@ -130,8 +130,9 @@ PasswordSource = Callable[[], Optional[str]]
 
 
 def parse_result(payload: bytes) -> List[Registration]:
-    """``name,address,port`` lines; after ``HELLO`` a fourth field (the user's
-    key fingerprint, SPEC section 5.3) follows, which this client does not use yet."""
+    """``name,address,port`` lines; after ``HELLO`` a fourth field, the user's
+    key fingerprint (SPEC section 5.3; empty: no key, a seed peer), which a
+    dialler requires the listener's certificate to carry (section 5.4)."""
     out = []
     for line in payload.decode("utf-8", "replace").split("\n"):
         if not line:
@@ -144,7 +145,9 @@ def parse_result(payload: bytes) -> List[Registration]:
                                             and 0 < int(parts[2]) < 65536):
             log.warning("ignoring malformed RESULT line %r", line)
             continue
-        out.append(Registration(parts[0], parts[1], int(parts[2])))
+        fp = parts[3] if len(parts) == 4 else ""
+        out.append(Registration(parts[0], parts[1], int(parts[2]), tls=bool(fp),
+                                fingerprint=fp))
     return out
 
 

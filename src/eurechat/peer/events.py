@@ -21,6 +21,9 @@ class IncomingMessage(NamedTuple):
     msgid: Optional[str]
     text: str
     seq: int
+    #: it came over a link whose sender the certificate proves (SPEC §5.4);
+    #: False over plaintext, and for one recorded in an earlier run
+    verified: bool = False
 
 
 def ready(user: str, address: Tuple[str, int]) -> Event:
@@ -40,7 +43,18 @@ def delivered(to: str, msgid: str) -> Event:
 
 def message(m: IncomingMessage) -> Event:
     """A message received (and recorded)."""
-    return {"event": "message", "from": m.sender, "id": m.msgid, "text": m.text}
+    return {"event": "message", "from": m.sender, "id": m.msgid, "text": m.text,
+            "verified": m.verified}
+
+
+def keychange(name: str, old: str, new: str) -> Event:
+    """``name`` shows a key other than the one pinned for it (SPEC §5.4)."""
+    return {"event": "keychange", "name": name, "old": old, "new": new}
+
+
+def verify(name: str, number: str, own: str, theirs: str) -> Event:
+    """The safety number of this user's key and ``name``'s, to compare aloud."""
+    return {"event": "verify", "name": name, "number": number, "own": own, "theirs": theirs}
 
 
 def error(text: str) -> Event:
@@ -55,4 +69,4 @@ def unreachable(to: str, queued: int, reason: str, last_seen: Optional[float]) -
 
 
 __all__ = ["Event", "IncomingMessage", "ready", "queued", "delivered", "message", "error",
-           "unreachable"]
+           "unreachable", "keychange", "verify"]

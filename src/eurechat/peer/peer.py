@@ -76,8 +76,12 @@ from typing import (
     Union,
 )
 
+from cryptography import x509
+
 from ..backoff import jittered_delay
 from ..registration import Registration
+from ..tls.enrolment import user_of
+from ..tls.fingerprint import fingerprint
 from ..tls.policy import Plaintext
 from ..tls.trust import DirectoryTrust, KnownDirectories, read_ca_file
 from . import commit
@@ -96,6 +100,7 @@ from .events import Event, IncomingMessage
 from .identity import IdentityError, listener_context, load_identity_key
 from .listener import Listener
 from .outbox import OutItem, new_msgid
+from .pins import Pins
 from .protocol import (
     AckReceived,
     ErrReceived,
@@ -112,6 +117,7 @@ from .protocol import (
     Event as ProtocolEvent,
 )
 from .route import Route
+from .safety import format_safety_number, safety_number
 from .settings import LOG_NAME, MAX_TEXT_BYTES, Timings
 from .store import INBOX_RETENTION, PeerStore, default_data_dir
 from .transport import dial_context
@@ -176,7 +182,8 @@ class Peer:
                  directory_fingerprint: Optional[str] = None,
                  plaintext: Union[str, Plaintext] = Plaintext.LOOPBACK,
                  on_notice: Optional[Callable[[str], None]] = None,
-                 reset_key: bool = False, rotate_key: bool = False) -> None:
+                 reset_key: bool = False, rotate_key: bool = False,
+                 strict_keys: bool = False) -> None:
         if not valid_name(user):
             raise ValueError(f"invalid user name {user!r}: 1-32 of [A-Za-z0-9_.-], "
                              "not starting with '.' or '-'")
@@ -193,6 +200,10 @@ class Peer:
                     else read_ca_file(directory_ca)),
             fingerprint=directory_fingerprint, known=KnownDirectories(self.data_dir))
         self._on_notice = on_notice
+        #: hold messages to a name whose key changed until ``trust`` (SPEC §5.4)
+        self.strict_keys = strict_keys
+        #: the key first seen for each name (``<data-dir>/known_peers``)
+        self.pins: Optional[Pins] = None
         self.register = register
         self.addresses: Dict[str, Tuple[str, int]] = dict(addresses or {})
         self.timings = timings or Timings.from_env()
@@ -223,6 +234,17 @@ class Peer:
         self.credentials: Optional[Credentials] = None
         #: (mtime, size) of ``<user>.crt`` when the listener's context was made
         self._cert_stamp: Optional[Tuple[int, int]] = None
+        #: (credentials, their client context) for dialling peers over TLS
+        self._client_ctx: Optional[Tuple[Credentials, ssl.SSLContext]] = None
+        #: (credentials, a context presenting them, checking nobody)
+        self._presenting_ctx: Optional[Tuple[Credentials, ssl.SSLContext]] = None
+        #: each name's key fingerprint as the directory last listed it
+        #: ("": no enrolled key, a seed peer)
+        self._fingerprints: Dict[str, str] = {}
+        #: the changed key last said (``keychange``) for each name
+        self._keychanges: Dict[str, str] = {}
+        #: the last reason said for each name no link is made to
+        self._refusals: Dict[str, str] = {}
         self._to_pump: Set[Route] = set()
         self._flush_handle: Optional[asyncio.Handle] = None
         self._pings: Dict[str, asyncio.Future] = {}
@@ -257,6 +279,7 @@ class Peer:
         self._loop = asyncio.get_running_loop()
         self.store = PeerStore(self.data_dir, self.user)
         try:
+            self.pins = Pins(self.data_dir, self.user)
             for row in self.store.load_outbox():
                 self._route(row.recipient).enqueue(OutItem(
                     row.seq, row.msgid, encode_message(self.user, row.msgid, row.text),
@@ -307,7 +330,7 @@ class Peer:
             creds = None
         if creds is not None and creds.valid():
             try:
-                context = creds.server_context(require=False)
+                context = creds.server_context(require=True)
             except ssl.SSLError as exc:   # the key file changed under the certificate
                 log.info("cannot present %s: %s", creds.cert_file, exc)
             else:
@@ -745,6 +768,16 @@ class Peer:
         ACK, so lose) everything queued for bob."""
         name = conn.remote
         assert name is not None
+        if conn.cert_user is not None:
+            # Its certificate proves who it is (SPEC §5.4): no address rule.
+            assert conn.cert_fingerprint is not None
+            self._check_pin(name, conn.cert_fingerprint)
+            if self._held(name):
+                log.info("%r: %s's key is not trusted (--strict-keys): receiving only",
+                         conn, name)
+                return
+            self._identified(conn)
+            return
         try:
             addr = await self._resolve(name)
         except (DirectoryError, asyncio.TimeoutError):
@@ -760,6 +793,138 @@ class Peer:
             route = self._routes.get(name)
             if route is not None:
                 route.wake()   # maybe online after all: dial the registered address
+
+    def _link_for(self, name: str, addr: Tuple[str, int], unauthenticated: ssl.SSLContext
+                  ) -> Tuple[ssl.SSLContext, Optional[str], Plaintext]:
+        """How to dial ``name`` (``RouteOwner.link_for``).  A name with an
+        enrolled key (``QUERY`` lists its fingerprint): mutual TLS with this
+        peer's certificate, requiring that key, never plaintext (SPEC §5.4).
+        A name not listed with a key but pinned (a fixed address, a listing
+        without the key): mutual TLS requiring the pinned key.  Otherwise (a
+        seed peer): TLS that authenticates nobody, plaintext where
+        ``--plaintext`` allows the address."""
+        if self._held(name):
+            raise ConnectionError(self._held_reason(name))
+        fp = self._fingerprints.get(name) or (self.pins.get(name) if self.pins else None)
+        creds = self.credentials
+        if creds is not None and not creds.valid():
+            creds = None
+        if fp is None:
+            if creds is None:
+                return unauthenticated, None, self.plaintext
+            # Our certificate all the same: an enrolled listener requires
+            # one (and, TLS 1.3, says so only after the handshake).
+            cached = self._presenting_ctx
+            if cached is None or cached[0] is not creds:
+                context = dial_context()
+                creds.apply(context)
+                cached = self._presenting_ctx = (creds, context)
+            return cached[1], None, self.plaintext
+        if creds is None:
+            raise ConnectionError(
+                f"{name} has an enrolled key ({fp}): it is reached only over an "
+                "authenticated link, and this peer has no valid certificate yet "
+                "(it gets one at its next login)")
+        cached = self._client_ctx
+        if cached is None or cached[0] is not creds:
+            cached = self._client_ctx = (creds, creds.client_context())
+        return cached[1], fp, Plaintext.OFF
+
+    def _listener_problem(self, name: str, conn: Connection,
+                          fp: Optional[str]) -> Optional[str]:
+        """``RouteOwner.listener_problem``: the certificate chains to the
+        directory CA (the handshake checked that); it must name ``name`` and
+        carry ``fp`` (the key the directory listed)."""
+        ssl_object = conn.transport.get_extra_info("ssl_object") if conn.transport else None
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        where = f"{name} at {conn.peername[0]}:{conn.peername[1]}" if conn.peername else name
+        if not der:
+            return f"{where} presented no certificate; nothing was sent"
+        got_user = user_of(der)
+        if got_user != name:
+            return (f"{where} presented a certificate for {got_user or 'no user'!r}, "
+                    f"not {name!r}; nothing was sent, the messages stay queued")
+        got_fp = fingerprint(x509.load_der_x509_certificate(der).public_key())
+        if fp is not None and got_fp != fp:
+            return (f"{where} presented key {got_fp}, but the directory lists {fp} for "
+                    f"{name}; nothing was sent, the messages stay queued")
+        self._check_pin(name, got_fp)
+        if self._held(name):
+            return self._held_reason(name)
+        conn.certify(name, got_fp)
+        self._refusals.pop(name, None)
+        return None
+
+    def _check_pin(self, name: str, fp: str) -> None:
+        """Pin the first key seen for ``name``; a different one later is a
+        ``keychange`` (said once per new key, and again at each start while
+        it is not trusted)."""
+        pins = self.pins
+        if pins is None or name == self.user:
+            return
+        seen = self._keychanges.get(name)
+        if seen == fp:
+            return
+        check = pins.check(name, fp)
+        if check.changed:
+            assert check.old is not None
+            self._keychanges[name] = fp
+            log.warning("the key of %s changed: %s -> %s", name, check.old, fp)
+            self._emit(ev_.keychange(name, check.old, fp))
+        else:
+            self._keychanges.pop(name, None)
+
+    def _held(self, name: str) -> bool:
+        """Messages to ``name`` wait for ``/trust`` (--strict-keys, key changed)."""
+        return self.strict_keys and self.pins is not None and \
+            self.pins.pending(name) is not None
+
+    def _held_reason(self, name: str) -> str:
+        return (f"messages to {name} are held: its key changed to "
+                f"{self.pins.pending(name) if self.pins else '?'} (--strict-keys); "
+                f"/verify {name}, then /trust {name} to send them")
+
+    def trust_key(self, name: str) -> Optional[str]:
+        """Accept the key now seen for ``name`` (after a ``keychange``); held
+        messages go.  Returns the fingerprint now pinned (None: no key seen)."""
+        if self.pins is None:
+            raise PeerError("the peer is not running")
+        fp = self.pins.trust(name)
+        self._keychanges.pop(name, None)
+        self._refusals.pop(name, None)
+        route = self._routes.get(name)
+        if route is not None:
+            route.wake()
+        return fp
+
+    async def verify(self, name: str) -> Event:
+        """The safety number of this user's key and ``name``'s (the key the
+        directory lists, else the pinned one), emitted as a ``verify`` event:
+        the same digits on both sides when nobody is in between."""
+        if not valid_name(name):
+            raise PeerError(f"invalid name {name!r}")
+        theirs = None
+        if self.directory is not None:
+            with contextlib.suppress(DirectoryUnavailable, DirectoryError, asyncio.TimeoutError):
+                self._note_registrations(await self.directory.query(name))
+            theirs = self._fingerprints.get(name) or None
+        if theirs is None and self.pins is not None:
+            theirs = self.pins.pending(name) or self.pins.get(name)
+        if theirs is None:
+            raise PeerError(f"no key known for {name} (not online, never seen)")
+        own = fingerprint(load_identity_key(self.data_dir).public_key())
+        number = format_safety_number(safety_number((self.user, own), (name, theirs)))
+        event = ev_.verify(name, number, own, theirs)
+        self._emit(event)
+        return event
+
+    def _link_refused(self, name: str, reason: str) -> None:
+        """Said once per reason (every retry would repeat it)."""
+        if self._refusals.get(name) == reason:
+            return
+        self._refusals[name] = reason
+        log.warning("%s", reason)
+        self._emit(ev_.error(reason))
 
     def _identified(self, conn: Connection) -> None:
         """``conn`` now speaks for ``conn.remote``: use it, or settle a duplicate."""
@@ -862,6 +1027,9 @@ class Peer:
         """Remember addresses; wake routes whose recipient just showed up."""
         for reg in regs:
             self._saw(reg.name)
+            self._fingerprints[reg.name] = reg.fingerprint
+            if reg.fingerprint:
+                self._check_pin(reg.name, reg.fingerprint)
         noted = self._book.note([(reg.name, (reg.address, reg.port)) for reg in regs],
                                 self._loop.time(), complete_for)
         for name in noted.moved:
@@ -959,6 +1127,17 @@ class _Wiring:
 
     def identified(self, conn: Connection) -> None:
         self.peer._identified(conn)
+
+    def link_for(self, name: str, addr: Tuple[str, int]
+                 ) -> Tuple[ssl.SSLContext, Optional[str], Plaintext]:
+        return self.peer._link_for(name, addr, self.dial_context)
+
+    def listener_problem(self, name: str, conn: Connection,
+                         fp: Optional[str]) -> Optional[str]:
+        return self.peer._listener_problem(name, conn, fp)
+
+    def link_refused(self, name: str, reason: str) -> None:
+        self.peer._link_refused(name, reason)
 
     def acked(self, route: Route, done: List[OutItem]) -> None:
         peer = self.peer

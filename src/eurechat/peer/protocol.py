@@ -123,7 +123,8 @@ class PeerProtocol:
     the first MESSAGE named its sender).
     """
 
-    __slots__ = ("decoder", "remote", "closed_reason", "max_payload")
+    __slots__ = ("decoder", "remote", "closed_reason", "max_payload", "certified",
+                 "probe_only")
 
     def __init__(self, remote: Optional[str] = None,
                  max_payload: int = PEER_MAX_PAYLOAD) -> None:
@@ -131,6 +132,11 @@ class PeerProtocol:
         self.max_payload = max_payload
         self.remote = remote
         self.closed_reason: Optional[str] = None
+        #: the name the other side's certificate proves (SPEC §5.4): a
+        #: MESSAGE from anyone else is refused and the connection closed
+        self.certified: Optional[str] = None
+        #: the directory's probe: PING is all it may send
+        self.probe_only = False
 
     @property
     def in_frame(self) -> bool:
@@ -168,11 +174,21 @@ class PeerProtocol:
                     False))
                 continue
             type, args, payload = item
+            if self.probe_only and type != "PING":
+                self.closed_reason = f"the directory's probe sent {type}"
+                append(Violation(self.closed_reason, b"", True))
+                break
             if type == "MESSAGE":
                 if not 1 <= len(args) <= 2 or not valid_name(args[0]):
                     append(self._fatal(f"malformed MESSAGE header {args!r}"))
                     continue
                 sender = args[0]
+                if self.certified is not None and sender != self.certified:
+                    self.closed_reason = (f"{self.certified!r} (by its certificate) sent a "
+                                          f"MESSAGE claiming to be {sender!r}")
+                    append(Violation(self.closed_reason,
+                                     encode_err("sender does not match certificate"), True))
+                    break
                 if self.remote is None:
                     self.remote = sender
                 elif sender != self.remote:

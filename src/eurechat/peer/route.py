@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import Callable, Deque, List, NamedTuple, Optional, Protocol
+from typing import Callable, Deque, List, NamedTuple, Optional, Protocol, Tuple
 
 from ..tls.policy import Plaintext
 from . import transport
@@ -77,6 +77,21 @@ class RouteOwner(Protocol):
 
     def identified(self, conn: Connection) -> None:
         """``conn`` (just dialled) speaks for its remote: adopt it."""
+
+    def link_for(self, name: str, addr: Address) -> Tuple[ssl.SSLContext, Optional[str],
+                                                           Plaintext]:
+        """How to dial ``name`` at ``addr``: (TLS context, the key fingerprint
+        its certificate must carry -- None: a link that is not authenticated
+        --, where a listener without TLS may be dialled in plaintext).
+        Raises ``ConnectionError`` saying why no link is allowed."""
+
+    def listener_problem(self, name: str, conn: Connection,
+                         fp: Optional[str]) -> Optional[str]:
+        """What is wrong with the listener ``conn`` reached (None: it is
+        ``name``, with key ``fp`` when given); certifies ``conn`` if right."""
+
+    def link_refused(self, name: str, reason: str) -> None:
+        """Tell the user: no link to ``name`` (its messages stay queued)."""
 
     def acked(self, route: Route, done: List[OutItem]) -> None:
         """``route``'s recipient acknowledged; ``done`` left its queue."""
@@ -302,14 +317,32 @@ class Route:
         owner = self.owner
         name = self.name
         try:
+            context, fp, policy = owner.link_for(name, addr)
+        except ConnectionError as exc:
+            self.dialing.failed(addr, owner.loop.time())
+            owner.link_refused(name, str(exc))
+            raise
+        try:
             conn = await dial(lambda: owner.new_connection(name), addr,
-                              owner.timings.connect_timeout, owner.dial_context,
-                              owner.plaintext)
+                              owner.timings.connect_timeout, context, policy)
         except (OSError, asyncio.TimeoutError) as exc:
             owner.forget(name)
             self.dialing.failed(addr, owner.loop.time())
+            if fp is not None and "certificate verify failed" in str(exc):
+                owner.link_refused(name, f"{name} at {addr[0]}:{addr[1]} is refused: its "
+                                   f"certificate is not issued by the directory CA ({exc}); "
+                                   "nothing was sent, the messages stay queued")
             raise ConnectionError(f"{name} at {addr[0]}:{addr[1]}: "
                                   f"{exc or exc.__class__.__name__}") from None
+        if fp is not None and not conn.closed:
+            # Checked before a single byte of ours is written (SPEC §5.4).
+            problem = owner.listener_problem(name, conn, fp)
+            if problem is not None:
+                conn.abort()
+                owner.forget(name)
+                self.dialing.failed(addr, owner.loop.time())
+                owner.link_refused(name, problem)
+                raise ConnectionError(problem)
         if conn.closed:
             # Reset as soon as it was made (e.g. a listener that died with us
             # in its accept queue): its connection_lost has already run, so

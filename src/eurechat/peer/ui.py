@@ -31,6 +31,8 @@ HELP = """commands:
   /ping NAME                 round trip to NAME
   /pending                   messages not yet delivered, per recipient
   /waiting                   per recipient: how long, and when last seen online
+  /verify NAME               the safety number of your key and NAME's, to compare
+  /trust NAME                accept NAME's new key (after a key change warning)
   /quit                      leave the directory and exit (the queue is kept)"""
 
 
@@ -41,7 +43,7 @@ _stderr_at_import = sys.stderr
 #: speaks the SPEC never asks for it, so never sees it).
 JSON_EVENTS = frozenset(
     ["ready", "message", "queued", "delivered", "who", "pong", "pending", "error",
-     "waiting"])
+     "waiting", "keychange", "verify", "sent"])
 
 
 def ago(seconds: float) -> str:
@@ -158,7 +160,7 @@ class Output:
     def format_message(self, m: IncomingMessage) -> str:
         if self.json_mode:
             return _json_line({"event": "message", "from": m.sender, "id": m.msgid,
-                               "text": m.text})
+                               "text": m.text, "verified": m.verified})
         return f"{m.sender}: {m.text}"
 
     def show_messages(self, msgs: List[IncomingMessage]) -> None:
@@ -277,6 +279,16 @@ class Output:
                     "delivered when they are back)")
         if kind == "error":
             return f"! {e['text']}"
+        if kind == "keychange":
+            return (f"! WARNING: {e['name']}'s key changed: {e['old']} -> {e['new']}. "
+                    f"It is a new device or a reset, or someone else; compare safety "
+                    f"numbers (/verify {e['name']}) and then /trust {e['name']}")
+        if kind == "verify":
+            return (f"* safety number with {e['name']}: {e['number']}\n"
+                    f"  (yours {e['own']}, theirs {e['theirs']}; the same on both sides "
+                    "when nobody is in between)")
+        if kind == "trusted":
+            return f"* {e['name']}'s key {e['fingerprint']} is trusted"
         if kind == "help":
             return HELP
         return json.dumps(e, ensure_ascii=False)
