@@ -149,7 +149,11 @@ class Connection(asyncio.Protocol):
         starts here if it has not yet.  Our ACKs and PONGs owe us nothing:
         counting from one of them would make a reply sent long after we
         acknowledged the other side look silent for all that while."""
-        if not self.closed and self.transport is not None:
+        # A closing transport takes nothing (what was not ACKed is resent on
+        # another connection); asyncio's TLS transport raises once closed
+        # instead of ignoring the write as its TCP transport does.
+        if not self.closed and self.transport is not None \
+                and not self.transport.is_closing():
             if answer_due:
                 if self.tx_since <= self.last_rx:
                     self.tx_since = time.monotonic()
@@ -159,7 +163,8 @@ class Connection(asyncio.Protocol):
 
     def close(self) -> None:
         """Close once what is buffered is sent."""
-        if not self.closed and self.transport is not None:
+        if not self.closed and self.transport is not None \
+                and not self.transport.is_closing():
             self.transport.close()
 
     def abort(self) -> None:
