@@ -20,7 +20,7 @@ Measured:
 
 Targets: >= 20,000 msgs/s sustained; p99 <= 20 ms at 1,000 msgs/s.
 
-    .venv/bin/python bench/bench_peer.py [--count 100000] [--repeat 3] [--rate 1000] [--seconds 5]
+    .venv/bin/python bench/bench_peer.py [--count 100000] [--repeat 3] [--rate 1000] [--seconds 5] [--keys]
 """
 
 from __future__ import annotations
@@ -120,7 +120,10 @@ async def peer_throughput(port: int, data_dir: str, count: int, backlog: int) ->
             sent += room
             await asyncio.sleep(0)
         await done.wait()
-        return count / (time.perf_counter() - t0)
+        rate = count / (time.perf_counter() - t0)
+        conn = alice._routes["bob"].conn
+        print(f"  link to bob: {'mutual TLS, bob proven by certificate' if conn.verified else 'not authenticated'}")
+        return rate
 
 
 async def peer_latency(port: int, data_dir: str, rate: float, seconds: float) -> list:
@@ -194,6 +197,50 @@ async def bare_throughput(port: int, count: int, backlog: int) -> float:
     return rate
 
 
+class Keys:
+    """``--keys``: the peers enrolled with a directory (started here) and
+    each pinning the other's key, so alice's links to bob (fixed address, no
+    directory during the run) are mutual TLS requiring bob's key (SPEC §5.4)."""
+
+    def __init__(self, tmp: str) -> None:
+        import re
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "eurechat.directory", "--port", "0", "--data-dir",
+             os.path.join(tmp, "directory")], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env={**os.environ, "EURECHAT_ARGON2_MEMORY_KIB": "8"})
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            m = re.match(rb"^eurechat-directory listening on (.+):(\d+)$", raw.strip())
+            if m:
+                self.address = (m.group(1).decode(), int(m.group(2)))
+                break
+        else:
+            raise SystemExit("the directory did not start")
+
+    def enrol(self, alice_dir: str, bob_dir: str) -> None:
+        from eurechat.peer import Peer
+        from eurechat.peer.credentials import Credentials
+        from eurechat.peer.pins import Pins
+
+        async def login(name: str, data_dir: str) -> str:
+            p = Peer(name, "bench-password-1", directory=self.address, register=True,
+                     data_dir=data_dir)
+            await p.start()
+            await p.close()
+            creds = Credentials.load(data_dir, name)
+            assert creds is not None, f"{name} was not certified"
+            return creds.fingerprint
+
+        fa = asyncio.run(login("alice", alice_dir))
+        fb = asyncio.run(login("bob", bob_dir))
+        Pins(alice_dir, "alice").check("bob", fb)
+        Pins(bob_dir, "bob").check("alice", fa)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
 def pct(values: list, p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(round(p / 100.0 * (len(values) - 1))))]
@@ -211,6 +258,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=5.0, help="duration of the latency run")
     ap.add_argument("--uvloop", action="store_true", help="run both peers on uvloop")
     ap.add_argument("--repeat", type=int, default=3, help="throughput runs (median reported)")
+    ap.add_argument("--keys", action="store_true",
+                    help="enrolled peers: authenticated (mutual TLS) links")
     args = ap.parse_args()
     if args.uvloop:
         import uvloop
@@ -224,6 +273,14 @@ def main() -> int:
           f"cpus: {os.cpu_count()}")
     results = {}
     with tempfile.TemporaryDirectory(prefix="eurechat-bench-") as tmp:
+        keys = Keys(tmp) if args.keys else None
+        if keys is not None:
+            import shutil
+            keys.enrol(os.path.join(tmp, "alice0"), os.path.join(tmp, "bob0"))
+            keys.close()
+            for i in range(1, max(args.repeat, 3)):   # one key per user: the same files
+                for name in ("alice", "bob"):
+                    shutil.copytree(os.path.join(tmp, f"{name}0"), os.path.join(tmp, f"{name}{i}"))
         rates = []
         for i in range(args.repeat):
             proc, port = start_bob(False, os.path.join(tmp, f"bob{i}"), args.uvloop)
