@@ -19,12 +19,10 @@ Everything here is synchronous; the contexts are for the directory link
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import logging
 import os
 import ssl
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple, Union
@@ -36,6 +34,7 @@ from cryptography.x509.oid import NameOID
 
 from ..tls.enrolment import user_of
 from ..tls.fingerprint import fingerprint
+from ..tls.identity import write_private
 from .identity import IDENTITY_FILE, load_identity_key
 
 __all__ = ["CERT_SUFFIX", "MARGIN", "Credentials", "CredentialsError", "cert_path",
@@ -97,18 +96,7 @@ def check_chain(chain_pem: bytes, user: str,
 
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_private(str(path), data, mode)
 
 
 def save_chain(data_dir: Union[str, os.PathLike], user: str, chain_pem: bytes) -> Path:

@@ -15,13 +15,12 @@ sharing their trust.  It is rewritten whole through a temporary file and
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 from pathlib import Path
 from typing import Dict, NamedTuple, Optional, Union
 
 from ..tls.fingerprint import is_fingerprint
+from ..tls.identity import write_private
 
 __all__ = ["PinCheck", "Pins", "PIN_FILE"]
 
@@ -87,18 +86,7 @@ class Pins:
             lines.append(" ".join([self.user, name, pin.fingerprint, state]
                                   + ([pin.pending] if pin.pending else [])))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{PIN_FILE}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write("".join(line + "\n" for line in lines))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_private(str(self.path), "".join(line + "\n" for line in lines).encode("utf-8"))
 
     def get(self, name: str) -> Optional[str]:
         """The pinned fingerprint of ``name``, if any."""
